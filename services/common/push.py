@@ -1,0 +1,36 @@
+"""The push port: how any service gets a frame onto the sockets of a set of users.
+
+In one process it is the delivery hub itself; distributed, a client that batches frames per owning
+delivery node (found on the ring) and posts them there.
+
+Two kinds of frames:
+- tracked: stored events (``message``, ``recalled``, ``edited``). Each device keeps them in its ACK
+  window until it acks ``ack_seq(frame)`` (cumulatively) and gets them again if it does not.
+- transient: everything else (typing, receipts, presence, membership, calls); lost if offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol
+
+Frame = Mapping[str, Any]
+
+
+class Pusher(Protocol):
+    async def push(
+        self,
+        user_ids: Collection[str],
+        frame: Frame,
+        *,
+        tracked: bool = False,
+        skip_device: tuple[str, str] | None = None,
+    ) -> None:
+        """Send ``frame`` to every connected device of ``user_ids`` except ``skip_device``
+        (``(user_id, device_id)``, the device the event came from)."""
+        ...
+
+
+def ack_seq(frame: Frame) -> int:
+    """The seq a device acks for a tracked frame: the event's own seq."""
+    return int(frame.get("event_seq", frame["seq"]))

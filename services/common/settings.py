@@ -1,0 +1,114 @@
+"""Configuration of every Courier process: one pydantic-settings class, ``COURIER_`` prefix.
+
+Nested groups use a double underscore (``COURIER_JWT__ACCESS_TTL_S=600``). The settings object is
+built once in a composition root and passed down; nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "courier-dev-insecure-secret-change-me"  # noqa: S105 - refused outside dev mode
+
+
+class JwtSettings(BaseModel):
+    keys: dict[str, str] = Field(
+        default_factory=lambda: {"dev": DEV_SECRET},
+        description="Signing keys by key id (kid). Every key verifies; only active_kid signs.",
+    )
+    active_kid: str = Field("dev", description="The key id new access tokens are signed with.")
+    issuer: str = Field("courier", description="The iss claim of issued tokens.")
+    access_ttl_s: int = Field(900, ge=30, description="Lifetime of an access token (15 min).")
+    refresh_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="Lifetime of a refresh token.")
+
+
+class Bucket(BaseModel):
+    rate: float = Field(gt=0, description="Tokens refilled per second.")
+    burst: float = Field(gt=0, description="Bucket capacity; must exceed the rate.")
+
+    @model_validator(mode="after")
+    def _burst_exceeds_rate(self) -> Bucket:
+        if self.burst <= self.rate:
+            raise ValueError("burst must be greater than rate")
+        return self
+
+
+class LimitSettings(BaseModel):
+    global_: Bucket = Field(Bucket(rate=2000, burst=4000), alias="global", description="Whole gateway.")
+    ip: Bucket = Field(Bucket(rate=50, burst=200), description="Per client IP address.")
+    user: Bucket = Field(Bucket(rate=30, burst=120), description="Per authenticated user, HTTP and WebSocket frames.")
+    max_body_bytes: int = Field(1 << 20, description="Largest accepted request body or WebSocket frame.")
+
+    model_config = {"populate_by_name": True}
+
+
+class DeliverySettings(BaseModel):
+    send_queue_size: int = Field(1024, ge=8, description="Frames queued per socket before a slow one is dropped.")
+    idle_timeout_s: float = Field(120.0, gt=0, description="Close a socket that sent nothing for this long.")
+    sync_page_limit: int = Field(100, ge=1, le=1000, description="Most messages per conversation in one sync page.")
+    retransmit_tick_s: float = Field(1.0, gt=0, description="How often pending ACKs are checked for timeouts.")
+
+
+class FileSettings(BaseModel):
+    max_size: int = Field(100 << 20, description="Largest file accepted, in bytes.")
+    part_size: int = Field(5 << 20, ge=1024, description="Size of every upload part but the last.")
+    url_ttl_s: int = Field(900, ge=10, description="Lifetime of a presigned part URL.")
+    download_ttl_s: int = Field(300, ge=10, description="Lifetime of a presigned download URL.")
+    allowed_content_types: list[str] = Field(
+        default_factory=lambda: [
+            "image/*",
+            "video/*",
+            "audio/*",
+            "text/plain",
+            "application/pdf",
+            "application/zip",
+            "application/octet-stream",
+            "application/json",
+        ],
+        description="Accepted content types; a trailing /* matches a whole family.",
+    )
+
+
+class RtcSettings(BaseModel):
+    stun_urls: list[str] = Field(default_factory=list, description="STUN server URLs handed to clients.")
+    turn_urls: list[str] = Field(default_factory=list, description="TURN server URLs (coturn, use-auth-secret).")
+    turn_secret: str = Field("", description="Shared secret of the TURN REST API scheme.")
+    turn_ttl_s: int = Field(86400, ge=60, description="Lifetime of TURN credentials.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COURIER_", env_nested_delimiter="__", extra="ignore")
+
+    mode: Literal["dev", "prod"] = Field("prod", description="dev allows the insecure built-in secrets.")
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8080, description="Port the HTTP server binds.")
+    data_dir: Path = Field(Path(".courier"), description="Embedded mode: SQLite file and object store.")
+    database_url: str = Field("", description="SQLAlchemy async URL; empty means SQLite under data_dir.")
+    secret: str = Field(DEV_SECRET, description="Signs file URLs and internal calls.")
+    large_group_threshold: int = Field(500, ge=2, description="Members above this use read-diffusion.")
+    recall_window_s: float = Field(120.0, ge=0, description="How long a sender may recall a message.")
+    edit_window_s: float = Field(24 * 3600.0, ge=0, description="How long a sender may edit a message.")
+    max_text_length: int = Field(4000, ge=1, description="Longest text message, in characters.")
+    ack_timeout_s: float = Field(30.0, gt=0, description="Retransmit an unacked push after this long.")
+    max_redeliveries: int = Field(5, ge=0, description="Retransmissions before a device is left to sync.")
+    presence_ttl_s: float = Field(60.0, gt=0, description="A device without heartbeat for this long is offline.")
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    file: FileSettings = Field(default_factory=FileSettings)
+    rtc: RtcSettings = Field(default_factory=RtcSettings)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'courier.db'}"
+
+    def refuse_insecure_defaults(self) -> None:
+        """Outside dev mode, built-in secrets would let anyone forge tokens: refuse to start."""
+        if self.mode == "dev":
+            return
+        if self.secret == DEV_SECRET or DEV_SECRET in self.jwt.keys.values():
+            raise SystemExit("refusing to start: set COURIER_SECRET and COURIER_JWT__KEYS (insecure defaults)")
