@@ -1,0 +1,133 @@
+"""The WebSocket endpoint ``/v1/ws`` of a delivery node: a thin socket loop around ``Session``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from services.common.errors import RateLimited, Unauthorized
+from services.common.tokens import AccessTokens, Principal, bearer
+from services.delivery.hub import Close, Connection
+from services.delivery.ports import FrameLimiter
+from services.delivery.protocol import AckWindow, encode, error_frame
+from services.delivery.session import Session, SessionDeps
+
+log = logging.getLogger("courier.delivery.ws")
+
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_RATE_LIMITED = 4008
+CLOSE_IDLE = 1001
+
+
+class WebSocketSettings:
+    def __init__(
+        self,
+        *,
+        queue_size: int,
+        idle_timeout_s: float,
+        max_frame_bytes: int,
+        ack_timeout_s: float,
+        max_redeliveries: int,
+    ) -> None:
+        self.queue_size = queue_size
+        self.idle_timeout_s = idle_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.ack_timeout_s = ack_timeout_s
+        self.max_redeliveries = max_redeliveries
+
+
+def _authenticate(websocket: WebSocket, tokens: AccessTokens) -> Principal:
+    token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("access_token")
+    if not token:
+        raise Unauthorized("missing access token (Authorization: Bearer or ?access_token=)")
+    return tokens.verify(token)
+
+
+async def _write(websocket: WebSocket, conn: Connection) -> None:
+    while True:
+        item = await conn.next_outgoing()
+        if isinstance(item, Close):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+                await websocket.close(item.code, item.reason)
+            return
+        await websocket.send_text(item)
+
+
+async def _read(
+    websocket: WebSocket, session: Session, settings: WebSocketSettings, limiter: FrameLimiter | None, ip: str
+) -> None:
+    conn = session.conn
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_s)
+        except TimeoutError:
+            conn.close(CLOSE_IDLE, "idle timeout")
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("text")
+        if data is None:
+            conn.offer(error_frame(None, "invalid_request", "binary frames are not supported; send JSON text"))
+            continue
+        if limiter is not None:
+            try:
+                await limiter.check(ip=ip, user_id=conn.user_id)
+            except RateLimited as exc:
+                conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}")
+                return
+        if len(data) > settings.max_frame_bytes:
+            conn.offer(error_frame(None, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes"))
+            continue
+        await session.on_text(data)
+
+
+def build_router(
+    deps: SessionDeps, *, tokens: AccessTokens, settings: WebSocketSettings, limiter: FrameLimiter | None = None
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket("/v1/ws")
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            principal = _authenticate(websocket, tokens)
+        except Unauthorized as exc:
+            await websocket.send_text(encode(error_frame(None, exc.code, exc.message)))
+            await websocket.close(CLOSE_UNAUTHORIZED, "unauthorized")
+            return
+        ip = websocket.client.host if websocket.client else "unknown"
+        conn = Connection(
+            principal.user_id,
+            principal.device_id,
+            queue_size=settings.queue_size,
+            window=AckWindow(timeout_s=settings.ack_timeout_s, max_redeliveries=settings.max_redeliveries),
+        )
+        session = Session(conn, deps)
+        deps.hub.attach(conn)
+        await deps.presence.connected(conn.user_id, conn.device_id)
+        reader = asyncio.create_task(_read(websocket, session, settings, limiter, ip))
+        writer = asyncio.create_task(_write(websocket, conn))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                if conn.closing is not None:
+                    await writer  # the reader asked to close: let the writer send the close frame
+                else:
+                    writer.cancel()
+            else:
+                reader.cancel()
+            for task in (reader, writer):
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.warning("socket of %s/%s ended with %r", conn.user_id, conn.device_id, task.exception())
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            if deps.hub.detach(conn):
+                await deps.presence.disconnected(conn.user_id, conn.device_id)
+                if not deps.hub.devices(conn.user_id):
+                    await deps.presence.unsubscribe_all(conn.user_id)
+
+    return router

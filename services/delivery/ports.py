@@ -1,0 +1,42 @@
+"""What a delivery node needs from the other services."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from services.message.app import SendMessage, Sent, SyncedConversation
+
+
+class Messages(Protocol):
+    async def send(self, cmd: SendMessage) -> Sent: ...
+
+    async def sync(
+        self, user_id: str, cursors: Mapping[str, int], *, limit: int | None = None
+    ) -> list[SyncedConversation]: ...
+
+    async def mark_read(self, conversation_id: str, user_id: str, seq: int) -> int: ...
+
+
+class Members(Protocol):
+    async def members(self, conversation_id: str, user_id: str) -> Sequence[str]:
+        """The members of a conversation ``user_id`` belongs to; ``NotFound`` otherwise."""
+        ...
+
+
+class PresenceTracker(Protocol):
+    async def connected(self, user_id: str, device_id: str) -> None: ...
+
+    async def heartbeat(self, user_id: str, device_id: str) -> None: ...
+
+    async def disconnected(self, user_id: str, device_id: str) -> None: ...
+
+    async def subscribe(self, subscriber_id: str, user_ids: Collection[str]) -> list[dict[str, Any]]: ...
+
+    async def unsubscribe_all(self, subscriber_id: str) -> None: ...
+
+
+class FrameLimiter(Protocol):
+    async def check(self, *, ip: str, user_id: str | None) -> None:
+        """Raises ``RateLimited`` when the caller is over a limit."""
+        ...

@@ -1,0 +1,132 @@
+"""One device's WebSocket session: turns client frames into use-case calls and answers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.clock import rfc3339
+from services.common.errors import CourierError, InvalidRequest
+from services.common.push import Pusher
+from services.delivery import protocol
+from services.delivery.hub import Connection, Hub
+from services.delivery.ports import Members, Messages, PresenceTracker
+from services.message.app import SendMessage
+
+log = logging.getLogger("courier.delivery.session")
+
+
+@dataclass(frozen=True)
+class SessionDeps:
+    hub: Hub
+    pusher: Pusher
+    messages: Messages
+    members: Members
+    presence: PresenceTracker
+    heartbeat_every_s: float
+    sync_limit: int
+
+
+class Session:
+    def __init__(self, conn: Connection, deps: SessionDeps, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.conn = conn
+        self.deps = deps
+        self._clock = clock
+        self._last_heartbeat = clock()
+
+    @property
+    def user_id(self) -> str:
+        return self.conn.user_id
+
+    async def on_text(self, data: str | bytes) -> None:
+        """Handle one client frame; every failure becomes an ``error`` frame, the socket stays."""
+        ref: protocol.FrameId = None
+        try:
+            frame = protocol.parse_frame(data)
+            ref = frame.id
+            await self._heartbeat()
+            await self._dispatch(frame)
+        except protocol.FrameError as exc:
+            self.conn.offer(protocol.error_frame(exc.ref, InvalidRequest.code, exc.message))
+        except CourierError as exc:
+            self.conn.offer(protocol.error_frame(ref, exc.code, exc.message))
+
+    async def _heartbeat(self) -> None:
+        now = self._clock()
+        if now - self._last_heartbeat >= self.deps.heartbeat_every_s:
+            self._last_heartbeat = now
+            await self.deps.presence.heartbeat(self.conn.user_id, self.conn.device_id)
+
+    async def _dispatch(self, frame: protocol.ClientFrame) -> None:
+        conn, deps = self.conn, self.deps
+        match frame:
+            case protocol.SendFrame():
+                sent = await deps.messages.send(
+                    SendMessage(frame.conversation_id, conn.user_id, conn.device_id, frame.client_msg_id, frame.content)
+                )
+                conn.offer(
+                    {
+                        "type": "send_ack",
+                        "ref": frame.id,
+                        "conversation_id": sent.message.conversation_id,
+                        "seq": sent.message.seq,
+                        "message_id": sent.message.message_id,
+                        "created_at": rfc3339(sent.message.created_at),
+                        "duplicate": not sent.created,
+                    }
+                )
+            case protocol.AckFrame():
+                conn.window.ack(frame.conversation_id, frame.seq)
+            case protocol.SyncFrame():
+                limit = min(frame.limit or deps.sync_limit, deps.sync_limit)
+                synced = await deps.messages.sync(conn.user_id, frame.cursors, limit=limit)
+                conn.offer(
+                    protocol.sync_result(
+                        frame.id,
+                        [
+                            {
+                                "conversation_id": s.conversation_id,
+                                "messages": [m.to_wire() for m in s.messages],
+                                "has_more": s.has_more,
+                            }
+                            for s in synced
+                        ],
+                    )
+                )
+            case protocol.ReadFrame():
+                await deps.messages.mark_read(frame.conversation_id, conn.user_id, frame.seq)
+            case protocol.TypingFrame():
+                members = await deps.members.members(frame.conversation_id, conn.user_id)
+                others = [m for m in members if m != conn.user_id]
+                await deps.pusher.push(
+                    others,
+                    {
+                        "type": "typing",
+                        "conversation_id": frame.conversation_id,
+                        "user_id": conn.user_id,
+                        "state": frame.state,
+                    },
+                )
+            case protocol.PresenceSubscribeFrame():
+                for current in await deps.presence.subscribe(conn.user_id, frame.user_ids):
+                    conn.offer(current)
+            case protocol.CallFrame():
+                await self._relay_call(frame)
+            case protocol.PingFrame():
+                await deps.presence.heartbeat(conn.user_id, conn.device_id)
+                conn.offer({"type": "pong", "ref": frame.id})
+
+    async def _relay_call(self, frame: protocol.CallFrame) -> None:
+        """To the named peer (or every other member), and to the caller's other devices so they stop
+        ringing or show the call as answered elsewhere."""
+        members = await self.deps.members.members(frame.conversation_id, self.conn.user_id)
+        if frame.to is not None and frame.to not in members:
+            raise InvalidRequest("call target is not a member of the conversation")
+        peers = [frame.to] if frame.to is not None else [m for m in members if m != self.conn.user_id]
+        relayed: dict[str, Any] = frame.relayed(sender_id=self.conn.user_id, sender_device_id=self.conn.device_id)
+        await self.deps.pusher.push(
+            [*peers, self.conn.user_id], relayed, skip_device=(self.conn.user_id, self.conn.device_id)
+        )

@@ -1,0 +1,234 @@
+"""In-process adapters: the embedded mode's cache, counters and broker, and the unit tests' store."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from services.common.clock import utcnow
+from services.message.domain import Message
+from services.message.ports import (
+    ClientMsgIdTaken,
+    InboxEntry,
+    OutboxRecord,
+    Page,
+    Record,
+    SeqTaken,
+    TimelineHead,
+)
+
+
+class MemorySeqCounter:
+    def __init__(self) -> None:
+        self._seqs: dict[str, int] = {}
+
+    async def next(self, conversation_id: str, *, seed: Callable[[], Awaitable[int]]) -> int:
+        if conversation_id not in self._seqs:
+            high_water = await seed()
+            self._seqs.setdefault(conversation_id, high_water)
+        self._seqs[conversation_id] += 1
+        return self._seqs[conversation_id]
+
+    async def reseed(self, conversation_id: str, high_water: int) -> None:
+        self._seqs[conversation_id] = high_water
+
+    def forget(self) -> None:
+        """Lose every counter, as a cache flush would (tests of re-seeding)."""
+        self._seqs.clear()
+
+
+class MemoryInbox:
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], InboxEntry] = {}
+
+    async def bump(
+        self,
+        user_ids: Collection[str],
+        conversation_id: str,
+        *,
+        seq: int,
+        last_message: Mapping[str, Any],
+        at: datetime,
+        reader_id: str | None,
+    ) -> None:
+        for user_id in user_ids:
+            entry = self._entries.setdefault((user_id, conversation_id), InboxEntry())
+            if seq >= entry.max_seq:
+                entry.max_seq, entry.last_message, entry.last_activity_at = seq, last_message, at
+            if user_id == reader_id:
+                entry.read_seq = max(entry.read_seq, seq)
+
+    async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> None:
+        entry = self._entries.get((user_id, conversation_id))
+        if entry is not None:
+            entry.read_seq = max(entry.read_seq, seq)
+
+    async def entries(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, InboxEntry]:
+        found = {cid: self._entries.get((user_id, cid)) for cid in conversation_ids}
+        return {cid: replace(entry) for cid, entry in found.items() if entry is not None}
+
+    async def put(self, user_id: str, conversation_id: str, entry: InboxEntry) -> None:
+        self._entries.setdefault((user_id, conversation_id), replace(entry))
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
+class MemoryTimeline:
+    def __init__(self, *, keep: int = 100) -> None:
+        self._keep = keep
+        self._events: dict[str, OrderedDict[int, tuple[Mapping[str, Any], datetime]]] = defaultdict(OrderedDict)
+
+    async def append(self, conversation_id: str, *, seq: int, message: Mapping[str, Any], at: datetime) -> None:
+        events = self._events[conversation_id]
+        events[seq] = (message, at)
+        while len(events) > self._keep:
+            events.popitem(last=False)
+
+    async def heads(self, conversation_ids: Collection[str]) -> dict[str, TimelineHead]:
+        heads = {}
+        for cid in conversation_ids:
+            events = self._events.get(cid)
+            if events:
+                seq = max(events)
+                message, at = events[seq]
+                heads[cid] = TimelineHead(max_seq=seq, last_message=message, last_activity_at=at)
+        return heads
+
+
+class MemoryEventLog:
+    """An append-only log per topic with consumer-group offsets, in order (one partition)."""
+
+    def __init__(self) -> None:
+        self._topics: dict[str, list[Record]] = defaultdict(list)
+        self._committed: dict[tuple[str, str], int] = defaultdict(int)
+        self._appended = asyncio.Condition()
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        async with self._appended:
+            for record in records:
+                self._topics[record.topic].append(record)
+            self._appended.notify_all()
+
+    def consumer(self, topic: str, group: str) -> MemoryConsumer:
+        return MemoryConsumer(self, topic, group)
+
+    def size(self, topic: str) -> int:
+        return len(self._topics[topic])
+
+    def records(self, topic: str) -> list[Record]:
+        return list(self._topics[topic])
+
+
+class MemoryConsumer:
+    def __init__(self, log: MemoryEventLog, topic: str, group: str) -> None:
+        self._log, self._topic, self._group = log, topic, group
+        self._position = log._committed[(topic, group)]
+
+    @property
+    def lag(self) -> int:
+        return len(self._log._topics[self._topic]) - self._log._committed[(self._topic, self._group)]
+
+    async def poll(self, *, max_records: int, timeout_s: float) -> list[Record]:
+        records = self._log._topics[self._topic]
+        if self._position >= len(records):
+            async with self._log._appended:
+                try:
+                    await asyncio.wait_for(
+                        self._log._appended.wait_for(lambda: self._position < len(records)), timeout_s
+                    )
+                except TimeoutError:
+                    return []
+        batch = records[self._position : self._position + max_records]
+        self._position += len(batch)
+        return batch
+
+    async def commit(self) -> None:
+        self._log._committed[(self._topic, self._group)] = self._position
+
+
+class MemoryMessageStore:
+    """The unit tests' store: the same semantics as the SQL store, held in dicts."""
+
+    def __init__(self) -> None:
+        self._by_seq: dict[str, dict[int, Message]] = defaultdict(dict)
+        self._by_client: dict[tuple[str, str], Message] = {}
+        self._reads: dict[tuple[str, str], int] = {}
+        self._outbox: dict[int, tuple[OutboxRecord, datetime, float]] = {}
+        self._next_outbox = 1
+        self.fail_next_append: Exception | None = None
+
+    async def find_by_client_id(self, sender_id: str, client_msg_id: str) -> Message | None:
+        return self._by_client.get((sender_id, client_msg_id))
+
+    async def get(self, conversation_id: str, seq: int) -> Message | None:
+        return self._by_seq[conversation_id].get(seq)
+
+    async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
+        if self.fail_next_append is not None:
+            error, self.fail_next_append = self.fail_next_append, None
+            raise error
+        if event.seq in self._by_seq[event.conversation_id]:
+            raise SeqTaken(f"{event.conversation_id}/{event.seq}")
+        if (event.sender_id, event.client_msg_id) in self._by_client:
+            raise ClientMsgIdTaken(event.client_msg_id)
+        self._by_seq[event.conversation_id][event.seq] = event
+        self._by_client[(event.sender_id, event.client_msg_id)] = event
+        if replace is not None:
+            self._by_seq[replace.conversation_id][replace.seq] = replace
+            self._by_client[(replace.sender_id, replace.client_msg_id)] = replace
+        self._outbox[self._next_outbox] = (OutboxRecord(self._next_outbox, event.conversation_id, outbox), utcnow(), 0)
+        self._next_outbox += 1
+        await self.set_read(event.conversation_id, event.sender_id, event.seq)
+
+    async def max_seq(self, conversation_id: str) -> int:
+        return max(self._by_seq[conversation_id], default=0)
+
+    async def max_seqs(self, conversation_ids: Collection[str]) -> dict[str, int]:
+        return {cid: await self.max_seq(cid) for cid in conversation_ids if self._by_seq.get(cid)}
+
+    async def last_messages(self, conversation_ids: Collection[str]) -> dict[str, Message]:
+        return {cid: self._by_seq[cid][max(self._by_seq[cid])] for cid in conversation_ids if self._by_seq.get(cid)}
+
+    async def page(self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int) -> Page:
+        seqs = sorted(self._by_seq[conversation_id])
+        low = bisect.bisect_right(seqs, after_seq) if after_seq is not None else 0
+        high = bisect.bisect_left(seqs, before_seq) if before_seq is not None else len(seqs)
+        window = seqs[low:high]
+        if after_seq is not None:
+            chosen, has_more = window[:limit], len(window) > limit
+        else:
+            chosen, has_more = window[-limit:], len(window) > limit
+        return Page([self._by_seq[conversation_id][s] for s in chosen], has_more)
+
+    async def set_read(self, conversation_id: str, user_id: str, seq: int) -> int:
+        key = (conversation_id, user_id)
+        self._reads[key] = max(self._reads.get(key, 0), seq)
+        return self._reads[key]
+
+    async def read_seqs(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, int]:
+        return {cid: self._reads[(cid, user_id)] for cid in conversation_ids if (cid, user_id) in self._reads}
+
+    async def claim_outbox(self, *, limit: int, lease_s: float) -> list[OutboxRecord]:
+        now = asyncio.get_running_loop().time()
+        claimed: list[OutboxRecord] = []
+        for outbox_id, (record, created, leased_until) in sorted(self._outbox.items()):
+            if len(claimed) == limit:
+                break
+            if leased_until <= now:
+                self._outbox[outbox_id] = (record, created, now + lease_s)
+                claimed.append(record)
+        return claimed
+
+    async def delete_outbox(self, outbox_ids: Collection[int]) -> None:
+        for outbox_id in outbox_ids:
+            self._outbox.pop(outbox_id, None)
+
+    async def outbox_stats(self) -> tuple[int, datetime | None]:
+        oldest = min((created for _, created, _ in self._outbox.values()), default=None)
+        return len(self._outbox), oldest

@@ -1,0 +1,277 @@
+"""The message store on SQLAlchemy 2 async: messages, read cursors and the transactional outbox.
+
+Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq is ever reused) and
+``(sender_id, client_msg_id)`` (a resent message is never stored twice).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.common.clock import utcnow
+from services.common.db import UtcDateTime, metadata
+from services.message.domain import Message
+from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqTaken
+
+ID = String(32)
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+messages = Table(
+    "message_messages",
+    metadata,
+    Column("message_id", ID, primary_key=True),
+    Column("conversation_id", ID, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sender_id", ID, nullable=False),
+    Column("sender_device_id", String(64), nullable=False),
+    Column("client_msg_id", String(96), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("recalled", Boolean, nullable=False, default=False),
+    Column("edited", Boolean, nullable=False, default=False),
+    UniqueConstraint("conversation_id", "seq"),
+    UniqueConstraint("sender_id", "client_msg_id"),
+)
+
+read_cursors = Table(
+    "message_read_cursors",
+    metadata,
+    Column("conversation_id", ID, primary_key=True),
+    Column("user_id", ID, primary_key=True),
+    Column("read_seq", BigInteger, nullable=False),
+    Index("ix_message_read_cursors_user", "user_id"),
+)
+
+outbox_rows = Table(
+    "message_outbox",
+    metadata,
+    Column("outbox_id", BigId, primary_key=True, autoincrement=True),
+    Column("conversation_id", ID, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("leased_until", UtcDateTime, nullable=False),
+    Column("lease_token", String(32), nullable=True),
+    Index("ix_message_outbox_leased_until", "leased_until"),
+)
+
+
+def _message(row: Row[Any]) -> Message:
+    return Message(
+        message_id=row.message_id,
+        conversation_id=row.conversation_id,
+        seq=int(row.seq),
+        sender_id=row.sender_id,
+        sender_device_id=row.sender_device_id,
+        client_msg_id=row.client_msg_id,
+        content=orjson.loads(row.content),
+        created_at=row.created_at,
+        recalled=bool(row.recalled),
+        edited=bool(row.edited),
+    )
+
+
+def _columns(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "sender_id": message.sender_id,
+        "sender_device_id": message.sender_device_id,
+        "client_msg_id": message.client_msg_id,
+        "content": orjson.dumps(message.content).decode(),
+        "created_at": message.created_at,
+        "recalled": message.recalled,
+        "edited": message.edited,
+    }
+
+
+async def _advance_read(conn: AsyncConnection, conversation_id: str, user_id: str, seq: int) -> None:
+    """Upsert the cursor, keeping the larger seq (the dialects spell upsert differently)."""
+    values = {"conversation_id": conversation_id, "user_id": user_id, "read_seq": seq}
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        module: Any = sqlite if dialect == "sqlite" else postgresql
+        stmt = module.insert(read_cursors).values(values)
+        larger = case(
+            (stmt.excluded.read_seq > read_cursors.c.read_seq, stmt.excluded.read_seq), else_=read_cursors.c.read_seq
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(index_elements=["conversation_id", "user_id"], set_={"read_seq": larger})
+        )
+    elif dialect in ("mysql", "mariadb"):
+        stmt = mysql.insert(read_cursors).values(values)
+        await conn.execute(
+            stmt.on_duplicate_key_update(read_seq=func.greatest(read_cursors.c.read_seq, stmt.inserted.read_seq))
+        )
+    else:
+        raise NotImplementedError(f"no upsert for dialect {dialect}")
+
+
+class SqlMessageStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def find_by_client_id(self, sender_id: str, client_msg_id: str) -> Message | None:
+        query = select(messages).where(messages.c.sender_id == sender_id, messages.c.client_msg_id == client_msg_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _message(row)
+
+    async def get(self, conversation_id: str, seq: int) -> Message | None:
+        query = select(messages).where(messages.c.conversation_id == conversation_id, messages.c.seq == seq)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _message(row)
+
+    async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
+        now = utcnow()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(messages.insert().values(_columns(event)))
+                if replace is not None:
+                    changed = _columns(replace)
+                    await conn.execute(
+                        update(messages)
+                        .where(messages.c.message_id == replace.message_id)
+                        .values(content=changed["content"], recalled=replace.recalled, edited=replace.edited)
+                    )
+                await conn.execute(
+                    outbox_rows.insert().values(
+                        conversation_id=event.conversation_id,
+                        payload=outbox,
+                        created_at=now,
+                        leased_until=now,
+                    )
+                )
+                await _advance_read(conn, event.conversation_id, event.sender_id, event.seq)
+        except IntegrityError as exc:
+            if await self.find_by_client_id(event.sender_id, event.client_msg_id) is not None:
+                raise ClientMsgIdTaken(event.client_msg_id) from exc
+            raise SeqTaken(f"{event.conversation_id}/{event.seq}") from exc
+
+    async def max_seq(self, conversation_id: str) -> int:
+        query = select(func.max(messages.c.seq)).where(messages.c.conversation_id == conversation_id)
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    async def max_seqs(self, conversation_ids: Collection[str]) -> dict[str, int]:
+        if not conversation_ids:
+            return {}
+        query = (
+            select(messages.c.conversation_id, func.max(messages.c.seq))
+            .where(messages.c.conversation_id.in_(list(conversation_ids)))
+            .group_by(messages.c.conversation_id)
+        )
+        async with self._engine.connect() as conn:
+            return {cid: int(seq) for cid, seq in (await conn.execute(query)).all()}
+
+    async def last_messages(self, conversation_ids: Collection[str]) -> dict[str, Message]:
+        heads = await self.max_seqs(conversation_ids)
+        if not heads:
+            return {}
+        wanted = [and_(messages.c.conversation_id == cid, messages.c.seq == seq) for cid, seq in heads.items()]
+        found: dict[str, Message] = {}
+        async with self._engine.connect() as conn:
+            for start in range(0, len(wanted), 200):
+                rows = (await conn.execute(select(messages).where(or_(*wanted[start : start + 200])))).all()
+                found.update((row.conversation_id, _message(row)) for row in rows)
+        return found
+
+    async def page(self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int) -> Page:
+        query = select(messages).where(messages.c.conversation_id == conversation_id)
+        if after_seq is not None:
+            query = query.where(messages.c.seq > after_seq)
+        if before_seq is not None:
+            query = query.where(messages.c.seq < before_seq)
+        ordered = query.order_by(messages.c.seq if after_seq is not None else messages.c.seq.desc())
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(ordered.limit(limit + 1))).all()
+        has_more = len(rows) > limit
+        chosen = [_message(row) for row in rows[:limit]]
+        if after_seq is None:
+            chosen.reverse()
+        return Page(chosen, has_more)
+
+    async def set_read(self, conversation_id: str, user_id: str, seq: int) -> int:
+        async with self._engine.begin() as conn:
+            await _advance_read(conn, conversation_id, user_id, seq)
+            query = select(read_cursors.c.read_seq).where(
+                read_cursors.c.conversation_id == conversation_id, read_cursors.c.user_id == user_id
+            )
+            return int((await conn.execute(query)).scalar_one())
+
+    async def read_seqs(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, int]:
+        if not conversation_ids:
+            return {}
+        query = select(read_cursors.c.conversation_id, read_cursors.c.read_seq).where(
+            read_cursors.c.user_id == user_id, read_cursors.c.conversation_id.in_(list(conversation_ids))
+        )
+        async with self._engine.connect() as conn:
+            return {cid: int(seq) for cid, seq in (await conn.execute(query)).all()}
+
+    async def claim_outbox(self, *, limit: int, lease_s: float) -> list[OutboxRecord]:
+        now = utcnow()
+        token = secrets.token_hex(16)
+        async with self._engine.begin() as conn:
+            candidates = (
+                select(outbox_rows.c.outbox_id)
+                .where(outbox_rows.c.leased_until <= now)
+                .order_by(outbox_rows.c.outbox_id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            ids = [row[0] for row in (await conn.execute(candidates)).all()]
+            if not ids:
+                return []
+            await conn.execute(
+                update(outbox_rows)
+                .where(outbox_rows.c.outbox_id.in_(ids), outbox_rows.c.leased_until <= now)
+                .values(leased_until=now + timedelta(seconds=lease_s), lease_token=token)
+            )
+            rows = (
+                await conn.execute(
+                    select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id, outbox_rows.c.payload)
+                    .where(outbox_rows.c.lease_token == token)
+                    .order_by(outbox_rows.c.outbox_id)
+                )
+            ).all()
+        return [OutboxRecord(int(row.outbox_id), row.conversation_id, bytes(row.payload)) for row in rows]
+
+    async def delete_outbox(self, outbox_ids: Collection[int]) -> None:
+        if outbox_ids:
+            async with self._engine.begin() as conn:
+                await conn.execute(outbox_rows.delete().where(outbox_rows.c.outbox_id.in_(list(outbox_ids))))
+
+    async def outbox_stats(self) -> tuple[int, datetime | None]:
+        async with self._engine.connect() as conn:
+            count, oldest = (
+                await conn.execute(select(func.count(), func.min(outbox_rows.c.created_at, type_=UtcDateTime)))
+            ).one()
+        return int(count), oldest

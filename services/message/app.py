@@ -1,0 +1,387 @@
+"""Use cases of the message service: send, history, read cursors, recall, edit, sync and activity."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from services.common.clock import utcnow
+from services.common.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from services.common.ids import new_id
+from services.common.push import Pusher
+from services.message import domain
+from services.message.domain import EDIT, RECALL, Message
+from services.message.ports import (
+    ClientMsgIdTaken,
+    Conversation,
+    Conversations,
+    FileShares,
+    Inbox,
+    InboxEntry,
+    MessageStore,
+    Page,
+    SeqCounter,
+    SeqTaken,
+    Timeline,
+)
+
+SEQ_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    conversation_id: str
+    sender_id: str
+    sender_device_id: str
+    client_msg_id: str
+    content: Any
+
+
+@dataclass(frozen=True)
+class Sent:
+    message: Message
+    created: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_length: int
+    recall_window_s: float
+    edit_window_s: float
+
+
+class ConversationLocks:
+    """One lock per conversation, held while a seq is taken and committed.
+
+    A seq handed out and then not committed (the transaction failed) is taken back by re-seeding
+    from the store before anyone else draws one, so seqs have no gaps.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = defaultdict(int)
+
+    def __call__(self, conversation_id: str) -> _Held:
+        return _Held(self, conversation_id)
+
+
+class _Held:
+    def __init__(self, locks: ConversationLocks, conversation_id: str) -> None:
+        self._locks, self._cid = locks, conversation_id
+
+    async def __aenter__(self) -> None:
+        locks = self._locks
+        locks._users[self._cid] += 1
+        await locks._locks.setdefault(self._cid, asyncio.Lock()).acquire()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        locks = self._locks
+        locks._locks[self._cid].release()
+        locks._users[self._cid] -= 1
+        if locks._users[self._cid] == 0:
+            del locks._users[self._cid], locks._locks[self._cid]
+
+
+@dataclass(frozen=True)
+class MessageDeps:
+    store: MessageStore
+    counter: SeqCounter
+    conversations: Conversations
+    files: FileShares
+    locks: ConversationLocks
+    limits: Limits
+    on_stored: Callable[[], None] = lambda: None
+    """Called after each commit: wakes the outbox relay of this process."""
+
+
+async def member_conversation(conversation_id: str, user_id: str, *, conversations: Conversations) -> Conversation:
+    """The conversation if ``user_id`` belongs to it; otherwise ``NotFound`` (no existence leak)."""
+    conversation = await conversations.get(conversation_id)
+    if conversation is None or user_id not in conversation.roles:
+        raise NotFound("no such conversation")
+    return conversation
+
+
+def event_payload(event: Message) -> bytes:
+    """The outbox / Kafka record of a stored event."""
+    return orjson.dumps({"event": event.to_wire()})
+
+
+async def _store_event(
+    event_factory: Callable[[int], Message], conversation_id: str, deps: MessageDeps, *, replace: Message | None = None
+) -> Message:
+    """Take the next seq and commit the event built for it, without gaps or reuse."""
+    store, counter = deps.store, deps.counter
+    async with deps.locks(conversation_id):
+        for _ in range(SEQ_RETRIES):
+            seq = await counter.next(conversation_id, seed=lambda: store.max_seq(conversation_id))
+            event: Message = event_factory(seq)
+            try:
+                await store.append(event, outbox=event_payload(event), replace=replace)
+            except SeqTaken:
+                await counter.reseed(conversation_id, await store.max_seq(conversation_id))
+                continue
+            except BaseException:
+                await counter.reseed(conversation_id, await store.max_seq(conversation_id))
+                raise
+            deps.on_stored()
+            return event
+    raise Unavailable("could not allocate a sequence number; retry")
+
+
+async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
+    client_msg_id = domain.validate_client_msg_id(cmd.client_msg_id)
+    content = domain.validate_content(cmd.content, max_text_length=deps.limits.max_text_length)
+    existing = await deps.store.find_by_client_id(cmd.sender_id, client_msg_id)
+    if existing is not None:
+        return _resent(existing, cmd)
+    await member_conversation(cmd.conversation_id, cmd.sender_id, conversations=deps.conversations)
+    if content["type"] == "file":
+        shared = await deps.files.attach(content["file_id"], cmd.conversation_id, cmd.sender_id)
+        content = {**content, **{k: shared[k] for k in ("name", "size", "content_type")}}
+
+    def build(seq: int) -> Message:
+        return Message(
+            message_id=new_id(),
+            conversation_id=cmd.conversation_id,
+            seq=seq,
+            sender_id=cmd.sender_id,
+            sender_device_id=cmd.sender_device_id,
+            client_msg_id=client_msg_id,
+            content=content,
+            created_at=utcnow(),
+        )
+
+    try:
+        return Sent(await _store_event(build, cmd.conversation_id, deps), created=True)
+    except ClientMsgIdTaken:
+        existing = await deps.store.find_by_client_id(cmd.sender_id, client_msg_id)
+        assert existing is not None
+        return _resent(existing, cmd)
+
+
+def _resent(existing: Message, cmd: SendMessage) -> Sent:
+    if existing.conversation_id != cmd.conversation_id:
+        raise Conflict("client_msg_id was already used for a message in another conversation")
+    return Sent(existing, created=False)
+
+
+async def history(
+    conversation_id: str,
+    user_id: str,
+    *,
+    after_seq: int | None,
+    before_seq: int | None,
+    limit: int | None,
+    deps: MessageDeps,
+) -> Page:
+    for name, value in (("after_seq", after_seq), ("before_seq", before_seq)):
+        if value is not None and value < 0:
+            raise InvalidRequest(f"{name} must not be negative")
+    await member_conversation(conversation_id, user_id, conversations=deps.conversations)
+    return await deps.store.page(
+        conversation_id, after_seq=after_seq, before_seq=before_seq, limit=domain.clamp_limit(limit)
+    )
+
+
+async def mark_read(
+    conversation_id: str, user_id: str, seq: int, *, deps: MessageDeps, inbox: Inbox, pusher: Pusher
+) -> int:
+    """Move the read cursor (never backwards, never past the newest seq) and tell the other members."""
+    if seq < 0:
+        raise InvalidRequest("seq must not be negative")
+    conversation = await member_conversation(conversation_id, user_id, conversations=deps.conversations)
+    seq = min(seq, await deps.store.max_seq(conversation_id))
+    cursor = await deps.store.set_read(conversation_id, user_id, seq)
+    await inbox.mark_read(user_id, conversation_id, cursor)
+    receipt = {"type": "read_receipt", "conversation_id": conversation_id, "user_id": user_id, "seq": cursor}
+    await pusher.push(list(conversation.roles), receipt)
+    return cursor
+
+
+async def _target(conversation_id: str, seq: int, user_id: str, deps: MessageDeps) -> tuple[Conversation, Message]:
+    conversation = await member_conversation(conversation_id, user_id, conversations=deps.conversations)
+    target = await deps.store.get(conversation_id, seq)
+    if target is None:
+        raise NotFound(f"no message with seq {seq}")
+    return conversation, target
+
+
+async def recall(conversation_id: str, seq: int, *, by: str, device_id: str, deps: MessageDeps) -> Message:
+    """Wipe a message's content and store a recall tombstone with a seq of its own (idempotent)."""
+    conversation, target = await _target(conversation_id, seq, by, deps)
+    if target.recalled:
+        return target
+    domain.check_recall(target, by=by, role=conversation.roles[by], now=utcnow(), window_s=deps.limits.recall_window_s)
+    wiped = domain.recalled(target)
+
+    def build(event_seq: int) -> Message:
+        return Message(
+            message_id=new_id(),
+            conversation_id=conversation_id,
+            seq=event_seq,
+            sender_id=by,
+            sender_device_id=device_id,
+            client_msg_id=f"~recall:{target.message_id}",
+            content={"type": RECALL, "target_seq": seq},
+            created_at=utcnow(),
+        )
+
+    with contextlib.suppress(ClientMsgIdTaken):  # recalled concurrently by the same user: same outcome
+        await _store_event(build, conversation_id, deps, replace=wiped)
+    return wiped
+
+
+async def edit(conversation_id: str, seq: int, content: Any, *, by: str, device_id: str, deps: MessageDeps) -> Message:
+    conversation, target = await _target(conversation_id, seq, by, deps)
+    del conversation
+    new_content = domain.validate_content(content, max_text_length=deps.limits.max_text_length)
+    if new_content["type"] != "text":
+        raise InvalidRequest("an edit must be text")
+    domain.check_edit(target, by=by, now=utcnow(), window_s=deps.limits.edit_window_s)
+    changed = domain.edited(target, new_content)
+
+    def build(event_seq: int) -> Message:
+        return Message(
+            message_id=new_id(),
+            conversation_id=conversation_id,
+            seq=event_seq,
+            sender_id=by,
+            sender_device_id=device_id,
+            client_msg_id=f"~edit:{new_id()}",
+            content={"type": EDIT, "target_seq": seq, "content": new_content},
+            created_at=utcnow(),
+        )
+
+    await _store_event(build, conversation_id, deps, replace=changed)
+    return changed
+
+
+@dataclass(frozen=True)
+class SyncedConversation:
+    conversation_id: str
+    messages: list[Message]
+    has_more: bool
+
+
+async def sync(user_id: str, cursors: Mapping[str, int], *, limit: int, deps: MessageDeps) -> list[SyncedConversation]:
+    """Everything after each cursor, for every conversation of the user that has something new.
+
+    Conversations absent from ``cursors`` are synced from 0; cursors of conversations the user is
+    not in are ignored.
+    """
+    conversation_ids = await deps.conversations.conversation_ids(user_id)
+    heads = await deps.store.max_seqs(conversation_ids)
+    behind = [cid for cid in conversation_ids if heads.get(cid, 0) > cursors.get(cid, 0)]
+    results = []
+    for cid in behind:
+        page = await deps.store.page(cid, after_seq=max(0, cursors.get(cid, 0)), before_seq=None, limit=limit)
+        results.append(SyncedConversation(cid, page.messages, page.has_more))
+    return results
+
+
+@dataclass(frozen=True)
+class Activity:
+    max_seq: int
+    read_seq: int
+    unread_count: int
+    last_message: Mapping[str, Any] | None
+    last_activity_at: datetime | None
+
+
+async def activity(
+    user_id: str, conversations: Sequence[Conversation], *, store: MessageStore, inbox: Inbox, timeline: Timeline
+) -> dict[str, Activity]:
+    """The conversation list's live part, from the inbox (small) and the timeline (large).
+
+    What the cache lacks (lost or never written) is rebuilt from the store, so unread counts
+    survive a restart or a cache flush.
+    """
+    small = [c.conversation_id for c in conversations if not c.large]
+    large = [c.conversation_id for c in conversations if c.large]
+    entries = await inbox.entries(user_id, small)
+    heads = await timeline.heads(large)
+    missing_small = [cid for cid in small if cid not in entries]
+    missing_large = [cid for cid in large if cid not in heads]
+    reads = await store.read_seqs(user_id, missing_small + large)
+    if missing_small or missing_large:
+        lasts = await store.last_messages(missing_small + missing_large)
+        for cid in missing_small:
+            last = lasts.get(cid)
+            entry = InboxEntry(read_seq=reads.get(cid, 0))
+            if last is not None:
+                entry.max_seq, entry.last_message, entry.last_activity_at = last.seq, _preview(last), last.created_at
+            await inbox.put(user_id, cid, entry)
+            entries[cid] = entry
+        for cid in missing_large:
+            last = lasts.get(cid)
+            if last is not None:
+                await timeline.append(cid, seq=last.seq, message=_preview(last), at=last.created_at)
+                heads = {**heads, **await timeline.heads([cid])}
+    found: dict[str, Activity] = {}
+    for cid, entry in entries.items():
+        found[cid] = Activity(entry.max_seq, entry.read_seq, entry.unread, entry.last_message, entry.last_activity_at)
+    for cid, head in heads.items():
+        read_seq = min(reads.get(cid, 0), head.max_seq)
+        found[cid] = Activity(head.max_seq, read_seq, head.max_seq - read_seq, head.last_message, head.last_activity_at)
+    return found
+
+
+def _preview(event: Message) -> dict[str, Any]:
+    return event.to_wire()
+
+
+async def fan_out(
+    event: Message,
+    *,
+    conversation: Conversation | None,
+    inbox: Inbox,
+    timeline: Timeline,
+    pusher: Pusher,
+    fanout_concurrency: int = 64,
+) -> None:
+    """Record a stored event in the members' inboxes (small) or the shared timeline (large), then
+    push it to every device of every member but the one it came from."""
+    if conversation is None:
+        return  # the conversation is gone; members will not see the event anywhere
+    members: Collection[str] = list(conversation.roles)
+    wire = event.to_wire()
+    if conversation.large:
+        await timeline.append(event.conversation_id, seq=event.seq, message=wire, at=event.created_at)
+    else:
+        batches = [list(members)[i : i + fanout_concurrency] for i in range(0, len(members), fanout_concurrency)]
+        for batch in batches:
+            await inbox.bump(
+                batch,
+                event.conversation_id,
+                seq=event.seq,
+                last_message=wire,
+                at=event.created_at,
+                reader_id=event.sender_id,
+            )
+    await pusher.push(
+        members, domain.push_frame(event), tracked=True, skip_device=(event.sender_id, event.sender_device_id)
+    )
+
+
+def decode_event(payload: bytes) -> Message:
+    data = orjson.loads(payload)["event"]
+    return Message(
+        message_id=data["message_id"],
+        conversation_id=data["conversation_id"],
+        seq=int(data["seq"]),
+        sender_id=data["sender_id"],
+        sender_device_id=data["sender_device_id"],
+        client_msg_id=data["client_msg_id"],
+        content=data["content"],
+        created_at=datetime.fromisoformat(data["created_at"].replace("Z", "+00:00")),
+        recalled=bool(data["recalled"]),
+        edited=bool(data["edited"]),
+    )

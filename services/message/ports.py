@@ -1,0 +1,177 @@
+"""What the message service needs from the world, as Protocols with an in-memory and a real adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from services.message.domain import Message
+
+
+class SeqTaken(Exception):
+    """The seq given to a new event is already stored: the counter is behind the database."""
+
+
+class ClientMsgIdTaken(Exception):
+    """Another request stored a message with this ``(sender_id, client_msg_id)`` first."""
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    outbox_id: int
+    conversation_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Page:
+    messages: list[Message]
+    has_more: bool
+
+
+class MessageStore(Protocol):
+    """The source of truth: messages, read cursors and the transactional outbox."""
+
+    async def find_by_client_id(self, sender_id: str, client_msg_id: str) -> Message | None: ...
+
+    async def get(self, conversation_id: str, seq: int) -> Message | None: ...
+
+    async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
+        """In ONE transaction: insert ``event``, overwrite ``replace`` (a recalled or edited target),
+        insert the outbox row and move the sender's read cursor to ``event.seq``.
+        Raises ``SeqTaken`` / ``ClientMsgIdTaken`` on the two unique constraints."""
+        ...
+
+    async def max_seq(self, conversation_id: str) -> int: ...
+
+    async def max_seqs(self, conversation_ids: Collection[str]) -> dict[str, int]: ...
+
+    async def last_messages(self, conversation_ids: Collection[str]) -> dict[str, Message]: ...
+
+    async def page(self, conversation_id: str, *, after_seq: int | None, before_seq: int | None, limit: int) -> Page:
+        """Ascending by seq. With ``after_seq``: the oldest ``limit`` above it; otherwise the newest
+        ``limit`` below ``before_seq`` (or overall). ``has_more`` tells whether more lie beyond."""
+        ...
+
+    async def set_read(self, conversation_id: str, user_id: str, seq: int) -> int:
+        """Move the cursor forward only; returns the cursor after the call."""
+        ...
+
+    async def read_seqs(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, int]: ...
+
+    async def claim_outbox(self, *, limit: int, lease_s: float) -> list[OutboxRecord]:
+        """Rows nobody holds a live lease on, oldest first, now leased to the caller."""
+        ...
+
+    async def delete_outbox(self, outbox_ids: Collection[int]) -> None: ...
+
+    async def outbox_stats(self) -> tuple[int, datetime | None]:
+        """Backlog size and the creation time of the oldest row."""
+        ...
+
+
+class SeqCounter(Protocol):
+    """Hands out the next seq of a conversation; seeded from the store's high-water mark on a miss."""
+
+    async def next(self, conversation_id: str, *, seed: Callable[[], Awaitable[int]]) -> int: ...
+
+    async def reseed(self, conversation_id: str, high_water: int) -> None: ...
+
+
+@dataclass
+class InboxEntry:
+    max_seq: int = 0
+    read_seq: int = 0
+    last_message: Mapping[str, Any] | None = None
+    last_activity_at: datetime | None = None
+
+    @property
+    def unread(self) -> int:
+        return max(0, self.max_seq - self.read_seq)
+
+
+class Inbox(Protocol):
+    """Write-diffusion: one entry per (user, conversation) for small conversations."""
+
+    async def bump(
+        self,
+        user_ids: Collection[str],
+        conversation_id: str,
+        *,
+        seq: int,
+        last_message: Mapping[str, Any],
+        at: datetime,
+        reader_id: str | None,
+    ) -> None:
+        """Raise max_seq to ``seq`` for every user; ``reader_id`` (the sender) has read it too."""
+        ...
+
+    async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> None: ...
+
+    async def entries(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, InboxEntry]: ...
+
+    async def put(self, user_id: str, conversation_id: str, entry: InboxEntry) -> None:
+        """Seed a missing entry (rebuilt from the store after a cache loss)."""
+        ...
+
+
+@dataclass
+class TimelineHead:
+    max_seq: int
+    last_message: Mapping[str, Any]
+    last_activity_at: datetime
+
+
+class Timeline(Protocol):
+    """Read-diffusion: the newest events of large conversations, shared by all members."""
+
+    async def append(self, conversation_id: str, *, seq: int, message: Mapping[str, Any], at: datetime) -> None: ...
+
+    async def heads(self, conversation_ids: Collection[str]) -> dict[str, TimelineHead]: ...
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: str
+    value: bytes
+    headers: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class EventLog(Protocol):
+    """The broker between the outbox relay and the fan-out worker (Kafka when distributed)."""
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        """Durably accepted when it returns, in order per key."""
+        ...
+
+
+class Consumer(Protocol):
+    """One member of a consumer group: records in order per key; offsets committed explicitly."""
+
+    async def poll(self, *, max_records: int, timeout_s: float) -> list[Record]: ...
+
+    async def commit(self) -> None:
+        """Everything returned by ``poll`` so far is processed."""
+        ...
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the message service needs to know of a conversation."""
+
+    conversation_id: str
+    roles: Mapping[str, str]
+    large: bool
+
+
+class Conversations(Protocol):
+    async def get(self, conversation_id: str) -> Conversation | None: ...
+
+    async def conversation_ids(self, user_id: str) -> list[str]: ...
+
+
+class FileShares(Protocol):
+    async def attach(self, file_id: str, conversation_id: str, user_id: str) -> dict[str, Any]: ...

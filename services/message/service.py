@@ -1,0 +1,43 @@
+"""The message service as other services and the delivery tier see it: one object over the use cases."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.common.push import Pusher
+from services.message import app
+from services.message.ports import Conversation, Inbox, Record, Timeline
+
+
+@dataclass
+class MessageService:
+    deps: app.MessageDeps
+    inbox: Inbox
+    timeline: Timeline
+    pusher: Pusher
+    sync_limit: int = 100
+
+    async def send(self, cmd: app.SendMessage) -> app.Sent:
+        return await app.send_message(cmd, deps=self.deps)
+
+    async def sync(
+        self, user_id: str, cursors: Mapping[str, int], *, limit: int | None = None
+    ) -> list[app.SyncedConversation]:
+        return await app.sync(user_id, cursors, limit=limit or self.sync_limit, deps=self.deps)
+
+    async def mark_read(self, conversation_id: str, user_id: str, seq: int) -> int:
+        return await app.mark_read(conversation_id, user_id, seq, deps=self.deps, inbox=self.inbox, pusher=self.pusher)
+
+    async def activity(self, user_id: str, conversations: Sequence[Conversation]) -> dict[str, app.Activity]:
+        return await app.activity(
+            user_id, conversations, store=self.deps.store, inbox=self.inbox, timeline=self.timeline
+        )
+
+    async def handle_record(self, record: Record) -> None:
+        """The fan-out of one event-log record (the consumer's handler)."""
+        event = app.decode_event(record.value)
+        conversation = await self.deps.conversations.get(event.conversation_id)
+        await app.fan_out(
+            event, conversation=conversation, inbox=self.inbox, timeline=self.timeline, pusher=self.pusher
+        )

@@ -1,0 +1,143 @@
+"""The message pipeline's background loops: the outbox relay and the fan-out worker.
+
+relay: SQL outbox -> event log (``courier.messages.v1``, key = conversation id), rows deleted only
+after the log accepted them, leases so several replicas never publish a row at the same time.
+fan-out: event log -> inbox / timeline -> push, offsets committed only after processing, failures
+retried with exponential backoff and parked in ``courier.messages.dlq.v1`` after the last attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from services.message.ports import Consumer, EventLog, MessageStore, Record
+
+log = logging.getLogger("courier.message.workers")
+
+MESSAGES_TOPIC = "courier.messages.v1"
+DLQ_TOPIC = "courier.messages.dlq.v1"
+
+
+class OutboxRelay:
+    def __init__(
+        self, store: MessageStore, log_: EventLog, *, batch: int = 200, lease_s: float = 30.0, idle_poll_s: float = 0.2
+    ) -> None:
+        self._store, self._log = store, log_
+        self._batch, self._lease_s, self._idle_poll_s = batch, lease_s, idle_poll_s
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows went out."""
+        rows = await self._store.claim_outbox(limit=self._batch, lease_s=self._lease_s)
+        if not rows:
+            return 0
+        await self._log.publish([Record(MESSAGES_TOPIC, row.conversation_id, row.payload) for row in rows])
+        await self._store.delete_outbox([row.outbox_id for row in rows])
+        self.published += len(rows)
+        return len(rows)
+
+    async def run(self) -> None:
+        backoff = 0.0
+        while True:
+            try:
+                sent = await self.relay_once()
+                backoff = 0.0
+            except Exception:  # a broker or database outage: keep the rows, retry with backoff
+                log.exception("outbox relay failed; rows stay in the outbox")
+                backoff = min(5.0, max(0.1, backoff * 2))
+                await asyncio.sleep(backoff)
+                continue
+            if sent == 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay_s: float = 0.1
+    max_delay_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1))))
+
+
+class FanoutWorker:
+    """Processes records in order per key (conversation), keys in parallel, then commits."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        dlq: EventLog,
+        handle: Callable[[Record], Awaitable[None]],
+        *,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._consumer, self._dlq, self._handle = consumer, dlq, handle
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.processed = 0
+        self.dead_lettered = 0
+
+    async def _process(self, record: Record) -> None:
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                await self._handle(record)
+            except Exception as exc:  # noqa: BLE001 - any failure of one record is retried, then parked
+                if attempt == self._retry.attempts:
+                    log.error("record of %s failed %d times, moving it to the DLQ: %r", record.key, attempt, exc)
+                    await self._dlq.publish(
+                        [
+                            Record(
+                                DLQ_TOPIC,
+                                record.key,
+                                record.value,
+                                {
+                                    **record.headers,
+                                    "courier-error": repr(exc)[:500].encode(),
+                                    "courier-attempts": str(attempt).encode(),
+                                    "courier-source-topic": record.topic.encode(),
+                                },
+                            )
+                        ]
+                    )
+                    self.dead_lettered += 1
+                    return
+                await self._sleep(self._retry.delay(attempt))
+            else:
+                self.processed += 1
+                return
+
+    async def _process_key(self, records: list[Record]) -> None:
+        for record in records:
+            await self._process(record)
+
+    async def run_once(self, *, max_records: int = 500, timeout_s: float = 1.0) -> int:
+        records = await self._consumer.poll(max_records=max_records, timeout_s=timeout_s)
+        if not records:
+            return 0
+        by_key: dict[str, list[Record]] = defaultdict(list)
+        for record in records:
+            by_key[record.key].append(record)
+        await asyncio.gather(*(self._process_key(group) for group in by_key.values()))
+        await self._consumer.commit()
+        return len(records)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # the broker went away: nothing was committed, so nothing is lost
+                log.exception("fan-out poll failed; retrying")
+                await asyncio.sleep(1.0)
