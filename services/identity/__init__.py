@@ -1,0 +1,1 @@
+"""The identity service: users, password login, device sessions and rotating refresh tokens."""

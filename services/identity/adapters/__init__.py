@@ -1,0 +1,1 @@
+"""Implementations of the identity ports: SQL (SQLAlchemy Core) and in-memory."""

@@ -1,0 +1,235 @@
+"""SQL identity stores (SQLAlchemy Core): SQLite embedded, MySQL/MariaDB and PostgreSQL distributed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, ForeignKey, Index, String, Table, UniqueConstraint, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.db import UtcDateTime, metadata
+from services.common.errors import Conflict, NotFound, Unavailable
+from services.identity.domain import Session, User
+
+# Byte-wise collation: usernames sort in one order on every database (as Python sorts them), and a
+# PostgreSQL btree index serves the prefix LIKE of user search.
+_Username = (
+    String(32)
+    .with_variant(String(32, collation="utf8mb4_bin"), "mysql", "mariadb")
+    .with_variant(String(32, collation="C"), "postgresql")
+)
+
+users_table = Table(
+    "identity_users",
+    metadata,
+    Column("user_id", String(32), primary_key=True),
+    Column("username", _Username, nullable=False, unique=True),
+    Column("display_name", String(64), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+sessions_table = Table(
+    "identity_sessions",
+    metadata,
+    Column("session_id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey(users_table.c.user_id), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("device_name", String(64), nullable=True),
+    Column("refresh_hash", String(64), nullable=False, unique=True),
+    Column("refresh_expires_at", UtcDateTime(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("user_id", "device_id"),
+)
+
+# Refresh tokens already rotated out, kept until they would have expired so their reuse is detected.
+rotated_tokens_table = Table(
+    "identity_rotated_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("session_id", String(32), ForeignKey(sessions_table.c.session_id), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index(None, "session_id"),
+)
+
+_IN_CHUNK = 500  # ids per IN (...) list, well under every database's parameter limit
+
+
+@asynccontextmanager
+async def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    try:
+        async with sessions.begin() as db:
+            yield db
+    except OperationalError as exc:
+        raise Unavailable("the identity database is unavailable; try again") from exc
+
+
+def _user(row: Any) -> User:
+    return User(
+        user_id=row.user_id,
+        username=row.username,
+        display_name=row.display_name,
+        password_hash=row.password_hash,
+        created_at=row.created_at,
+    )
+
+
+def _session(row: Any) -> Session:
+    return Session(
+        session_id=row.session_id,
+        user_id=row.user_id,
+        device_id=row.device_id,
+        device_name=row.device_name,
+        refresh_hash=row.refresh_hash,
+        refresh_expires_at=row.refresh_expires_at,
+        created_at=row.created_at,
+    )
+
+
+class SqlUserStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def add(self, user: User) -> None:
+        try:
+            async with _transaction(self._sessions) as db:
+                await db.execute(
+                    insert(users_table).values(
+                        user_id=user.user_id,
+                        username=user.username,
+                        display_name=user.display_name,
+                        password_hash=user.password_hash,
+                        created_at=user.created_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"username {user.username!r} is already taken") from exc
+
+    async def get(self, user_id: str) -> User | None:
+        async with _transaction(self._sessions) as db:
+            row = (await db.execute(select(users_table).where(users_table.c.user_id == user_id))).first()
+        return None if row is None else _user(row)
+
+    async def by_username(self, username: str) -> User | None:
+        async with _transaction(self._sessions) as db:
+            row = (await db.execute(select(users_table).where(users_table.c.username == username))).first()
+        return None if row is None else _user(row)
+
+    async def get_many(self, user_ids: Collection[str]) -> list[User]:
+        ids = sorted(set(user_ids))
+        found: list[User] = []
+        async with _transaction(self._sessions) as db:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                rows = await db.execute(select(users_table).where(users_table.c.user_id.in_(chunk)))
+                found.extend(_user(row) for row in rows)
+        return found
+
+    async def search(self, prefix: str, *, limit: int) -> list[User]:
+        query = select(users_table).order_by(users_table.c.username).limit(limit)
+        if prefix:
+            query = query.where(users_table.c.username.startswith(prefix, autoescape=True))
+        async with _transaction(self._sessions) as db:
+            rows = await db.execute(query)
+            return [_user(row) for row in rows]
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        async with _transaction(self._sessions) as db:
+            result = await db.execute(
+                update(users_table).where(users_table.c.user_id == user_id).values(password_hash=password_hash)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no user with id {user_id!r}")
+
+
+class SqlSessionStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def put(self, session: Session) -> None:
+        device = (sessions_table.c.user_id == session.user_id) & (sessions_table.c.device_id == session.device_id)
+        # Two logins on one device at once both find no previous session on MySQL/PostgreSQL; the
+        # unique (user_id, device_id) key rejects the second insert, and its retry replaces the first.
+        for attempt in range(3):
+            try:
+                async with _transaction(self._sessions) as db:
+                    await self._delete_where(db, device)
+                    await db.execute(
+                        insert(sessions_table).values(
+                            session_id=session.session_id,
+                            user_id=session.user_id,
+                            device_id=session.device_id,
+                            device_name=session.device_name,
+                            refresh_hash=session.refresh_hash,
+                            refresh_expires_at=session.refresh_expires_at,
+                            created_at=session.created_at,
+                        )
+                    )
+                return
+            except IntegrityError as exc:
+                if attempt == 2:
+                    raise Conflict("another login on this device is in progress; try again") from exc
+
+    async def by_refresh_hash(self, refresh_hash: str) -> Session | None:
+        async with _transaction(self._sessions) as db:
+            query = select(sessions_table).where(sessions_table.c.refresh_hash == refresh_hash)
+            row = (await db.execute(query)).first()
+        return None if row is None else _session(row)
+
+    async def rotated_from(self, refresh_hash: str) -> str | None:
+        async with _transaction(self._sessions) as db:
+            query = select(rotated_tokens_table.c.session_id).where(rotated_tokens_table.c.token_hash == refresh_hash)
+            session_id: str | None = (await db.execute(query)).scalar()
+        return session_id
+
+    async def rotate(
+        self, session_id: str, *, old_hash: str, new_hash: str, expires_at: datetime, now: datetime
+    ) -> bool:
+        current = (sessions_table.c.session_id == session_id) & (sessions_table.c.refresh_hash == old_hash)
+        async with _transaction(self._sessions) as db:
+            old_expiry = (await db.execute(select(sessions_table.c.refresh_expires_at).where(current))).scalar()
+            if old_expiry is None:
+                return False
+            # The WHERE on the old hash is the compare-and-swap: of two refreshes racing with one
+            # token, the second updates no row once the first has committed.
+            swapped = await db.execute(
+                update(sessions_table).where(current).values(refresh_hash=new_hash, refresh_expires_at=expires_at)
+            )
+            if swapped.rowcount != 1:
+                return False  # nothing was written
+            await db.execute(
+                delete(rotated_tokens_table).where(
+                    (rotated_tokens_table.c.session_id == session_id) & (rotated_tokens_table.c.expires_at <= now)
+                )
+            )
+            await db.execute(
+                insert(rotated_tokens_table).values(token_hash=old_hash, session_id=session_id, expires_at=old_expiry)
+            )
+        return True
+
+    async def delete(self, session_id: str) -> None:
+        async with _transaction(self._sessions) as db:
+            await self._delete_where(db, sessions_table.c.session_id == session_id)
+
+    async def delete_device(self, user_id: str, device_id: str) -> None:
+        async with _transaction(self._sessions) as db:
+            await self._delete_where(
+                db, (sessions_table.c.user_id == user_id) & (sessions_table.c.device_id == device_id)
+            )
+
+    async def delete_expired(self, user_id: str, *, now: datetime) -> None:
+        async with _transaction(self._sessions) as db:
+            await self._delete_where(
+                db, (sessions_table.c.user_id == user_id) & (sessions_table.c.refresh_expires_at <= now)
+            )
+
+    @staticmethod
+    async def _delete_where(db: AsyncSession, condition: Any) -> None:
+        """Delete the matching sessions, their rotated tokens first (they reference the session)."""
+        doomed = select(sessions_table.c.session_id).where(condition)
+        await db.execute(delete(rotated_tokens_table).where(rotated_tokens_table.c.session_id.in_(doomed)))
+        await db.execute(delete(sessions_table).where(condition))
