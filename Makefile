@@ -1,0 +1,60 @@
+# Courier: `make dev` serves everything on http://127.0.0.1:8080; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(shell command -v $(PYTHON) || command -v python3)
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+
+.PHONY: help setup dev test test-unit test-system test-browser lint fmt typecheck check browser-deps clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m pip install --user --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+setup: $(VENV)/.synced ## create .venv from uv.lock
+
+dev: setup ## run all services in one process on http://127.0.0.1:8080 (data in ./.courier)
+	$(BIN)/courier dev
+
+browser-deps: ## install headless Chromium (Debian package) for the browser tests
+	@scripts/ensure-chromium
+
+test: setup browser-deps ## run every test: unit, system (real sockets), browser (headless Chromium)
+	$(BIN)/pytest -q
+
+test-unit: setup ## unit tests only
+	$(BIN)/pytest -q tests/unit
+
+test-system: setup ## system tests against a running all-in-one server
+	$(BIN)/pytest -q tests/system
+
+test-browser: setup browser-deps ## the web page in headless Chromium
+	$(BIN)/pytest -q tests/browser
+
+lint: setup ## ruff lint and format check, import contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+fmt: setup ## format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: setup ## mypy --strict
+	$(BIN)/mypy
+
+check: lint typecheck test ## everything CI runs
+
+clean: ## remove the virtualenv and local data
+	rm -rf $(VENV) .courier .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,51 @@
+"""The ``courier`` command: ``courier dev`` runs every service in one process on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from services.allinone import create_app
+    from services.common.settings import Settings
+
+    overrides: dict[str, object] = {"mode": "dev"}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    app = create_app(settings)
+    print(f"courier dev: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}/)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws_max_size=4 << 20,
+                ws_ping_interval=None, timeout_graceful_shutdown=5)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="courier", description="Courier instant-messaging backend.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="all services in one process on embedded defaults (SQLite, in-process)")
+    dev.add_argument("--host", default=os.environ.get("COURIER_HOST"), help="bind address (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    dev.add_argument("--data-dir", default=None, help="where data is kept (default ./.courier)")
+    dev.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    dev.set_defaults(handler=_dev)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = args.handler
+    return int(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The public edge as ASGI middleware: rate limits, body size limit and one early token check.
+
+HTTP requests over a limit get 429 with ``Retry-After``; a WebSocket upgrade over a limit is
+accepted and closed with 4008 (browsers cannot read a refused handshake). Bodies larger than the
+limit get 413, whether announced by ``Content-Length`` or streamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+import orjson
+
+from services.common.errors import CourierError, PayloadTooLarge, RateLimited, Unauthorized
+from services.common.tokens import AccessTokens, bearer
+from services.common.web import courier_error_response
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CLOSE_RATE_LIMITED = 4008
+UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class Limiter(Protocol):
+    async def check(self, *, ip: str, user_id: str | None) -> None: ...
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, *, limiter: Limiter, tokens: AccessTokens, max_body_bytes: int,
+                 own_body_limit_prefixes: Sequence[str] = ()) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.tokens = tokens
+        self.max_body_bytes = max_body_bytes
+        self.own_body_limit_prefixes = tuple(own_body_limit_prefixes)
+
+    def _caller(self, scope: Scope) -> str | None:
+        """The user id of a valid bearer token, remembered for the route's own auth check."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        token = bearer(headers.get("authorization"))
+        if token is None and scope["type"] == "websocket":
+            values = parse_qs(scope.get("query_string", b"").decode()).get("access_token")
+            token = values[0] if values else None
+        if not token:
+            return None
+        try:
+            principal = self.tokens.verify(token)
+        except Unauthorized:
+            return None
+        scope.setdefault("state", {})["principal"] = principal
+        return principal.user_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in UNLIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        ip = scope["client"][0] if scope.get("client") else "unknown"
+        try:
+            await self.limiter.check(ip=ip, user_id=self._caller(scope))
+        except RateLimited as exc:
+            if scope["type"] == "websocket":
+                await _close_websocket(receive, send, exc)
+            else:
+                await _respond(send, exc)
+            return
+        if scope["type"] == "http" and not scope["path"].startswith(self.own_body_limit_prefixes):
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                await _respond(send, PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes"))
+                return
+            receive = _counting(receive, self.max_body_bytes)
+        await self.app(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        return message
+
+    return counted
+
+
+async def _respond(send: Send, exc: CourierError) -> None:
+    response = courier_error_response(exc)
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()]})
+    await send({"type": "http.response.body", "body": bytes(response.body)})
+
+
+async def _close_websocket(receive: Receive, send: Send, exc: RateLimited) -> None:
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    frame = {"type": "error", "ref": None, "code": exc.code, "message": exc.message,
+             "retry_after": exc.retry_after}
+    await send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
+    await send({"type": "websocket.close", "code": CLOSE_RATE_LIMITED, "reason": "rate limited"})

@@ -1,0 +1,112 @@
+"""In-memory wiring of the message use cases for unit tests (no mocks of our own code)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from services.common.errors import NotFound
+from services.common.ids import new_id
+from services.message import app
+from services.message.adapters.memory import (
+    MemoryEventLog,
+    MemoryInbox,
+    MemoryMessageStore,
+    MemorySeqCounter,
+    MemoryTimeline,
+)
+from services.message.ports import Conversation
+from services.message.service import MessageService
+
+
+class Conversations:
+    def __init__(self) -> None:
+        self.by_id: dict[str, Conversation] = {}
+
+    def add(self, *members: str, large: bool = False, admins: Collection[str] = ()) -> str:
+        cid = new_id()
+        roles = {m: ("admin" if m in admins else "member") for m in members}
+        self.by_id[cid] = Conversation(cid, roles, large)
+        return cid
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        return self.by_id.get(conversation_id)
+
+    async def conversation_ids(self, user_id: str) -> list[str]:
+        return [cid for cid, c in self.by_id.items() if user_id in c.roles]
+
+
+class Files:
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, Any]] = {}
+        self.attached: list[tuple[str, str, str]] = []
+
+    async def attach(self, file_id: str, conversation_id: str, user_id: str) -> dict[str, Any]:
+        if file_id not in self.files:
+            raise NotFound("no such file")
+        self.attached.append((file_id, conversation_id, user_id))
+        return self.files[file_id]
+
+
+@dataclass
+class Pushed:
+    user_ids: list[str]
+    frame: Mapping[str, Any]
+    tracked: bool
+    skip_device: tuple[str, str] | None
+
+
+@dataclass
+class RecordingPusher:
+    pushed: list[Pushed] = field(default_factory=list)
+
+    async def push(
+        self,
+        user_ids: Collection[str],
+        frame: Mapping[str, Any],
+        *,
+        tracked: bool = False,
+        skip_device: tuple[str, str] | None = None,
+    ) -> None:
+        self.pushed.append(Pushed(list(user_ids), frame, tracked, skip_device))
+
+
+@dataclass
+class World:
+    store: MemoryMessageStore
+    counter: MemorySeqCounter
+    conversations: Conversations
+    files: Files
+    pusher: RecordingPusher
+    service: MessageService
+    log: MemoryEventLog
+
+    @property
+    def deps(self) -> app.MessageDeps:
+        return self.service.deps
+
+    async def send(
+        self, cid: str, sender: str, text: str = "hi", *, client_msg_id: str | None = None, device: str = "d1"
+    ) -> app.Sent:
+        return await self.service.send(
+            app.SendMessage(cid, sender, device, client_msg_id or new_id(), {"type": "text", "text": text})
+        )
+
+
+@pytest.fixture
+def world() -> World:
+    store, counter, conversations, files = MemoryMessageStore(), MemorySeqCounter(), Conversations(), Files()
+    pusher = RecordingPusher()
+    deps = app.MessageDeps(
+        store=store,
+        counter=counter,
+        conversations=conversations,
+        files=files,
+        locks=app.ConversationLocks(),
+        limits=app.Limits(max_text_length=100, recall_window_s=120, edit_window_s=3600),
+    )
+    service = MessageService(deps, MemoryInbox(), MemoryTimeline(), pusher)
+    return World(store, counter, conversations, files, pusher, service, MemoryEventLog())
