@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.message.adapters.memory import MemoryEventLog
 from services.message.ports import Record
 from services.message.workers import DLQ_TOPIC, MESSAGES_TOPIC, FanoutWorker, OutboxRelay, RetryPolicy
@@ -27,10 +29,8 @@ async def test_relay_keeps_rows_when_the_log_refuses_them(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
     await world.send(cid, "alice")
     relay = OutboxRelay(world.store, DownLog(), lease_s=0)
-    try:
+    with pytest.raises(ConnectionError):
         await relay.relay_once()
-    except ConnectionError:
-        pass
     assert (await world.store.outbox_stats())[0] == 1
 
 
@@ -73,9 +73,7 @@ async def test_offsets_are_committed_only_after_processing() -> None:
 
     consumer = log.consumer(MESSAGES_TOPIC, "g")
     worker = FanoutWorker(consumer, log, crash, sleep=_no_sleep)
-    try:
+    with pytest.raises(ProcessDied):
         await worker.run_once(timeout_s=0.1)
-    except ProcessDied:
-        pass
     restarted = log.consumer(MESSAGES_TOPIC, "g")
     assert [r.value for r in await restarted.poll(max_records=10, timeout_s=0.1)] == [b"a"]
