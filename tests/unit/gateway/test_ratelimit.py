@@ -1,0 +1,158 @@
+"""The gateway's token buckets: arithmetic, the in-memory store, and the three-level limiter."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import pytest
+
+from services.common.errors import RateLimited
+from services.common.settings import Bucket, LimitSettings
+from services.gateway.ratelimit import BucketState, MemoryBucketStore, RateLimiter, is_full, take_tokens
+
+BUCKET = Bucket(rate=2, burst=5)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def key() -> str:
+    return f"k-{uuid4().hex}"
+
+
+def limits(global_: Bucket | None = None, ip: Bucket | None = None, user: Bucket | None = None) -> LimitSettings:
+    big = Bucket(rate=1000, burst=2000)
+    return LimitSettings.model_validate({"global": global_ or big, "ip": ip or big, "user": user or big})
+
+
+def test_unseen_key_starts_with_a_full_bucket() -> None:
+    state, wait = take_tokens(None, BUCKET, now=10.0)
+    assert wait == 0.0
+    assert state == BucketState(tokens=4.0, updated_at=10.0)
+
+
+def test_empty_bucket_reports_time_until_the_cost_is_refilled() -> None:
+    state, wait = take_tokens(BucketState(0.5, 10.0), BUCKET, now=10.0, cost=2.0)
+    assert wait == pytest.approx(0.75)
+    assert state == BucketState(0.5, 10.0)
+
+
+def test_refill_is_capped_at_the_burst() -> None:
+    state, wait = take_tokens(BucketState(0.0, 0.0), BUCKET, now=1_000.0)
+    assert wait == 0.0
+    assert state.tokens == 4.0
+
+
+def test_a_clock_behind_the_state_refills_nothing() -> None:
+    state, wait = take_tokens(BucketState(1.0, 10.0), BUCKET, now=9.0)
+    assert wait == 0.0
+    assert state == BucketState(0.0, 10.0)
+
+
+def test_cost_beyond_the_burst_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="cost"):
+        take_tokens(None, BUCKET, now=0.0, cost=6.0)
+
+
+def test_is_full_once_refilled_to_burst() -> None:
+    assert not is_full(BucketState(3.0, 0.0), BUCKET, now=0.5)
+    assert is_full(BucketState(3.0, 0.0), BUCKET, now=1.0)
+
+
+async def test_store_allows_a_burst_then_rejects() -> None:
+    store, k = MemoryBucketStore(), key()
+    waits = [await store.take(k, BUCKET, now=0.0) for _ in range(6)]
+    assert waits[:5] == [0.0] * 5
+    assert waits[5] == pytest.approx(0.5)
+
+
+async def test_store_refills_over_time_at_the_rate() -> None:
+    store, k = MemoryBucketStore(), key()
+    for _ in range(5):
+        await store.take(k, BUCKET, now=0.0)
+    assert await store.take(k, BUCKET, now=1.0) == 0.0  # 2 tokens back after one second
+    assert await store.take(k, BUCKET, now=1.0) == 0.0
+    assert await store.take(k, BUCKET, now=1.0) > 0
+
+
+async def test_waiting_exactly_retry_after_is_enough() -> None:
+    bucket = Bucket(rate=3, burst=7)
+    store, k, now = MemoryBucketStore(), key(), 0.1
+    while (wait := await store.take(k, bucket, now=now)) == 0.0:
+        pass
+    for _ in range(20):
+        now += wait
+        assert await store.take(k, bucket, now=now) == 0.0
+        wait = await store.take(k, bucket, now=now)
+        assert wait == pytest.approx(1 / 3)
+
+
+async def test_store_keys_are_isolated() -> None:
+    store, a, b = MemoryBucketStore(), key(), key()
+    for _ in range(5):
+        await store.take(a, BUCKET, now=0.0)
+    assert await store.take(a, BUCKET, now=0.0) > 0
+    assert await store.take(b, BUCKET, now=0.0) == 0.0
+
+
+async def test_store_forgets_keys_whose_bucket_refilled() -> None:
+    store = MemoryBucketStore()
+    for _ in range(3):
+        await store.take(key(), BUCKET, now=0.0)
+    assert len(store) == 3
+    await store.take(key(), BUCKET, now=10.0)
+    assert len(store) == 1
+
+
+async def test_store_keeps_at_most_max_keys_dropping_the_least_recently_used() -> None:
+    store = MemoryBucketStore(max_keys=2)
+    first, second, third = key(), key(), key()
+    for k in (first, second, first, third):
+        for _ in range(5):
+            await store.take(k, BUCKET, now=0.0)
+    assert len(store) == 2
+    assert await store.take(first, BUCKET, now=0.0) > 0  # still remembered: used more recently
+    # second was the least recently used when third came, so it was forgotten and starts full again
+    assert await store.take(second, BUCKET, now=0.0) == 0.0
+    assert len(store) == 2
+
+
+async def test_limiter_rejects_per_ip_with_retry_after_and_isolates_ips() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(limits(ip=Bucket(rate=1, burst=2)), MemoryBucketStore(), clock)
+    ip = f"10.0.{uuid4().int % 250}.1"
+    await limiter.check(ip=ip, user_id=None)
+    await limiter.check(ip=ip, user_id=None)
+    with pytest.raises(RateLimited, match="ip rate limit exceeded") as exc:
+        await limiter.check(ip=ip, user_id=None)
+    assert exc.value.retry_after == pytest.approx(1.0)
+    await limiter.check(ip="192.0.2.7", user_id=None)
+    clock.now += 1.0
+    await limiter.check(ip=ip, user_id=None)
+
+
+async def test_limiter_rejects_per_user_across_ips() -> None:
+    limiter = RateLimiter(limits(user=Bucket(rate=1, burst=3)), MemoryBucketStore(), FakeClock())
+    user = f"u-{uuid4().hex}"
+    for i in range(3):
+        await limiter.check(ip=f"198.51.100.{i}", user_id=user)
+    with pytest.raises(RateLimited, match="user rate limit exceeded"):
+        await limiter.check(ip="198.51.100.9", user_id=user)
+    await limiter.check(ip="198.51.100.9", user_id=None)  # anonymous from that IP still passes
+    await limiter.check(ip="198.51.100.9", user_id=f"u-{uuid4().hex}")
+
+
+async def test_limiter_checks_the_global_bucket_first() -> None:
+    limiter = RateLimiter(
+        limits(global_=Bucket(rate=1, burst=2), ip=Bucket(rate=1, burst=2)), MemoryBucketStore(), FakeClock()
+    )
+    await limiter.check(ip="203.0.113.1", user_id=None)
+    await limiter.check(ip="203.0.113.2", user_id=None)
+    with pytest.raises(RateLimited, match="global rate limit exceeded") as exc:
+        await limiter.check(ip="203.0.113.3", user_id="someone")
+    assert exc.value.retry_after == pytest.approx(1.0)
