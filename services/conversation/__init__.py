@@ -1,0 +1,1 @@
+"""Conversation service: direct and group conversations, their members and roles."""

@@ -1,0 +1,1 @@
+"""Adapters of the conversation store: SQL (the source of truth) and in-memory."""
