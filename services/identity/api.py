@@ -14,7 +14,7 @@ from services.common.tokens import AccessTokens, Principal
 from services.common.web import Authenticate
 from services.identity import app
 from services.identity.app import Clock
-from services.identity.domain import User
+from services.identity.domain import User, wire_user
 from services.identity.passwords import Passwords
 from services.identity.ports import SessionStore, UserStore
 
@@ -43,7 +43,7 @@ class UserOut(BaseModel):
 
     @classmethod
     def of(cls, user: User) -> Self:
-        return cls(user_id=user.user_id, username=user.username, display_name=user.display_name)
+        return cls(**wire_user(user))
 
 
 class UsersOut(BaseModel):
