@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -29,7 +30,8 @@ metadata = MetaData(
 class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp stored without zone and always read back as aware UTC (SQLite drops zones)."""
 
-    impl = DateTime(timezone=False)
+    # MySQL's DATETIME drops fractions unless asked for microseconds.
+    impl = DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:

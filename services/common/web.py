@@ -4,7 +4,8 @@ Every error a client can see leaves through ``install_error_handlers``; nothing 
 stack trace.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI resolves the ``request: Request`` annotation of
+# ``Authenticate.__call__`` at runtime, and an instance has no ``__globals__`` to look a string up in.
 
 import logging
 

@@ -79,9 +79,7 @@ def create_router(
     clock: Clock = utcnow,
 ) -> APIRouter:
     router = APIRouter(tags=["identity"])
-    # The bound method, not the instance: FastAPI resolves the postponed annotations of
-    # Authenticate.__call__ through the callable's __globals__, which only the method has.
-    Caller = Annotated[Principal, Depends(auth.__call__)]
+    Caller = Annotated[Principal, Depends(auth)]
 
     @router.post("/v1/auth/register", status_code=201)
     async def register(body: RegisterBody) -> UserOut:

@@ -29,9 +29,7 @@ class IceServersOut(BaseModel):
 
 def create_router(rtc: RtcSettings, *, auth: Authenticate, clock: Callable[[], float] = time.time) -> APIRouter:
     router = APIRouter(tags=["rtc"])
-    # The bound method, not the instance: FastAPI resolves the postponed annotations of
-    # Authenticate.__call__ through the callable's __globals__, which only the method has.
-    Caller = Annotated[Principal, Depends(auth.__call__)]
+    Caller = Annotated[Principal, Depends(auth)]
 
     @router.get("/v1/rtc/ice-servers", response_model_exclude_none=True)
     async def get_ice_servers(principal: Caller, response: Response) -> IceServersOut:
