@@ -1,0 +1,1 @@
+"""Adapters of the presence store: in-memory now, Redis in the distributed mode."""
