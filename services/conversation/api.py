@@ -90,9 +90,7 @@ class Dependencies:
 
 def build_router(deps: Dependencies, *, auth: Authenticate) -> APIRouter:
     router = APIRouter(tags=["conversations"])
-    # Depends on the bound method: FastAPI resolves the postponed annotations of common/web.py's
-    # Authenticate.__call__ through the callable's __globals__, which an instance lacks.
-    Caller = Annotated[Principal, Depends(auth.__call__)]
+    Caller = Annotated[Principal, Depends(auth)]
 
     async def answer(user_id: str, conversation: Conversation) -> dict[str, Any]:
         return conversation_wire(conversation, await app.activity_of(user_id, conversation, activity=deps.activity))

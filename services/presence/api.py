@@ -16,9 +16,7 @@ from services.presence.app import PresenceTracker
 
 def build_router(tracker: PresenceTracker, *, auth: Authenticate) -> APIRouter:
     router = APIRouter(tags=["presence"])
-    # Depends on the bound method: FastAPI resolves the postponed annotations of common/web.py's
-    # Authenticate.__call__ through the callable's __globals__, which an instance lacks.
-    Caller = Annotated[Principal, Depends(auth.__call__)]
+    Caller = Annotated[Principal, Depends(auth)]
 
     @router.get("/v1/presence")
     async def presence(
