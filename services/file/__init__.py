@@ -1,0 +1,1 @@
+"""The file service: resumable multipart uploads, sha256 deduplication and presigned downloads."""

@@ -1,0 +1,65 @@
+"""Composition of the file service: settings, a metadata catalog and the local object store, wired into
+its routers, the shares other services call, and garbage collection of abandoned uploads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.settings import Settings
+from services.common.web import Authenticate
+from services.file.adapters.local import LocalObjectStore, UrlSigner
+from services.file.adapters.local_http import blob_router
+from services.file.adapters.memory import MemoryFileCatalog
+from services.file.adapters.sql import SqlFileCatalog
+from services.file.api import files_router
+from services.file.app import FileShares, collect_garbage, upload_layout
+from services.file.domain import PartLayout
+from services.file.ports import ConversationMembership, FileCatalog
+
+
+@dataclass(frozen=True)
+class Files:
+    router: APIRouter
+    """``/v1/files/*``, including the local object store's blob endpoints."""
+    shares: FileShares
+    collect_garbage: Callable[[datetime], Awaitable[int]]
+    """Forget uploads expired at the given time (not completed within a day); returns how many."""
+
+
+def build_files(
+    settings: Settings,
+    *,
+    sessions: async_sessionmaker[AsyncSession] | None,
+    auth: Authenticate,
+    membership: ConversationMembership,
+    clock: Callable[[], float] = time.time,
+) -> Files:
+    """The file service; metadata in SQL through ``sessions``, or in memory when it is ``None``."""
+    catalog: FileCatalog = MemoryFileCatalog() if sessions is None else SqlFileCatalog(sessions)
+    store = LocalObjectStore(settings.data_dir / "objects", UrlSigner(settings.secret, clock))
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(clock(), UTC)
+
+    async def layout_of(store_upload_id: str) -> PartLayout:
+        return await upload_layout(store_upload_id, catalog=catalog, now=now())
+
+    async def collect(at: datetime) -> int:
+        return await collect_garbage(at, catalog=catalog, store=store)
+
+    router = APIRouter()
+    router.include_router(
+        files_router(catalog=catalog, store=store, membership=membership, limits=settings.file, auth=auth, now=now)
+    )
+    router.include_router(blob_router(store, layout_of=layout_of))
+    return Files(
+        router=router,
+        shares=FileShares(catalog=catalog, membership=membership, now=now),
+        collect_garbage=collect,
+    )
