@@ -63,8 +63,7 @@ class ConversationsForMessages:
         found = await self._directory.get(conversation_id)
         if found is None:
             return None
-        return Conversation(found.conversation_id, {uid: str(role) for uid, role in found.members.items()},
-                            found.large)
+        return Conversation(found.conversation_id, {uid: str(role) for uid, role in found.members.items()}, found.large)
 
     async def conversation_ids(self, user_id: str) -> list[str]:
         return await self._directory.conversation_ids(user_id)
@@ -82,14 +81,19 @@ class ActivityForConversations:
     def __init__(self) -> None:
         self.service: MessageService | None = None
 
-    async def activity(self, user_id: str, conversations: Sequence[ConversationRecord]
-                       ) -> Mapping[str, ConversationActivity]:
+    async def activity(
+        self, user_id: str, conversations: Sequence[ConversationRecord]
+    ) -> Mapping[str, ConversationActivity]:
         assert self.service is not None, "wired before the first request"
-        views = [Conversation(c.conversation_id, {uid: str(r) for uid, r in c.members.items()}, c.large)
-                 for c in conversations]
+        views = [
+            Conversation(c.conversation_id, {uid: str(r) for uid, r in c.members.items()}, c.large)
+            for c in conversations
+        ]
         found = await self.service.activity(user_id, views)
-        return {cid: ConversationActivity(a.max_seq, a.read_seq, a.unread_count, a.last_message, a.last_activity_at)
-                for cid, a in found.items()}
+        return {
+            cid: ConversationActivity(a.max_seq, a.read_seq, a.unread_count, a.last_message, a.last_activity_at)
+            for cid, a in found.items()
+        }
 
 
 class AllInOne:
@@ -106,8 +110,9 @@ class AllInOne:
 
         self.identity = build_identity(settings, sessions=sessions, tokens=self.tokens, auth=auth)
         activity = ActivityForConversations()
-        self.conversations = build_conversations(settings, sessions=sessions, auth=auth,
-                                                 users=self.identity.directory, activity=activity, pusher=self.hub)
+        self.conversations = build_conversations(
+            settings, sessions=sessions, auth=auth, users=self.identity.directory, activity=activity, pusher=self.hub
+        )
         conversations = ConversationsForMessages(self.conversations.directory)
         self.files = build_files(settings, sessions=sessions, auth=auth, membership=self.conversations.directory)
         self.presence = build_presence(settings, auth=auth, pusher=self.hub)
@@ -116,24 +121,35 @@ class AllInOne:
         store = SqlMessageStore(self.engine)
         self.relay = OutboxRelay(store, self.event_log)
         deps = message_app.MessageDeps(
-            store=store, counter=MemorySeqCounter(), conversations=conversations, files=self.files.shares,
+            store=store,
+            counter=MemorySeqCounter(),
+            conversations=conversations,
+            files=self.files.shares,
             locks=message_app.ConversationLocks(),
             limits=message_app.Limits(settings.max_text_length, settings.recall_window_s, settings.edit_window_s),
             on_stored=self.relay.wake,
         )
-        self.messages = MessageService(deps, MemoryInbox(), MemoryTimeline(), self.hub,
-                                       sync_limit=settings.delivery.sync_page_limit)
+        self.messages = MessageService(
+            deps, MemoryInbox(), MemoryTimeline(), self.hub, sync_limit=settings.delivery.sync_page_limit
+        )
         activity.service = self.messages
-        self.fanout = FanoutWorker(self.event_log.consumer(MESSAGES_TOPIC, FANOUT_GROUP), self.event_log,
-                                   self.messages.handle_record)
+        self.fanout = FanoutWorker(
+            self.event_log.consumer(MESSAGES_TOPIC, FANOUT_GROUP), self.event_log, self.messages.handle_record
+        )
         session_deps = SessionDeps(
-            hub=self.hub, pusher=self.hub, messages=self.messages, members=conversations,
-            presence=self.presence.tracker, heartbeat_every_s=settings.presence_ttl_s / 3,
+            hub=self.hub,
+            pusher=self.hub,
+            messages=self.messages,
+            members=conversations,
+            presence=self.presence.tracker,
+            heartbeat_every_s=settings.presence_ttl_s / 3,
             sync_limit=settings.delivery.sync_page_limit,
         )
         ws_settings = WebSocketSettings(
-            queue_size=settings.delivery.send_queue_size, idle_timeout_s=settings.delivery.idle_timeout_s,
-            max_frame_bytes=settings.limits.max_body_bytes, ack_timeout_s=settings.ack_timeout_s,
+            queue_size=settings.delivery.send_queue_size,
+            idle_timeout_s=settings.delivery.idle_timeout_s,
+            max_frame_bytes=settings.limits.max_body_bytes,
+            ack_timeout_s=settings.ack_timeout_s,
             max_redeliveries=settings.max_redeliveries,
         )
         self.routers = [
@@ -193,8 +209,13 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await system.stop()
 
-    app = FastAPI(title="Courier", version="1", lifespan=lifespan, default_response_class=ORJSONResponse,
-                  description="Instant messaging over HTTP and WebSocket; see docs/protocol.md.")
+    app = FastAPI(
+        title="Courier",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        description="Instant messaging over HTTP and WebSocket; see docs/protocol.md.",
+    )
     app.state.system = system
     install_error_handlers(app)
     for router in system.routers:
@@ -217,8 +238,10 @@ def create_app(settings: Settings) -> FastAPI:
     if STATIC_DIR.is_dir():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web")
     app.add_middleware(
-        EdgeMiddleware, limiter=system.limiter, tokens=system.tokens,
-        max_body_bytes=settings.limits.max_body_bytes, own_body_limit_prefixes=("/v1/files/blobs/",),
+        EdgeMiddleware,
+        limiter=system.limiter,
+        tokens=system.tokens,
+        max_body_bytes=settings.limits.max_body_bytes,
+        own_body_limit_prefixes=("/v1/files/blobs/",),
     )
     return app
-

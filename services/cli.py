@@ -25,8 +25,15 @@ def _dev(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     app = create_app(settings)
     print(f"courier dev: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}/)", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws_max_size=4 << 20,
-                ws_ping_interval=None, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        ws_max_size=4 << 20,
+        ws_ping_interval=None,
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 

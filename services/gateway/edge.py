@@ -32,8 +32,15 @@ class Limiter(Protocol):
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, limiter: Limiter, tokens: AccessTokens, max_body_bytes: int,
-                 own_body_limit_prefixes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limiter: Limiter,
+        tokens: AccessTokens,
+        max_body_bytes: int,
+        own_body_limit_prefixes: Sequence[str] = (),
+    ) -> None:
         self.app = app
         self.limiter = limiter
         self.tokens = tokens
@@ -105,8 +112,13 @@ def _counting(receive: Receive, limit: int) -> Receive:
 
 async def _respond(send: Send, exc: CourierError) -> None:
     response = courier_error_response(exc)
-    await send({"type": "http.response.start", "status": response.status_code,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()],
+        }
+    )
     await send({"type": "http.response.body", "body": bytes(response.body)})
 
 
@@ -115,7 +127,6 @@ async def _close_websocket(receive: Receive, send: Send, exc: RateLimited) -> No
     if message["type"] != "websocket.connect":
         return
     await send({"type": "websocket.accept"})
-    frame = {"type": "error", "ref": None, "code": exc.code, "message": exc.message,
-             "retry_after": exc.retry_after}
+    frame = {"type": "error", "ref": None, "code": exc.code, "message": exc.message, "retry_after": exc.retry_after}
     await send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
     await send({"type": "websocket.close", "code": CLOSE_RATE_LIMITED, "reason": "rate limited"})

@@ -1,7 +1,5 @@
 """HTTP routes of the message service: send, history, read cursor, recall and edit."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response

@@ -1,0 +1,38 @@
+"""One real ``courier dev`` process shared by the system tests, driven over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.client import Api
+from tests.support.server import RunningServer, run_server
+
+# Generous limits so tests sharing the server never trip them; the rate-limit tests start their own.
+SYSTEM_ENV = {
+    "COURIER_ACK_TIMEOUT_S": "1.5",
+    "COURIER_MAX_REDELIVERIES": "3",
+    "COURIER_DELIVERY__RETRANSMIT_TICK_S": "0.2",
+    "COURIER_LIMITS__GLOBAL__RATE": "100000",
+    "COURIER_LIMITS__GLOBAL__BURST": "200000",
+    "COURIER_LIMITS__IP__RATE": "100000",
+    "COURIER_LIMITS__IP__BURST": "200000",
+    "COURIER_LIMITS__USER__RATE": "100000",
+    "COURIER_LIMITS__USER__BURST": "200000",
+    "COURIER_FILE__PART_SIZE": "1024",
+}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with run_server(Path(tmp_path_factory.mktemp("courier-system")), SYSTEM_ENV) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(server: RunningServer) -> AsyncIterator[Api]:
+    client = Api(server.base_url)
+    yield client
+    await client.close()
