@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services.common import db
+from services.common.clock import utcnow
 from services.common.errors import NotFound
 from services.common.settings import Settings
 from services.common.tokens import AccessTokens
@@ -171,8 +172,21 @@ class AllInOne:
             "fanout": self.fanout.run(),
             "retransmit": self.hub.run_retransmits(self.settings.delivery.retransmit_tick_s),
             "presence-expiry": self.presence.tracker.run(),
+            "file-garbage": self._collect_file_garbage(),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+
+    async def _collect_file_garbage(self, every_s: float = 3600.0) -> None:
+        """Uploads never completed expire; their parts are removed from disk."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                removed = await self.files.collect_garbage(utcnow())
+            except Exception:  # the next round retries; never let one failure stop the loop
+                log.exception("file garbage collection failed")
+                continue
+            if removed:
+                log.info("removed %d expired uploads", removed)
 
     async def stop(self) -> None:
         self.hub.close_all(1012, "service restart")
