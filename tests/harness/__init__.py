@@ -1,0 +1,1 @@
+"""Test harness: helpers that start and reach the real backing servers for integration tests."""
