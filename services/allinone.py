@@ -33,7 +33,7 @@ from services.conversation.main import build_conversations
 from services.delivery.api import WebSocketSettings
 from services.delivery.api import build_router as build_ws_router
 from services.delivery.hub import Hub
-from services.delivery.session import SessionDeps
+from services.delivery.session import SessionDeps, keep_presence_alive
 from services.file.main import build_files
 from services.gateway.edge import EdgeMiddleware
 from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
@@ -173,6 +173,9 @@ class AllInOne:
             "retransmit": self.hub.run_retransmits(self.settings.delivery.retransmit_tick_s),
             "presence-expiry": self.presence.tracker.run(),
             "file-garbage": self._collect_file_garbage(),
+            "presence-keepalive": keep_presence_alive(
+                self.hub, self.presence.tracker, every_s=self.settings.presence_ttl_s / 3
+            ),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
 

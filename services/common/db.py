@@ -6,15 +6,20 @@ uses SQLite (aiosqlite); the distributed mode MySQL/MariaDB or PostgreSQL throug
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.types import TypeDecorator
+
+from services.common.errors import Unavailable
 
 metadata = MetaData(
     naming_convention={
@@ -77,3 +82,13 @@ async def create_all(engine: AsyncEngine) -> None:
     """Create every declared table (embedded mode and tests; the distributed mode migrates)."""
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+
+
+@asynccontextmanager
+async def outage_is_unavailable(what: str) -> AsyncIterator[None]:
+    """A database that cannot be reached is ``Unavailable`` (503, retry), never an internal error.
+    Constraint violations (``IntegrityError``) pass through for the caller to interpret."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
+        raise Unavailable(f"the {what} database is unavailable; try again") from exc

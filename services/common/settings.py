@@ -28,10 +28,12 @@ class JwtSettings(BaseModel):
 
 class Bucket(BaseModel):
     rate: float = Field(gt=0, description="Tokens refilled per second.")
-    burst: float = Field(gt=0, description="Bucket capacity; must exceed the rate.")
+    burst: float = Field(0.0, ge=0, description="Bucket capacity; must exceed the rate (default: 4 x rate).")
 
     @model_validator(mode="after")
     def _burst_exceeds_rate(self) -> Bucket:
+        if self.burst == 0:
+            self.burst = 4 * self.rate
         if self.burst <= self.rate:
             raise ValueError("burst must be greater than rate")
         return self

@@ -78,7 +78,7 @@ async def _read(
             except RateLimited as exc:
                 conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}")
                 return
-        if len(data) > settings.max_frame_bytes:
+        if len(data) > settings.max_frame_bytes // 4 and len(data.encode()) > settings.max_frame_bytes:
             conn.offer(error_frame(None, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes"))
             continue
         await session.on_text(data)

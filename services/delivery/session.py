@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -130,3 +131,17 @@ class Session:
         await self.deps.pusher.push(
             [*peers, self.conn.user_id], relayed, skip_device=(self.conn.user_id, self.conn.device_id)
         )
+
+
+async def keep_presence_alive(hub: Hub, presence: PresenceTracker, *, every_s: float) -> None:
+    """A connected socket is a live device even when its client sends nothing: heartbeat them all."""
+    while True:
+        await asyncio.sleep(every_s)
+        for conn in hub.connections():
+            if conn.closing is not None:
+                continue
+            try:
+                await presence.heartbeat(conn.user_id, conn.device_id)
+            except Exception:  # a presence outage must not stop the loop; the next round retries
+                log.exception("presence heartbeat failed")
+                break

@@ -81,7 +81,8 @@ class EdgeMiddleware:
             if declared is not None and declared > self.max_body_bytes:
                 await _respond(send, PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes"))
                 return
-            receive = _counting(receive, self.max_body_bytes)
+            await _limited(self.app, scope, receive, send, self.max_body_bytes)
+            return
         await self.app(scope, receive, send)
 
 
@@ -95,19 +96,30 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _counting(receive: Receive, limit: int) -> Receive:
+async def _limited(app: ASGIApp, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    """Run ``app`` on a body it may read up to ``limit`` bytes of; past that the edge answers 413
+    and the app sees the client disconnect (its own response, if any, is dropped)."""
     seen = 0
+    rejected = False
 
     async def counted() -> Message:
-        nonlocal seen
+        nonlocal seen, rejected
+        if rejected:
+            return {"type": "http.disconnect"}
         message = await receive()
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise PayloadTooLarge(f"request body larger than {limit} bytes")
+                rejected = True
+                await _respond(send, PayloadTooLarge(f"request body larger than {limit} bytes"))
+                return {"type": "http.disconnect"}
         return message
 
-    return counted
+    async def guarded_send(message: Message) -> None:
+        if not rejected:
+            await send(message)
+
+    await app(scope, counted, guarded_send)
 
 
 async def _respond(send: Send, exc: CourierError) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from services.message.ports import (
 )
 
 SEQ_RETRIES = 5
+log = logging.getLogger("courier.message")
 
 
 @dataclass(frozen=True)
@@ -114,25 +116,34 @@ def event_payload(event: Message) -> bytes:
     return orjson.dumps({"event": event.to_wire()})
 
 
-async def _store_event(
+async def _resync_counter(conversation_id: str, deps: MessageDeps) -> None:
+    """After a failed commit: put the counter back on the store's high-water mark, or drop it so
+    the next draw seeds from the store. Either way the seq just drawn is not skipped."""
+    try:
+        await deps.counter.reseed(conversation_id, await deps.store.max_seq(conversation_id))
+    except Exception:  # noqa: BLE001 - any failure to re-seed falls back to invalidating
+        log.warning("could not re-seed the seq counter of %s; invalidating it", conversation_id, exc_info=True)
+        await deps.counter.invalidate(conversation_id)
+
+
+async def _commit_event(
     event_factory: Callable[[int], Message], conversation_id: str, deps: MessageDeps, *, replace: Message | None = None
 ) -> Message:
-    """Take the next seq and commit the event built for it, without gaps or reuse."""
+    """Take the next seq and commit the event built for it. The caller holds the conversation lock."""
     store, counter = deps.store, deps.counter
-    async with deps.locks(conversation_id):
-        for _ in range(SEQ_RETRIES):
-            seq = await counter.next(conversation_id, seed=lambda: store.max_seq(conversation_id))
-            event: Message = event_factory(seq)
-            try:
-                await store.append(event, outbox=event_payload(event), replace=replace)
-            except SeqTaken:
-                await counter.reseed(conversation_id, await store.max_seq(conversation_id))
-                continue
-            except BaseException:
-                await counter.reseed(conversation_id, await store.max_seq(conversation_id))
-                raise
-            deps.on_stored()
-            return event
+    for _ in range(SEQ_RETRIES):
+        seq = await counter.next(conversation_id, seed=lambda: store.max_seq(conversation_id))
+        event = event_factory(seq)
+        try:
+            await store.append(event, outbox=event_payload(event), replace=replace)
+        except SeqTaken:
+            await _resync_counter(conversation_id, deps)
+            continue
+        except BaseException:
+            await _resync_counter(conversation_id, deps)
+            raise
+        deps.on_stored()
+        return event
     raise Unavailable("could not allocate a sequence number; retry")
 
 
@@ -160,7 +171,8 @@ async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
         )
 
     try:
-        return Sent(await _store_event(build, cmd.conversation_id, deps), created=True)
+        async with deps.locks(cmd.conversation_id):
+            return Sent(await _commit_event(build, cmd.conversation_id, deps), created=True)
     except ClientMsgIdTaken:
         existing = await deps.store.find_by_client_id(cmd.sender_id, client_msg_id)
         assert existing is not None
@@ -206,61 +218,68 @@ async def mark_read(
     return cursor
 
 
-async def _target(conversation_id: str, seq: int, user_id: str, deps: MessageDeps) -> tuple[Conversation, Message]:
-    conversation = await member_conversation(conversation_id, user_id, conversations=deps.conversations)
+async def _target(conversation_id: str, seq: int, deps: MessageDeps) -> Message:
     target = await deps.store.get(conversation_id, seq)
     if target is None:
         raise NotFound(f"no message with seq {seq}")
-    return conversation, target
+    return target
 
 
 async def recall(conversation_id: str, seq: int, *, by: str, device_id: str, deps: MessageDeps) -> Message:
-    """Wipe a message's content and store a recall tombstone with a seq of its own (idempotent)."""
-    conversation, target = await _target(conversation_id, seq, by, deps)
-    if target.recalled:
-        return target
-    domain.check_recall(target, by=by, role=conversation.roles[by], now=utcnow(), window_s=deps.limits.recall_window_s)
-    wiped = domain.recalled(target)
+    """Wipe a message's content and store a recall tombstone with a seq of its own (idempotent).
 
-    def build(event_seq: int) -> Message:
-        return Message(
-            message_id=new_id(),
-            conversation_id=conversation_id,
-            seq=event_seq,
-            sender_id=by,
-            sender_device_id=device_id,
-            client_msg_id=f"~recall:{target.message_id}",
-            content={"type": RECALL, "target_seq": seq},
-            created_at=utcnow(),
+    The target is read and checked under the conversation lock, so a concurrent edit cannot bring
+    recalled content back."""
+    conversation = await member_conversation(conversation_id, by, conversations=deps.conversations)
+    async with deps.locks(conversation_id):
+        target = await _target(conversation_id, seq, deps)
+        if target.recalled:
+            return target
+        domain.check_recall(
+            target, by=by, role=conversation.roles[by], now=utcnow(), window_s=deps.limits.recall_window_s
         )
+        wiped = domain.recalled(target)
 
-    with contextlib.suppress(ClientMsgIdTaken):  # recalled concurrently by the same user: same outcome
-        await _store_event(build, conversation_id, deps, replace=wiped)
+        def build(event_seq: int) -> Message:
+            return Message(
+                message_id=new_id(),
+                conversation_id=conversation_id,
+                seq=event_seq,
+                sender_id=by,
+                sender_device_id=device_id,
+                client_msg_id=f"~recall:{target.message_id}",
+                content={"type": RECALL, "target_seq": seq},
+                created_at=utcnow(),
+            )
+
+        with contextlib.suppress(ClientMsgIdTaken):  # recalled concurrently elsewhere: same outcome
+            await _commit_event(build, conversation_id, deps, replace=wiped)
     return wiped
 
 
 async def edit(conversation_id: str, seq: int, content: Any, *, by: str, device_id: str, deps: MessageDeps) -> Message:
-    conversation, target = await _target(conversation_id, seq, by, deps)
-    del conversation
+    await member_conversation(conversation_id, by, conversations=deps.conversations)
     new_content = domain.validate_content(content, max_text_length=deps.limits.max_text_length)
     if new_content["type"] != "text":
         raise InvalidRequest("an edit must be text")
-    domain.check_edit(target, by=by, now=utcnow(), window_s=deps.limits.edit_window_s)
-    changed = domain.edited(target, new_content)
+    async with deps.locks(conversation_id):
+        target = await _target(conversation_id, seq, deps)
+        domain.check_edit(target, by=by, now=utcnow(), window_s=deps.limits.edit_window_s)
+        changed = domain.edited(target, new_content)
 
-    def build(event_seq: int) -> Message:
-        return Message(
-            message_id=new_id(),
-            conversation_id=conversation_id,
-            seq=event_seq,
-            sender_id=by,
-            sender_device_id=device_id,
-            client_msg_id=f"~edit:{new_id()}",
-            content={"type": EDIT, "target_seq": seq, "content": new_content},
-            created_at=utcnow(),
-        )
+        def build(event_seq: int) -> Message:
+            return Message(
+                message_id=new_id(),
+                conversation_id=conversation_id,
+                seq=event_seq,
+                sender_id=by,
+                sender_device_id=device_id,
+                client_msg_id=f"~edit:{new_id()}",
+                content={"type": EDIT, "target_seq": seq, "content": new_content},
+                created_at=utcnow(),
+            )
 
-    await _store_event(build, conversation_id, deps, replace=changed)
+        await _commit_event(build, conversation_id, deps, replace=changed)
     return changed
 
 

@@ -79,6 +79,10 @@ class SeqCounter(Protocol):
 
     async def reseed(self, conversation_id: str, high_water: int) -> None: ...
 
+    async def invalidate(self, conversation_id: str) -> None:
+        """Forget the counter: the next draw seeds from the store again."""
+        ...
+
 
 @dataclass
 class InboxEntry:

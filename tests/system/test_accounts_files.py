@@ -83,12 +83,12 @@ async def test_file_upload_resume_share_download_and_dedup(server: RunningServer
     assert downloaded.status_code == 200 and downloaded.content == data
     assert (await api.http.get(f"/v1/files/{file_id}", headers=eve.headers)).status_code == 404
 
-    again = await api.http.post(
-        "/v1/files/uploads",
-        json={"name": "copy.bin", "size": len(data), "content_type": "application/octet-stream", "sha256": digest},
-        headers=eve.headers,
-    )
-    assert again.status_code == 200 and again.json()["deduplicated"] is True
+    declared = {"name": "copy.bin", "size": len(data), "content_type": "application/octet-stream", "sha256": digest}
+    by_member = await api.http.post("/v1/files/uploads", json=declared, headers=bob.headers)
+    assert by_member.status_code == 200 and by_member.json()["deduplicated"] is True
+    # knowing the hash is not enough: a stranger must upload the bytes
+    by_stranger = await api.http.post("/v1/files/uploads", json=declared, headers=eve.headers)
+    assert by_stranger.status_code == 201 and "upload_id" in by_stranger.json()
 
 
 async def test_file_size_and_type_checks(server: RunningServer, api: Api) -> None:

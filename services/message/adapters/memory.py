@@ -37,6 +37,9 @@ class MemorySeqCounter:
     async def reseed(self, conversation_id: str, high_water: int) -> None:
         self._seqs[conversation_id] = high_water
 
+    async def invalidate(self, conversation_id: str) -> None:
+        self._seqs.pop(conversation_id, None)
+
     def forget(self) -> None:
         """Lose every counter, as a cache flush would (tests of re-seeding)."""
         self._seqs.clear()

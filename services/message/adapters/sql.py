@@ -7,7 +7,8 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.clock import utcnow
-from services.common.db import UtcDateTime, metadata
+from services.common.db import UtcDateTime, metadata, outage_is_unavailable
 from services.message.domain import Message
 from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqTaken
 
@@ -138,22 +139,32 @@ class SqlMessageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with outage_is_unavailable("message"), self._engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with outage_is_unavailable("message"), self._engine.begin() as conn:
+            yield conn
+
     async def find_by_client_id(self, sender_id: str, client_msg_id: str) -> Message | None:
         query = select(messages).where(messages.c.sender_id == sender_id, messages.c.client_msg_id == client_msg_id)
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)
 
     async def get(self, conversation_id: str, seq: int) -> Message | None:
         query = select(messages).where(messages.c.conversation_id == conversation_id, messages.c.seq == seq)
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)
 
     async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
         now = utcnow()
         try:
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 await conn.execute(messages.insert().values(_columns(event)))
                 if replace is not None:
                     changed = _columns(replace)
@@ -178,7 +189,7 @@ class SqlMessageStore:
 
     async def max_seq(self, conversation_id: str) -> int:
         query = select(func.max(messages.c.seq)).where(messages.c.conversation_id == conversation_id)
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
     async def max_seqs(self, conversation_ids: Collection[str]) -> dict[str, int]:
@@ -189,7 +200,7 @@ class SqlMessageStore:
             .where(messages.c.conversation_id.in_(list(conversation_ids)))
             .group_by(messages.c.conversation_id)
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return {cid: int(seq) for cid, seq in (await conn.execute(query)).all()}
 
     async def last_messages(self, conversation_ids: Collection[str]) -> dict[str, Message]:
@@ -198,7 +209,7 @@ class SqlMessageStore:
             return {}
         wanted = [and_(messages.c.conversation_id == cid, messages.c.seq == seq) for cid, seq in heads.items()]
         found: dict[str, Message] = {}
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             for start in range(0, len(wanted), 200):
                 rows = (await conn.execute(select(messages).where(or_(*wanted[start : start + 200])))).all()
                 found.update((row.conversation_id, _message(row)) for row in rows)
@@ -211,7 +222,7 @@ class SqlMessageStore:
         if before_seq is not None:
             query = query.where(messages.c.seq < before_seq)
         ordered = query.order_by(messages.c.seq if after_seq is not None else messages.c.seq.desc())
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             rows = (await conn.execute(ordered.limit(limit + 1))).all()
         has_more = len(rows) > limit
         chosen = [_message(row) for row in rows[:limit]]
@@ -220,7 +231,7 @@ class SqlMessageStore:
         return Page(chosen, has_more)
 
     async def set_read(self, conversation_id: str, user_id: str, seq: int) -> int:
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             await _advance_read(conn, conversation_id, user_id, seq)
             query = select(read_cursors.c.read_seq).where(
                 read_cursors.c.conversation_id == conversation_id, read_cursors.c.user_id == user_id
@@ -233,13 +244,13 @@ class SqlMessageStore:
         query = select(read_cursors.c.conversation_id, read_cursors.c.read_seq).where(
             read_cursors.c.user_id == user_id, read_cursors.c.conversation_id.in_(list(conversation_ids))
         )
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             return {cid: int(seq) for cid, seq in (await conn.execute(query)).all()}
 
     async def claim_outbox(self, *, limit: int, lease_s: float) -> list[OutboxRecord]:
         now = utcnow()
         token = secrets.token_hex(16)
-        async with self._engine.begin() as conn:
+        async with self._write() as conn:
             candidates = (
                 select(outbox_rows.c.outbox_id)
                 .where(outbox_rows.c.leased_until <= now)
@@ -266,11 +277,11 @@ class SqlMessageStore:
 
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None:
         if outbox_ids:
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 await conn.execute(outbox_rows.delete().where(outbox_rows.c.outbox_id.in_(list(outbox_ids))))
 
     async def outbox_stats(self) -> tuple[int, datetime | None]:
-        async with self._engine.connect() as conn:
+        async with self._read() as conn:
             count, oldest = (
                 await conn.execute(select(func.count(), func.min(outbox_rows.c.created_at, type_=UtcDateTime)))
             ).one()
