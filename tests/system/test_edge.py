@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -70,6 +70,19 @@ async def test_body_larger_than_the_limit_gets_413(tight: RunningServer) -> None
         answer = await http.post(
             "/v1/auth/register", content=b"{" + b" " * 10_000 + b"}", headers={"content-type": "application/json"}
         )
+        assert answer.status_code == 413
+        assert answer.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_streamed_body_larger_than_the_limit_gets_413(tight: RunningServer) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"username": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    async with httpx.AsyncClient(base_url=tight.base_url) as http:
+        answer = await http.post("/v1/auth/register", content=chunks(), headers={"content-type": "application/json"})
         assert answer.status_code == 413
         assert answer.json()["error"]["code"] == "payload_too_large"
 

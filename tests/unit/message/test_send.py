@@ -126,3 +126,23 @@ async def test_send_writes_an_outbox_row_in_the_same_transaction(world: World) -
     rows = await world.store.claim_outbox(limit=10, lease_s=30)
     assert [r.conversation_id for r in rows] == [cid]
     assert app.decode_event(rows[0].payload).seq == 1
+
+
+async def test_counter_is_invalidated_when_reseeding_after_a_failure_fails_too(world: World) -> None:
+    cid = world.conversations.add("alice", "bob")
+    await world.send(cid, "alice")
+    real_max_seq = world.store.max_seq
+    calls = 0
+
+    async def flaky_max_seq(conversation_id: str) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("database still down")
+        return await real_max_seq(conversation_id)
+
+    world.store.max_seq = flaky_max_seq  # type: ignore[method-assign]
+    world.store.fail_next_append = ConnectionError("database went away")
+    with pytest.raises(ConnectionError):
+        await world.send(cid, "alice")
+    assert (await world.send(cid, "alice")).message.seq == 2
