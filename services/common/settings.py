@@ -82,6 +82,30 @@ class RtcSettings(BaseModel):
     turn_ttl_s: int = Field(86400, ge=60, description="Lifetime of TURN credentials.")
 
 
+class RedisSettings(BaseModel):
+    url: str = Field("", description="redis://host:port/db; empty keeps caches and counters in process.")
+    timeline_keep: int = Field(100, ge=1, description="Newest events kept per large-conversation timeline.")
+    timeline_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Idle timelines expire after this long.")
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = Field("", description="host:port[,host:port]; empty uses the in-process event log.")
+    client_id: str = Field("courier", description="Client id reported to the brokers.")
+    messages_partitions: int = Field(12, ge=1, description="Partitions of courier.messages.v1.")
+    dlq_partitions: int = Field(3, ge=1, description="Partitions of courier.messages.dlq.v1.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+
+
+class S3Settings(BaseModel):
+    endpoint: str = Field("", description="host:port of the S3 API; empty keeps objects on local disk.")
+    access_key: str = Field("", description="S3 access key.")
+    secret_key: str = Field("", description="S3 secret key.")
+    bucket: str = Field("courier-files", description="Bucket for uploaded files (created on start-up).")
+    region: str = Field("us-east-1", description="Region the presigned URLs are signed for.")
+    secure: bool = Field(False, description="Use HTTPS to reach the S3 API.")
+    public_endpoint: str = Field("", description="host:port clients use in presigned URLs, if not endpoint.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COURIER_", env_nested_delimiter="__", extra="ignore")
 
@@ -103,6 +127,9 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     file: FileSettings = Field(default_factory=FileSettings)
     rtc: RtcSettings = Field(default_factory=RtcSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
 
     @property
     def sqlalchemy_url(self) -> str:
