@@ -106,6 +106,25 @@ class S3Settings(BaseModel):
     public_endpoint: str = Field("", description="host:port clients use in presigned URLs, if not endpoint.")
 
 
+class ServiceUrls(BaseModel):
+    """Where the other services answer, for ``courier run`` (service-to-service HTTP)."""
+
+    identity: str = Field("http://127.0.0.1:9001", description="Base URL of the identity service.")
+    conversation: str = Field("http://127.0.0.1:9002", description="Base URL of the conversation service.")
+    message: str = Field("http://127.0.0.1:9003", description="Base URL of the message service.")
+    presence: str = Field("http://127.0.0.1:9004", description="Base URL of the presence service.")
+    file: str = Field("http://127.0.0.1:9005", description="Base URL of the file service.")
+
+
+class RingSettings(BaseModel):
+    nodes: dict[str, str] = Field(
+        default_factory=dict, description="Delivery nodes by stable name -> base URL (static ring)."
+    )
+    file: str = Field("", description="A JSON file {version, members, vnodes, urls} watched for ring changes.")
+    vnodes: int = Field(150, ge=1, description="Virtual nodes per member.")
+    reload_s: float = Field(1.0, gt=0, description="How often the ring file is checked for changes.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COURIER_", env_nested_delimiter="__", extra="ignore")
 
@@ -127,6 +146,10 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     file: FileSettings = Field(default_factory=FileSettings)
     rtc: RtcSettings = Field(default_factory=RtcSettings)
+    node_name: str = Field("", description="This delivery node's stable name (a member of the ring).")
+    internal_token: str = Field(DEV_SECRET, description="Shared secret of service-to-service calls.")
+    services: ServiceUrls = Field(default_factory=ServiceUrls)
+    ring: RingSettings = Field(default_factory=RingSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -139,5 +162,7 @@ class Settings(BaseSettings):
         """Outside dev mode, built-in secrets would let anyone forge tokens: refuse to start."""
         if self.mode == "dev":
             return
-        if self.secret == DEV_SECRET or DEV_SECRET in self.jwt.keys.values():
-            raise SystemExit("refusing to start: set COURIER_SECRET and COURIER_JWT__KEYS (insecure defaults)")
+        if DEV_SECRET in (self.secret, self.internal_token) or DEV_SECRET in self.jwt.keys.values():
+            raise SystemExit(
+                "insecure defaults: set COURIER_SECRET, COURIER_INTERNAL_TOKEN and COURIER_JWT__KEYS"
+            )
