@@ -51,9 +51,9 @@ def files_router(
 
     @router.post("/uploads", status_code=201)
     async def create_upload(body: CreateUploadBody, principal: Annotated[Principal, Depends(auth)]) -> ORJSONResponse:
-        """Start an upload (201), or 200 with a file at once when these bytes are already stored."""
+        """Start an upload (201), or 200 with a file at once when the user may already see these bytes."""
         cmd = StartUpload(principal.user_id, body.name, body.size, body.content_type, body.sha256)
-        result = await start_upload(cmd, catalog=catalog, store=store, limits=limits, now=now())
+        result = await start_upload(cmd, catalog=catalog, membership=membership, store=store, limits=limits, now=now())
         if isinstance(result, Deduplicated):
             return ORJSONResponse({**_file_body(result.file), "deduplicated": True}, status_code=200)
         return ORJSONResponse(_upload_body(result), status_code=201)

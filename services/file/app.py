@@ -66,9 +66,26 @@ class Deduplicated:
     file: StoredFile
 
 
+DEDUP_CANDIDATES = 100
+"""How many files with the declared bytes a start of upload considers; past them the client uploads,
+so a widely shared file costs a bounded number of membership checks."""
+
+
 async def start_upload(
-    cmd: StartUpload, *, catalog: FileCatalog, store: ObjectStore, limits: FileSettings, now: datetime
+    cmd: StartUpload,
+    *,
+    catalog: FileCatalog,
+    membership: ConversationMembership,
+    store: ObjectStore,
+    limits: FileSettings,
+    now: datetime,
 ) -> UploadState | Deduplicated:
+    """Start a multipart upload, or make the file at once from stored bytes the uploader may already see.
+
+    Declaring a hash proves nothing about having the bytes, so the instant copy is only for a user who
+    could download a file with these bytes anyway; anyone else uploads them (and ``complete_upload``
+    shares the stored object once the bytes are verified).
+    """
     spec = FileSpec.parse(
         name=cmd.name,
         size=cmd.size,
@@ -77,9 +94,9 @@ async def start_upload(
         max_size=limits.max_size,
         allowed_content_types=limits.allowed_content_types,
     )
-    existing = await catalog.find_by_content(spec.sha256, spec.size)
-    if existing is not None and await store.exists(existing.object_key):
-        file = _file(spec, owner_id=cmd.user_id, object_key=existing.object_key, now=now)
+    visible = await _visible_copy(spec, cmd.user_id, catalog, membership, store)
+    if visible is not None:
+        file = _file(spec, owner_id=cmd.user_id, object_key=visible.object_key, now=now)
         await catalog.add_file(file)
         return Deduplicated(file)
     layout = PartLayout(spec.size, limits.part_size)
@@ -248,6 +265,26 @@ async def _completed_concurrently(upload_id: str, catalog: FileCatalog) -> Store
     if upload.file_id is None:
         raise Conflict("the upload is being completed; try again")
     return await _file_of(upload, catalog)
+
+
+async def _visible_copy(
+    spec: FileSpec, user_id: str, catalog: FileCatalog, membership: ConversationMembership, store: ObjectStore
+) -> StoredFile | None:
+    """A file with the declared bytes that ``file_info`` would show the user, and whose object is still
+    stored; ``None`` if there is none."""
+    outside: set[str] = set()
+    matches = await catalog.matches_by_content(spec.sha256, spec.size, owner_id=user_id, limit=DEDUP_CANDIDATES)
+    for match in matches:
+        conversation_id = match.conversation_id
+        if conversation_id is not None:
+            if conversation_id in outside:
+                continue
+            if not await membership.is_member(conversation_id, user_id):
+                outside.add(conversation_id)
+                continue
+        if await store.exists(match.file.object_key):
+            return match.file
+    return None
 
 
 async def _part_urls(upload: Upload, store: ObjectStore, ttl_s: int) -> list[PartUrl]:

@@ -187,6 +187,15 @@ class StoredFile:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class ContentMatch:
+    """A file with the bytes an uploader declared, and why the uploader might already see it: they own
+    it (``conversation_id`` is ``None``), or it was shared in ``conversation_id``, if they are a member."""
+
+    file: StoredFile
+    conversation_id: str | None
+
+
 def object_key(sha256: str, upload_id: str) -> str:
     """Where an upload's bytes are stored: under their hash, made unique by the upload.
 

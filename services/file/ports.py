@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from services.file.domain import StoredFile, Upload
+from services.file.domain import ContentMatch, StoredFile, Upload
 
 
 class ObjectStore(Protocol):
@@ -80,6 +80,12 @@ class FileCatalog(Protocol):
 
     async def find_by_content(self, sha256: str, size: int) -> StoredFile | None:
         """The oldest file with these bytes, whose stored object a new upload may share."""
+        ...
+
+    async def matches_by_content(self, sha256: str, size: int, *, owner_id: str, limit: int) -> list[ContentMatch]:
+        """At most ``limit`` files with these bytes that ``owner_id`` might see: first their own, oldest
+        first, then other users' files shared in a conversation, most recently shared first (one match
+        per share; whether ``owner_id`` is a member of it is for the caller to ask)."""
         ...
 
     async def add_share(self, file_id: str, conversation_id: str, user_id: str, at: datetime) -> None:

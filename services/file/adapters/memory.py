@@ -6,15 +6,15 @@ import dataclasses
 from datetime import datetime
 
 from services.common.errors import NotFound
-from services.file.domain import StoredFile, Upload
+from services.file.domain import ContentMatch, StoredFile, Upload
 
 
 class MemoryFileCatalog:
     def __init__(self) -> None:
         self._uploads: dict[str, Upload] = {}
         self._files: dict[str, StoredFile] = {}
-        # file_id -> conversation ids in sharing order
-        self._shares: dict[str, dict[str, None]] = {}
+        # file_id -> {conversation_id: when first shared there}, in sharing order
+        self._shares: dict[str, dict[str, datetime]] = {}
 
     async def add_upload(self, upload: Upload) -> None:
         self._uploads[upload.upload_id] = upload
@@ -56,10 +56,26 @@ class MemoryFileCatalog:
         same = [f for f in self._files.values() if f.sha256 == sha256 and f.size == size]
         return min(same, key=lambda f: f.created_at) if same else None
 
+    async def matches_by_content(self, sha256: str, size: int, *, owner_id: str, limit: int) -> list[ContentMatch]:
+        same = [f for f in self._files.values() if f.sha256 == sha256 and f.size == size]
+        owned = sorted((f for f in same if f.owner_id == owner_id), key=lambda f: (f.created_at, f.file_id))
+        shares = sorted(
+            (
+                (at, conversation_id, f.file_id, f)
+                for f in same
+                if f.owner_id != owner_id
+                for conversation_id, at in self._shares.get(f.file_id, {}).items()
+            ),
+            key=lambda share: share[:3],
+            reverse=True,
+        )
+        matches = [ContentMatch(f, None) for f in owned] + [ContentMatch(f, c) for _, c, _, f in shares]
+        return matches[:limit]
+
     async def add_share(self, file_id: str, conversation_id: str, user_id: str, at: datetime) -> None:
         if file_id not in self._files:
             raise NotFound("file not found")
-        self._shares.setdefault(file_id, {})[conversation_id] = None
+        self._shares.setdefault(file_id, {}).setdefault(conversation_id, at)
 
     async def shared_in(self, file_id: str) -> list[str]:
         return list(self._shares.get(file_id, {}))

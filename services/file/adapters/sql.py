@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db import UtcDateTime, metadata
 from services.common.errors import NotFound, Unavailable
-from services.file.domain import StoredFile, Upload
+from services.file.domain import ContentMatch, StoredFile, Upload
 
 uploads_table = Table(
     "file_uploads",
@@ -198,6 +198,29 @@ class SqlFileCatalog:
         async with _transaction(self._sessions) as db:
             row = (await db.execute(query)).first()
         return None if row is None else _file(row)
+
+    async def matches_by_content(self, sha256: str, size: int, *, owner_id: str, limit: int) -> list[ContentMatch]:
+        same = (files_table.c.sha256 == sha256, files_table.c.size == size)
+        owned = (
+            select(files_table)
+            .where(*same, files_table.c.owner_id == owner_id)
+            .order_by(files_table.c.created_at, files_table.c.file_id)
+            .limit(limit)
+        )
+        shared = (
+            select(files_table, shares_table.c.conversation_id)
+            .join(shares_table, shares_table.c.file_id == files_table.c.file_id)
+            .where(*same, files_table.c.owner_id != owner_id)
+            .order_by(
+                shares_table.c.created_at.desc(), shares_table.c.conversation_id.desc(), files_table.c.file_id.desc()
+            )
+        )
+        async with _transaction(self._sessions) as db:
+            matches = [ContentMatch(_file(row), None) for row in (await db.execute(owned)).all()]
+            if len(matches) < limit:
+                rows = (await db.execute(shared.limit(limit - len(matches)))).all()
+                matches += [ContentMatch(_file(row), row.conversation_id) for row in rows]
+        return matches
 
     async def add_share(self, file_id: str, conversation_id: str, user_id: str, at: datetime) -> None:
         values = {"file_id": file_id, "conversation_id": conversation_id, "shared_by": user_id, "created_at": at}

@@ -129,11 +129,41 @@ async def test_complete_lists_the_missing_parts(h: Harness) -> None:
     assert response.json()["error"]["message"] == "missing parts: 1, 3"
 
 
-async def test_same_bytes_from_another_user_are_deduplicated_without_an_upload(h: Harness) -> None:
-    alice, bob, data = new_id(), new_id(), payload(THREE_PARTS)
+async def test_a_stranger_who_knows_the_sha256_and_size_gets_an_upload_not_the_file(h: Harness) -> None:
+    alice, mallory, data = new_id(), new_id(), payload(THREE_PARTS)
     original = await upload_file(h, alice, data)
 
-    started = await start(h, bob, data, name="copy.bin", content_type="application/octet-stream")
+    started = await start(h, mallory, data, name="copy.bin", content_type="application/octet-stream")
+    assert started.status_code == 201
+    upload = started.json()
+    assert "file_id" not in upload
+    assert "deduplicated" not in upload
+    assert [p["part_number"] for p in upload["parts"]] == [1, 2, 3]
+    assert (await download(h, mallory, original["file_id"])).status_code == 404
+    # Without the bytes the upload cannot complete into a file.
+    completed = await h.client.post(f"/v1/files/uploads/{upload['upload_id']}/complete", headers=h.auth(mallory))
+    assert completed.status_code == 400
+
+
+async def test_stranger_who_uploads_the_same_bytes_shares_the_stored_object(h: Harness) -> None:
+    alice, bob, data = new_id(), new_id(), payload(THREE_PARTS)
+    original = await upload_file(h, alice, data)
+    copy = await upload_file(h, bob, data, name="copy.bin", content_type="application/octet-stream")
+    assert copy["file_id"] != original["file_id"]
+
+    got = await download(h, bob, copy["file_id"])
+    assert got.content == data
+    assert "copy.bin" in got.headers["content-disposition"]
+    # One stored object serves both files; Bob's file is his alone.
+    assert len(list((h.objects / sha256(data)).iterdir())) == 1
+    assert (await download(h, alice, copy["file_id"])).status_code == 404
+
+
+async def test_the_owner_uploading_the_same_bytes_again_is_deduplicated_without_an_upload(h: Harness) -> None:
+    alice, data = new_id(), payload(THREE_PARTS)
+    original = await upload_file(h, alice, data)
+
+    started = await start(h, alice, data, name="copy.bin", content_type="application/octet-stream")
     assert started.status_code == 200
     copy = started.json()
     assert copy == {
@@ -145,14 +175,35 @@ async def test_same_bytes_from_another_user_are_deduplicated_without_an_upload(h
         "sha256": sha256(data),
     }
     assert copy["file_id"] != original["file_id"]
-
-    got = await download(h, bob, copy["file_id"])
+    got = await download(h, alice, copy["file_id"])
     assert got.content == data
     assert "copy.bin" in got.headers["content-disposition"]
     assert got.headers["content-type"] == "application/octet-stream"
-    # One stored object serves both files; Bob's file is his alone.
     assert len(list((h.objects / sha256(data)).iterdir())) == 1
-    assert (await download(h, alice, copy["file_id"])).status_code == 404
+
+
+async def test_a_member_of_a_conversation_the_file_was_shared_in_is_deduplicated(h: Harness) -> None:
+    owner, member, outsider = new_id(), new_id(), new_id()
+    conversation, other_conversation = new_id(), new_id()
+    h.members.add(conversation, owner, member)
+    h.members.add(other_conversation, owner, outsider)
+    data = payload(THREE_PARTS)
+    original = await upload_file(h, owner, data)
+    assert (await start(h, member, data)).status_code == 201  # not shared with them yet
+    await h.files.shares.attach(original["file_id"], conversation, owner)
+
+    started = await start(h, member, data, name="mine.pdf")
+    assert started.status_code == 200
+    copy = started.json()
+    assert copy["deduplicated"] is True
+    assert copy["file_id"] != original["file_id"]
+    got = await download(h, member, copy["file_id"])
+    assert got.status_code == 200
+    assert got.content == data
+    assert "mine.pdf" in got.headers["content-disposition"]
+    # The copy is the member's own file; the conversation's other members see only what was shared.
+    assert (await download(h, owner, copy["file_id"])).status_code == 404
+    assert (await start(h, outsider, data)).status_code == 201
 
 
 async def test_uploads_of_the_same_bytes_in_flight_together_share_one_object(h: Harness) -> None:
@@ -303,8 +354,8 @@ async def test_sha256_mismatch_is_rejected_and_the_upload_aborted(h: Harness) ->
     assert gone.status_code == 404
     assert not (h.objects / sha256(declared)).exists() or not any((h.objects / sha256(declared)).iterdir())
     assert not any((h.objects / ".multipart").iterdir())
-    # The bytes were never trusted: the declared hash still deduplicates nothing.
-    assert (await start(h, new_id(), declared)).status_code == 201
+    # The bytes were never trusted: the declared hash still deduplicates nothing, even for the uploader.
+    assert (await start(h, user, declared)).status_code == 201
 
 
 async def test_file_larger_than_the_limit_is_payload_too_large(h: Harness) -> None:

@@ -33,10 +33,12 @@ def make_upload(*, created_at: datetime = T0, sha256: str = SHA, file_id: str | 
     )
 
 
-def make_file(*, sha256: str = SHA, size: int = 3000, created_at: datetime = T0) -> StoredFile:
+def make_file(
+    *, sha256: str = SHA, size: int = 3000, created_at: datetime = T0, owner_id: str | None = None
+) -> StoredFile:
     return StoredFile(
         file_id=new_id(),
-        owner_id=new_id(),
+        owner_id=owner_id or new_id(),
         name="nötes.txt",
         size=size,
         content_type="text/plain",
@@ -107,6 +109,40 @@ async def test_files_are_found_by_content_oldest_first(catalog: FileCatalog) -> 
     assert await catalog.find_by_content(sha, 3000) == older
     assert await catalog.find_by_content(sha, 2) is None
     assert await catalog.find_by_content(new_id().ljust(64, "1"), 3000) is None
+
+
+async def test_matches_by_content_are_own_files_then_shares_most_recent_first(catalog: FileCatalog) -> None:
+    sha, user = new_id().ljust(64, "0"), new_id()
+    own_newer = make_file(sha256=sha, owner_id=user, created_at=T0 + timedelta(minutes=1))
+    own_older = make_file(sha256=sha, owner_id=user, created_at=T0)
+    theirs, unshared = make_file(sha256=sha), make_file(sha256=sha)
+    other_size = make_file(sha256=sha, size=1)
+    for file in (own_newer, own_older, theirs, unshared, other_size):
+        await catalog.add_file(file)
+    first, second, third = new_id(), new_id(), new_id()
+    await catalog.add_share(theirs.file_id, first, theirs.owner_id, T0)
+    await catalog.add_share(theirs.file_id, second, theirs.owner_id, T0 + timedelta(seconds=2))
+    await catalog.add_share(theirs.file_id, first, new_id(), T0 + timedelta(seconds=3))  # already shared there
+    await catalog.add_share(own_older.file_id, third, user, T0 + timedelta(seconds=4))  # found as the user's own
+    await catalog.add_share(other_size.file_id, third, other_size.owner_id, T0)
+
+    matches = await catalog.matches_by_content(sha, 3000, owner_id=user, limit=10)
+    assert [(m.file, m.conversation_id) for m in matches] == [
+        (own_older, None),
+        (own_newer, None),
+        (theirs, second),
+        (theirs, first),
+    ]
+    limited = await catalog.matches_by_content(sha, 3000, owner_id=user, limit=3)
+    assert [(m.file.file_id, m.conversation_id) for m in limited] == [
+        (own_older.file_id, None),
+        (own_newer.file_id, None),
+        (theirs.file_id, second),
+    ]
+    assert await catalog.matches_by_content(sha, 3000, owner_id=user, limit=1) == matches[:1]
+    stranger = await catalog.matches_by_content(sha, 3000, owner_id=new_id(), limit=10)
+    assert [(m.file, m.conversation_id) for m in stranger] == [(own_older, third), (theirs, second), (theirs, first)]
+    assert await catalog.matches_by_content(new_id().ljust(64, "1"), 3000, owner_id=user, limit=10) == []
 
 
 async def test_sharing_is_recorded_once_per_conversation(catalog: FileCatalog) -> None:
