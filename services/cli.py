@@ -37,6 +37,39 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.common.settings import Settings
+    from services.run import create_service_app, serve_gateway
+
+    overrides: dict[str, object] = {}
+    if args.port:
+        overrides["port"] = args.port
+    if args.node_name:
+        overrides["node_name"] = args.node_name
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings.refuse_insecure_defaults()
+    print(f"courier run {args.service}: http://{settings.host}:{settings.port}", flush=True)
+    if args.service == "gateway":
+        asyncio.run(serve_gateway(settings))
+        return 0
+    app = create_service_app(args.service, settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        ws_max_size=4 << 20,
+        ws_ping_interval=None,
+        timeout_graceful_shutdown=5,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        backlog=4096,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="courier", description="Courier instant-messaging backend.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--data-dir", default=None, help="where data is kept (default ./.courier)")
     dev.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     dev.set_defaults(handler=_dev)
+
+    from services.run import SERVICES
+
+    run = commands.add_parser("run", help="one service per process on real backends (settings from COURIER_*)")
+    run.add_argument("service", choices=SERVICES)
+    run.add_argument("--port", type=int, default=None, help="port (default COURIER_PORT or 8080)")
+    run.add_argument("--node-name", default=None, help="delivery: this node's name on the ring")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(handler=_run)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

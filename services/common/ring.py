@@ -6,12 +6,17 @@ The one implementation used by the gateway (which node owns a user's sockets), t
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import json
+import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_VNODES = 150
+log = logging.getLogger("courier.ring")
 
 
 def _point(label: str) -> int:
@@ -46,3 +51,71 @@ class Ring:
 
     def to_dict(self) -> dict[str, object]:
         return {"version": self.version, "members": list(self.members), "vnodes": self.vnodes}
+
+
+class RingSource:
+    """The ring in force: static members from settings, or a JSON file (a mounted ConfigMap in
+    Kubernetes) re-read when it changes. Listeners hear of every change of membership.
+
+    File shape: ``{"version": 3, "members": ["delivery-0", ...], "vnodes": 150,
+    "urls": {"delivery-0": "http://..."}}`` or ``"url_template": "http://{member}.svc:8080"``.
+    """
+
+    def __init__(
+        self, *, nodes: Mapping[str, str], file: str = "", vnodes: int = DEFAULT_VNODES, reload_s: float = 1.0
+    ) -> None:
+        self._file = Path(file) if file else None
+        self._reload_s = reload_s
+        self._mtime: float | None = None
+        self._urls: dict[str, str] = dict(nodes)
+        self._template = ""
+        self.ring = Ring.of(nodes, vnodes=vnodes, version=0)
+        self._listeners: list[Callable[[Ring, Ring], Awaitable[None]]] = []
+        if self._file is not None:
+            self.reload()
+
+    def url_for(self, member: str) -> str:
+        if member in self._urls:
+            return self._urls[member]
+        if self._template:
+            return self._template.format(member=member)
+        raise LookupError(f"no address for delivery node {member!r}")
+
+    def on_change(self, listener: Callable[[Ring, Ring], Awaitable[None]]) -> None:
+        self._listeners.append(listener)
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; True when the membership changed."""
+        if self._file is None:
+            return False
+        try:
+            mtime = self._file.stat().st_mtime
+            if mtime == self._mtime:
+                return False
+            data = json.loads(self._file.read_text())
+        except (OSError, ValueError):
+            log.warning("ring file %s unreadable; keeping ring version %d", self._file, self.ring.version)
+            return False
+        self._mtime = mtime
+        self._urls.update(data.get("urls") or {})
+        self._template = str(data.get("url_template") or self._template)
+        new = Ring.of(
+            data.get("members") or [],
+            vnodes=int(data.get("vnodes") or self.ring.vnodes),
+            version=int(data.get("version") or 0),
+        )
+        changed = new.members != self.ring.members
+        self.ring = new
+        return changed
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._reload_s)
+            old = self.ring
+            if self.reload():
+                log.info("ring changed to version %d: %s", self.ring.version, ", ".join(self.ring.members))
+                for listener in self._listeners:
+                    try:
+                        await listener(old, self.ring)
+                    except Exception:  # one listener's failure must not stop the watcher
+                        log.exception("ring change listener failed")

@@ -163,6 +163,4 @@ class Settings(BaseSettings):
         if self.mode == "dev":
             return
         if DEV_SECRET in (self.secret, self.internal_token) or DEV_SECRET in self.jwt.keys.values():
-            raise SystemExit(
-                "insecure defaults: set COURIER_SECRET, COURIER_INTERNAL_TOKEN and COURIER_JWT__KEYS"
-            )
+            raise SystemExit("insecure defaults: set COURIER_SECRET, COURIER_INTERNAL_TOKEN and COURIER_JWT__KEYS")

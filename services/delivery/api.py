@@ -92,6 +92,10 @@ def build_router(
     @router.websocket("/v1/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
+        if websocket.headers.get("x-courier-reject") == str(CLOSE_RATE_LIMITED):  # set by the gateway
+            await websocket.send_text(encode(error_frame(None, "rate_limited", "too many connections; back off")))
+            await websocket.close(CLOSE_RATE_LIMITED, "rate limited")
+            return
         try:
             principal = _authenticate(websocket, tokens)
         except Unauthorized as exc:

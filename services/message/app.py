@@ -391,16 +391,4 @@ async def fan_out(
 
 
 def decode_event(payload: bytes) -> Message:
-    data = orjson.loads(payload)["event"]
-    return Message(
-        message_id=data["message_id"],
-        conversation_id=data["conversation_id"],
-        seq=int(data["seq"]),
-        sender_id=data["sender_id"],
-        sender_device_id=data["sender_device_id"],
-        client_msg_id=data["client_msg_id"],
-        content=data["content"],
-        created_at=datetime.fromisoformat(data["created_at"].replace("Z", "+00:00")),
-        recalled=bool(data["recalled"]),
-        edited=bool(data["edited"]),
-    )
+    return Message.from_wire(orjson.loads(payload)["event"])

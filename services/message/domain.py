@@ -39,6 +39,21 @@ class Message:
     def is_tombstone(self) -> bool:
         return self.content.get("type") in (RECALL, EDIT)
 
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Message:
+        return cls(
+            message_id=data["message_id"],
+            conversation_id=data["conversation_id"],
+            seq=int(data["seq"]),
+            sender_id=data["sender_id"],
+            sender_device_id=data["sender_device_id"],
+            client_msg_id=data["client_msg_id"],
+            content=data["content"],
+            created_at=datetime.fromisoformat(data["created_at"].replace("Z", "+00:00")),
+            recalled=bool(data["recalled"]),
+            edited=bool(data["edited"]),
+        )
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "message_id": self.message_id,

@@ -14,6 +14,7 @@ from services.common.web import Authenticate
 from services.presence.adapters.memory import MemoryPresenceStore
 from services.presence.api import build_router
 from services.presence.app import PresenceTracker
+from services.presence.ports import PresenceStore
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,13 @@ class Presence:
 
 
 def build_presence(
-    settings: Settings, *, auth: Authenticate, pusher: Pusher, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    auth: Authenticate,
+    pusher: Pusher,
+    clock: Callable[[], float] = time.time,
+    store: PresenceStore | None = None,
 ) -> Presence:
-    tracker = PresenceTracker(MemoryPresenceStore(), pusher, ttl_s=settings.presence_ttl_s, clock=clock)
+    """``store`` None keeps presence in process memory (the embedded mode)."""
+    tracker = PresenceTracker(store or MemoryPresenceStore(), pusher, ttl_s=settings.presence_ttl_s, clock=clock)
     return Presence(router=build_router(tracker, auth=auth), tracker=tracker)

@@ -1,0 +1,78 @@
+"""conversation's internal API (membership reads for message, delivery and file) and its client.
+
+The client keeps answers for a short time: a membership check runs on every send, and a removed
+member may keep sending for at most ``cache_s`` (the directory itself caches too).
+"""
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from services.common.errors import NotFound
+from services.common.internal import InternalClient, RequireInternal
+from services.conversation.directory import ConversationDirectory
+from services.message.ports import Conversation
+
+
+def internal_router(directory: ConversationDirectory, guard: RequireInternal) -> APIRouter:
+    router = APIRouter(prefix="/internal/conversations", dependencies=[Depends(guard)], include_in_schema=False)
+
+    @router.get("/{conversation_id}")
+    async def get(conversation_id: str) -> dict[str, Any]:
+        found = await directory.get(conversation_id)
+        if found is None:
+            raise NotFound("no such conversation")
+        return {
+            "conversation_id": found.conversation_id,
+            "roles": {user_id: str(role) for user_id, role in found.members.items()},
+            "large": found.large,
+        }
+
+    @router.get("/of/{user_id}")
+    async def of_user(user_id: str) -> dict[str, Any]:
+        return {"conversation_ids": await directory.conversation_ids(user_id)}
+
+    return router
+
+
+class ConversationsClient:
+    """message's ``Conversations``, delivery's ``Members`` and file's ``ConversationMembership``."""
+
+    def __init__(self, client: InternalClient, *, cache_s: float = 2.0, cache_size: int = 20_000) -> None:
+        self._client = client
+        self._cache_s = cache_s
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[float, Conversation | None]] = OrderedDict()
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        now = time.monotonic()
+        hit = self._cache.get(conversation_id)
+        if hit is not None and now - hit[0] < self._cache_s:
+            self._cache.move_to_end(conversation_id)
+            return hit[1]
+        try:
+            data = await self._client.call("GET", f"/internal/conversations/{conversation_id}")
+            found: Conversation | None = Conversation(data["conversation_id"], data["roles"], bool(data["large"]))
+        except NotFound:
+            found = None
+        self._cache[conversation_id] = (now, found)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return found
+
+    async def conversation_ids(self, user_id: str) -> list[str]:
+        answer = await self._client.call("GET", f"/internal/conversations/of/{user_id}")
+        return list(answer["conversation_ids"])
+
+    async def is_member(self, conversation_id: str, user_id: str) -> bool:
+        found = await self.get(conversation_id)
+        return found is not None and user_id in found.roles
+
+    async def members(self, conversation_id: str, user_id: str) -> Sequence[str]:
+        found = await self.get(conversation_id)
+        if found is None or user_id not in found.roles:
+            raise NotFound("no such conversation")
+        return list(found.roles)

@@ -1,0 +1,69 @@
+"""presence's internal API for the delivery nodes, and the client that implements their port."""
+
+from collections.abc import Collection
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from services.common.internal import InternalClient, RequireInternal
+from services.presence.app import PresenceTracker
+
+
+class Device(BaseModel):
+    user_id: str
+    device_id: str
+
+
+class Subscription(BaseModel):
+    subscriber_id: str
+    user_ids: list[str] = []
+
+
+def internal_router(tracker: PresenceTracker, guard: RequireInternal) -> APIRouter:
+    router = APIRouter(prefix="/internal/presence", dependencies=[Depends(guard)], include_in_schema=False)
+
+    @router.post("/connected", status_code=204)
+    async def connected(body: Device) -> None:
+        await tracker.connected(body.user_id, body.device_id)
+
+    @router.post("/heartbeat", status_code=204)
+    async def heartbeat(body: Device) -> None:
+        await tracker.heartbeat(body.user_id, body.device_id)
+
+    @router.post("/disconnected", status_code=204)
+    async def disconnected(body: Device) -> None:
+        await tracker.disconnected(body.user_id, body.device_id)
+
+    @router.post("/subscribe")
+    async def subscribe(body: Subscription) -> dict[str, Any]:
+        return {"frames": await tracker.subscribe(body.subscriber_id, body.user_ids)}
+
+    @router.post("/unsubscribe_all", status_code=204)
+    async def unsubscribe_all(body: Subscription) -> None:
+        await tracker.unsubscribe_all(body.subscriber_id)
+
+    return router
+
+
+class PresenceClient:
+    def __init__(self, client: InternalClient) -> None:
+        self._client = client
+
+    async def connected(self, user_id: str, device_id: str) -> None:
+        await self._client.call("POST", "/internal/presence/connected", {"user_id": user_id, "device_id": device_id})
+
+    async def heartbeat(self, user_id: str, device_id: str) -> None:
+        await self._client.call("POST", "/internal/presence/heartbeat", {"user_id": user_id, "device_id": device_id})
+
+    async def disconnected(self, user_id: str, device_id: str) -> None:
+        await self._client.call("POST", "/internal/presence/disconnected", {"user_id": user_id, "device_id": device_id})
+
+    async def subscribe(self, subscriber_id: str, user_ids: Collection[str]) -> list[dict[str, Any]]:
+        answer = await self._client.call(
+            "POST", "/internal/presence/subscribe", {"subscriber_id": subscriber_id, "user_ids": list(user_ids)}
+        )
+        return list(answer["frames"])
+
+    async def unsubscribe_all(self, subscriber_id: str) -> None:
+        await self._client.call("POST", "/internal/presence/unsubscribe_all", {"subscriber_id": subscriber_id})

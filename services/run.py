@@ -1,0 +1,410 @@
+"""The composition roots of ``courier run <service>``: one service per process, real adapters,
+service-to-service HTTP with the internal token, delivery nodes on a consistent-hash ring.
+
+Each builder returns the routers and the background loops of its service; ``create_service_app``
+puts them in a FastAPI app with health, readiness and metrics. The gateway is special: a byte
+splicing front (``services.gateway.front``) before its HTTP app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import ORJSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common import db
+from services.common.internal import InternalClient, RequireInternal
+from services.common.ring import Ring, RingSource
+from services.common.settings import Settings
+from services.common.tokens import AccessTokens
+from services.common.web import Authenticate, install_error_handlers
+
+log = logging.getLogger("courier.run")
+
+SERVICES = ("gateway", "identity", "conversation", "message", "delivery", "presence", "file")
+STATIC_DIR = Path(__file__).parent / "gateway" / "static"
+Loop = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class Built:
+    """What one service contributes to its process."""
+
+    routers: list[APIRouter] = field(default_factory=list)
+    loops: dict[str, Loop] = field(default_factory=dict)
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    engine: AsyncEngine | None = None
+
+
+class Wiring:
+    """Shared pieces of one process, created on first use and closed at exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tokens = AccessTokens(settings.jwt)
+        self.auth = Authenticate(self.tokens)
+        self.guard = RequireInternal(settings.internal_token)
+        self.ring = RingSource(
+            nodes=settings.ring.nodes,
+            file=settings.ring.file,
+            vnodes=settings.ring.vnodes,
+            reload_s=settings.ring.reload_s,
+        )
+        self._clients: dict[str, InternalClient] = {}
+        self.closers: list[Callable[[], Awaitable[None]]] = []
+
+    def client(self, service: str) -> InternalClient:
+        if service not in self._clients:
+            client = InternalClient(getattr(self.settings.services, service), self.settings.internal_token)
+            self._clients[service] = client
+            self.closers.append(client.close)
+        return self._clients[service]
+
+    def engine(self) -> AsyncEngine:
+        if not self.settings.database_url:
+            raise SystemExit("courier run needs COURIER_DATABASE_URL (MySQL/MariaDB or PostgreSQL)")
+        engine = db.create_engine(self.settings.database_url)
+        self.closers.append(engine.dispose)
+        return engine
+
+    def pusher(self) -> Any:
+        from services.delivery.internal import RingPusher
+
+        pusher = RingPusher(self.ring, self.settings.internal_token)
+        self.closers.append(pusher.close)
+        return pusher
+
+
+def build_identity(w: Wiring) -> Built:
+    from services.identity.internal import internal_router
+    from services.identity.main import build_identity as build
+
+    engine = w.engine()
+    identity = build(w.settings, sessions=db.sessionmaker(engine), tokens=w.tokens, auth=w.auth)
+    return Built([identity.router, internal_router(identity.directory, w.guard)], engine=engine)
+
+
+def build_conversation(w: Wiring) -> Built:
+    from services.conversation.internal import internal_router
+    from services.conversation.main import build_conversations
+    from services.identity.internal import IdentityClient
+    from services.message.internal import MessagesClient
+
+    engine = w.engine()
+    conversations = build_conversations(
+        w.settings,
+        sessions=db.sessionmaker(engine),
+        auth=w.auth,
+        users=IdentityClient(w.client("identity")),
+        activity=MessagesClient(w.client("message")),
+        pusher=w.pusher(),
+    )
+    return Built([conversations.router, internal_router(conversations.directory, w.guard)], engine=engine)
+
+
+def build_message(w: Wiring) -> Built:
+    from services.conversation.internal import ConversationsClient
+    from services.file.internal import FileSharesClient
+    from services.message import app as message_app
+    from services.message.adapters.memory import MemoryEventLog, MemoryInbox, MemorySeqCounter, MemoryTimeline
+    from services.message.adapters.sql import SqlMessageStore
+    from services.message.api import build_router
+    from services.message.internal import internal_router
+    from services.message.service import MessageService
+    from services.message.workers import MESSAGES_TOPIC, FanoutWorker, OutboxRelay
+
+    settings = w.settings
+    engine = w.engine()
+    store = SqlMessageStore(engine)
+    event_log = MemoryEventLog()
+    relay = OutboxRelay(store, event_log)
+    deps = message_app.MessageDeps(
+        store=store,
+        counter=MemorySeqCounter(),
+        conversations=ConversationsClient(w.client("conversation")),
+        files=FileSharesClient(w.client("file")),
+        locks=message_app.ConversationLocks(),
+        limits=message_app.Limits(settings.max_text_length, settings.recall_window_s, settings.edit_window_s),
+        on_stored=relay.wake,
+    )
+    service = MessageService(
+        deps, MemoryInbox(), MemoryTimeline(), w.pusher(), sync_limit=settings.delivery.sync_page_limit
+    )
+    fanout = FanoutWorker(event_log.consumer(MESSAGES_TOPIC, "courier-fanout"), event_log, service.handle_record)
+    return Built(
+        [build_router(service, w.auth), internal_router(service, w.guard)],
+        loops={"outbox-relay": relay.run, "fanout": fanout.run},
+        engine=engine,
+    )
+
+
+def build_presence(w: Wiring) -> Built:
+    from services.presence.internal import internal_router
+    from services.presence.main import build_presence as build
+
+    presence = build(w.settings, auth=w.auth, pusher=w.pusher())
+    return Built(
+        [presence.router, internal_router(presence.tracker, w.guard)], loops={"presence-expiry": presence.tracker.run}
+    )
+
+
+def build_file(w: Wiring) -> Built:
+    from services.conversation.internal import ConversationsClient
+    from services.file.internal import internal_router
+    from services.file.main import build_files
+
+    engine = w.engine()
+    files = build_files(
+        w.settings,
+        sessions=db.sessionmaker(engine),
+        auth=w.auth,
+        membership=ConversationsClient(w.client("conversation")),
+    )
+    return Built([files.router, internal_router(files.shares, w.guard)], engine=engine)
+
+
+def build_delivery(w: Wiring) -> Built:
+    from services.conversation.internal import ConversationsClient
+    from services.delivery.api import WebSocketSettings, build_router
+    from services.delivery.hub import Hub
+    from services.delivery.internal import internal_router
+    from services.delivery.session import SessionDeps, keep_presence_alive
+    from services.message.internal import MessagesClient
+    from services.presence.internal import PresenceClient
+
+    settings = w.settings
+    if not settings.node_name:
+        raise SystemExit("a delivery node needs COURIER_NODE_NAME (its member name on the ring)")
+    hub = Hub()
+    presence = PresenceClient(w.client("presence"))
+    deps = SessionDeps(
+        hub=hub,
+        pusher=w.pusher(),
+        messages=MessagesClient(w.client("message")),
+        members=ConversationsClient(w.client("conversation")),
+        presence=presence,
+        heartbeat_every_s=settings.presence_ttl_s / 3,
+        sync_limit=settings.delivery.sync_page_limit,
+    )
+    ws_settings = WebSocketSettings(
+        queue_size=settings.delivery.send_queue_size,
+        idle_timeout_s=settings.delivery.idle_timeout_s,
+        max_frame_bytes=settings.limits.max_body_bytes,
+        ack_timeout_s=settings.ack_timeout_s,
+        max_redeliveries=settings.max_redeliveries,
+    )
+    limiter = _limiter(settings)
+
+    async def hand_off(old: Ring, new: Ring) -> None:
+        await reconnect_lost_users(hub, new, settings.node_name)
+
+    w.ring.on_change(hand_off)
+
+    async def stop() -> None:
+        hub.close_all(1012, "service restart")
+        await asyncio.sleep(0)
+
+    return Built(
+        [build_router(deps, tokens=w.tokens, settings=ws_settings, limiter=limiter), internal_router(hub, w.guard)],
+        loops={
+            "retransmit": lambda: hub.run_retransmits(settings.delivery.retransmit_tick_s),
+            "presence-keepalive": lambda: keep_presence_alive(hub, presence, every_s=settings.presence_ttl_s / 3),
+            "ring-watch": w.ring.run,
+        },
+        on_stop=[stop],
+    )
+
+
+async def reconnect_lost_users(
+    hub: Any, ring: Ring, node_name: str, *, jitter_ms: int = 5000, grace_s: float = 30.0
+) -> int:
+    """Ask the devices of users this node no longer owns to reconnect (through the gateway, to the new
+    owner) after a jittered delay, so a ring change causes no reconnect storm; close what remains."""
+    moved = [u for u in hub.user_ids() if ring.members and ring.node_for(u) != node_name]
+    conns = [c for u in moved for c in hub.devices(u)]
+    for conn in conns:
+        conn.offer({"type": "reconnect", "after_ms": random.randint(0, jitter_ms)})
+
+    async def close_later() -> None:
+        await asyncio.sleep(grace_s + jitter_ms / 1000)
+        for conn in conns:
+            conn.close(1012, "moved to another delivery node")
+
+    if conns:
+        task = asyncio.create_task(close_later())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+    return len(moved)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _limiter(settings: Settings) -> Any:
+    from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
+
+    return RateLimiter(settings.limits, MemoryBucketStore())
+
+
+BUILDERS: dict[str, Callable[[Wiring], Built]] = {
+    "identity": build_identity,
+    "conversation": build_conversation,
+    "message": build_message,
+    "presence": build_presence,
+    "file": build_file,
+    "delivery": build_delivery,
+}
+
+
+def _ops_routes(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(response: Response) -> dict[str, Any]:
+        ok = await ready()
+        response.status_code = 200 if ok else 503
+        return {"status": "ready" if ok else "unavailable"}
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_service_app(name: str, settings: Settings) -> FastAPI:
+    wiring = Wiring(settings)
+    built = BUILDERS[name](wiring)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def ready() -> bool:
+        if built.engine is not None:
+            try:
+                async with built.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            except Exception:  # noqa: BLE001 - any database failure means not ready
+                return False
+        return all(not t.done() for t in tasks)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for start in built.on_start:
+            await start()
+        tasks.extend(asyncio.create_task(loop(), name=n) for n, loop in built.loops.items())
+        try:
+            yield
+        finally:
+            for stop in built.on_stop:
+                await stop()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for close in reversed(wiring.closers):
+                await close()
+
+    app = FastAPI(title=f"Courier {name}", version="1", lifespan=lifespan, default_response_class=ORJSONResponse)
+    install_error_handlers(app)
+    for router in built.routers:
+        app.include_router(router)
+    _ops_routes(app, ready)
+    return app
+
+
+def create_gateway_app(settings: Settings, wiring: Wiring, limiter: Any) -> FastAPI:
+    """The gateway's HTTP side (behind the front): limits, the web page, rtc, proxying."""
+    from services.gateway.edge import EdgeMiddleware
+    from services.gateway.proxy import Proxy
+    from services.rtc.main import build_rtc
+
+    proxy = Proxy(settings.services)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await proxy.close()
+
+    app = FastAPI(
+        title="Courier",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        openapi_url=None,
+        description="Instant messaging over HTTP and WebSocket; see docs/protocol.md.",
+    )
+    install_error_handlers(app)
+    app.include_router(build_rtc(settings, auth=wiring.auth))
+
+    async def ready() -> bool:
+        return bool(wiring.ring.ring.members)
+
+    _ops_routes(app, ready)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> dict[str, Any]:
+        from fastapi.openapi.utils import get_openapi
+
+        own = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+        return await proxy.openapi(own)
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def forward(request: Request, path: str) -> Response:
+        return await proxy.forward(request)
+
+    if STATIC_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="web")
+    app.add_middleware(
+        EdgeMiddleware,
+        limiter=limiter,
+        tokens=wiring.tokens,
+        max_body_bytes=settings.limits.max_body_bytes,
+        own_body_limit_prefixes=("/v1/files/blobs/",),
+    )
+    return app
+
+
+async def serve_gateway(settings: Settings) -> None:
+    """The front on ``settings.host:port``; the HTTP app on a private loopback port behind it."""
+    from services.gateway.front import Front
+
+    wiring = Wiring(settings)
+    limiter = _limiter(settings)
+    app = create_gateway_app(settings, wiring, limiter)
+    inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    inner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    inner.bind(("127.0.0.1", 0))
+    inner_port = inner.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level="warning", proxy_headers=True, forwarded_allow_ips="127.0.0.1", timeout_graceful_shutdown=5
+    )
+    server = uvicorn.Server(config)
+    front = Front(ring=wiring.ring, tokens=wiring.tokens, limiter=limiter, http_upstream=("127.0.0.1", inner_port))
+    listener = await front.serve(settings.host, settings.port)
+    watcher = asyncio.create_task(wiring.ring.run(), name="ring-watch")
+    log.info("gateway on %s:%d (http app on 127.0.0.1:%d)", settings.host, settings.port, inner_port)
+    try:
+        await server.serve(sockets=[inner])
+    finally:
+        watcher.cancel()
+        listener.close()
+        for close in reversed(wiring.closers):
+            await close()
