@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from playwright.sync_api import Locator, Page, expect
@@ -82,3 +84,13 @@ def stored_session(page: Page) -> dict[str, object] | None:
     value = page.evaluate(f"JSON.parse(sessionStorage.getItem('{SESSION_KEY}'))")
     assert value is None or isinstance(value, dict)
     return value
+
+
+def frame_matching(**fields: object) -> Callable[[str | bytes], bool]:
+    """A predicate on a WebSocket payload: a JSON frame with these field values."""
+
+    def matches(payload: str | bytes) -> bool:
+        frame = json.loads(payload)
+        return isinstance(frame, dict) and all(frame.get(key) == value for key, value in fields.items())
+
+    return matches

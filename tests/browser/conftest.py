@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, WebSocket, expect, sync_playwright
 
+from tests.browser.chat_page import PASSWORD, Person, person
 from tests.support.server import RunningServer, run_server
-
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,9 +32,15 @@ BROWSER_ENV = {"COURIER_FILE__PART_SIZE": "1024"}
 class Tab:
     """One page and what went wrong in it (uncaught exceptions, console errors)."""
 
-    page: playwright_sync.Page
+    page: Page
     uncaught: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
+    sockets: list[WebSocket] = field(default_factory=list)
+
+    def socket(self) -> WebSocket:
+        """The page's newest WebSocket."""
+        assert self.sockets, "the page opened no WebSocket"
+        return self.sockets[-1]
 
     def assert_no_errors(self, *, console: bool = True) -> None:
         """No uncaught exception; and, unless ``console`` is False (a test that drops the server
@@ -44,11 +50,11 @@ class Tab:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[playwright_sync.Browser]:
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    playwright_sync.expect.set_options(timeout=WAIT_MS)
-    with playwright_sync.sync_playwright() as playwright:
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make browser-deps installs Debian's)")
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
@@ -61,9 +67,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def new_tab(browser: playwright_sync.Browser) -> Iterator[Callable[[], Tab]]:
+def new_tab(browser: Browser) -> Iterator[Callable[[], Tab]]:
     """Opens a page in a fresh browser context (its own sessionStorage: one person, one device)."""
-    contexts: list[playwright_sync.BrowserContext] = []
+    contexts: list[BrowserContext] = []
 
     def open_tab() -> Tab:
         context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 720})
@@ -76,8 +82,43 @@ def new_tab(browser: playwright_sync.Browser) -> Iterator[Callable[[], Tab]]:
         context.close()
 
 
-def watch(page: playwright_sync.Page) -> Tab:
+def watch(page: Page) -> Tab:
     tab = Tab(page)
     page.on("pageerror", lambda exc: tab.uncaught.append(str(exc)))
+    page.on("websocket", lambda socket: tab.sockets.append(socket))
     page.on("console", lambda msg: tab.console_errors.append(msg.text) if msg.type == "error" else None)
     return tab
+
+
+@dataclass
+class ApiUser:
+    """Someone using the HTTP API directly, beside the people in browsers."""
+
+    who: Person
+    user_id: str
+    http: httpx.Client
+
+    def post(self, path: str, body: object = None) -> httpx.Response:
+        answer = self.http.post(path, json=body)
+        assert answer.is_success, f"POST {path}: {answer.status_code} {answer.text}"
+        return answer
+
+
+@pytest.fixture
+def api_user(server: RunningServer) -> Iterator[Callable[[str], ApiUser]]:
+    """Registers and logs in a person over HTTP: ``api_user("Bob")``."""
+    clients: list[httpx.Client] = []
+
+    def make(name: str) -> ApiUser:
+        who = person(name)
+        http = httpx.Client(base_url=server.base_url, timeout=30)
+        clients.append(http)
+        body = {"username": who.username, "password": PASSWORD, "display_name": who.display_name}
+        assert http.post("/v1/auth/register", json=body).status_code == 201
+        tokens = http.post("/v1/auth/login", json={"username": who.username, "password": PASSWORD}).json()
+        http.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+        return ApiUser(who, tokens["user_id"], http)
+
+    yield make
+    for http in clients:
+        http.close()

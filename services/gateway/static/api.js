@@ -108,9 +108,9 @@ export class Session extends EventTarget {
   }
 
   async login(username, password) {
-    const pair = await json(await send("POST", "/v1/auth/login", {
-      body: { username, password, device_name: `Web (${navigator.userAgent.split(" ").pop()})`.slice(0, 64) },
-    }));
+    const platform = navigator.userAgentData?.platform || navigator.platform || "unknown system";
+    const body = { username, password, device_name: `Web browser on ${platform}`.slice(0, 64) };
+    const pair = await json(await send("POST", "/v1/auth/login", { body }));
     this.#store(pair);
   }
 
@@ -119,9 +119,8 @@ export class Session extends EventTarget {
     if (!this.#refreshing) {
       const held = this.#data?.refresh_token;
       const run = () => this.#refresh(held);
-      const locked = this.#data && navigator.locks
-        ? navigator.locks.request(`courier.refresh.${this.#data.device_id}`, run)
-        : run();
+      const lockName = `courier.refresh.${this.#data?.device_id}`;
+      const locked = this.#data && navigator.locks ? navigator.locks.request(lockName, run) : run();
       this.#refreshing = locked.finally(() => {
         this.#refreshing = null;
       });

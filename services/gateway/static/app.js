@@ -1,15 +1,18 @@
-// The Courier web chat page: conversation list, history, live messages, typing, receipts, presence
-// and files, over the public protocol only (docs/protocol.md). No framework: state lives in plain
-// objects and each change re-renders the small part of the page it affects.
+// The Courier web chat page: wires the session (api.js), the socket (socket.js) and each
+// conversation's state (timeline.js) to the page. Talks only the public protocol (docs/protocol.md).
 
 import { ApiError, Session } from "./api.js";
+import { el, formatSize, formatTime, KeyedList } from "./dom.js";
+import { download, upload } from "./files.js";
 import { Connection } from "./socket.js";
+import * as timeline from "./timeline.js";
 
 const HISTORY_PAGE = 50;
 const SYNC_PAGE = 100;
-const TYPING_RESEND_MS = 3_000; // repeat "start" while typing so a late joiner sees it
+const TYPING_RESEND_MS = 3_000; // "start" again while typing, so the peer's indicator does not fade
 const TYPING_IDLE_MS = 4_000; // no keystroke for this long sends "stop"
 const TYPING_SHOWN_MS = 8_000; // a peer's "start" without a "stop" fades after this
+const RESEND_AFTER_MS = 3_000;
 const NOTICE_MS = 6_000;
 const PRESENCE_BATCH = 200;
 
@@ -18,13 +21,15 @@ const $ = (id) => document.getElementById(id);
 const session = new Session();
 let socket = null;
 let state = freshState();
+let conversationList;
+let messageList;
 
 function freshState() {
   return {
     me: null,
     users: new Map(), // user_id -> {user_id, username, display_name}
-    userLookups: new Map(), // user_id -> Promise, so each user is fetched once
-    convs: new Map(), // conversation_id -> Conv
+    userLookups: new Set(), // user ids being fetched
+    convs: new Map(), // conversation_id -> timeline.newConversation()
     active: null,
     presence: new Map(), // user_id -> {online, last_seen}
     subscribed: new Set(), // presence subscriptions on the current socket
@@ -35,38 +40,18 @@ function freshState() {
   };
 }
 
-/** A conversation as this page knows it. `cursor` is the highest seq up to which every event is known. */
-function newConv(id) {
-  return {
-    id,
-    data: null, // the server's conversation object
-    cursor: 0,
-    ahead: new Set(), // seqs received beyond a gap
-    acked: 0,
-    loaded: false, // history fetched; messages below are then kept
-    loading: false,
-    hasOlder: false,
-    messages: new Map(), // seq -> message
-    tombstones: new Map(), // target seq -> {recalled, edit: {eventSeq, content}}
-    pending: new Map(), // client_msg_id -> outgoing message not yet acknowledged
-    peerRead: new Map(), // user_id -> last seq they read (from read_receipt frames)
-    typers: new Map(), // user_id -> timer
-    readSent: 0,
-    lastActivity: 0,
-  };
-}
-
 function conv(id) {
   let found = state.convs.get(id);
   if (!found) {
-    found = newConv(id);
+    found = timeline.newConversation(id);
     state.convs.set(id, found);
   }
   return found;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Small helpers
+function me() {
+  return state.me?.user_id;
+}
 
 function notice(message) {
   const box = $("notice");
@@ -82,35 +67,28 @@ function describe(exc) {
   return exc instanceof ApiError ? exc.message : String(exc?.message ?? exc);
 }
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (value === undefined || value === null || value === false) continue;
-    if (key === "class") node.className = value;
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value === true ? "" : value);
-  }
-  for (const child of children.flat()) {
-    if (child !== null && child !== undefined && child !== false) node.append(child);
-  }
-  return node;
+function isVisible() {
+  return document.visibilityState === "visible";
 }
 
-function formatSize(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KB`;
-  if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MB`;
-  return `${(bytes / 1024 ** 3).toFixed(1)} GB`;
-}
+// ---------------------------------------------------------------------------------------------
+// Users and titles
 
-function formatTime(iso) {
-  if (!iso) return "";
-  const when = new Date(iso);
-  const sameDay = when.toDateString() === new Date().toDateString();
-  return sameDay
-    ? when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
-    : when.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+function lookUpUsers(userIds) {
+  for (const id of new Set(userIds)) {
+    if (state.users.has(id) || state.userLookups.has(id)) continue;
+    state.userLookups.add(id);
+    const asked = state;
+    session
+      .call("GET", `/v1/users/${encodeURIComponent(id)}`)
+      .then((user) => {
+        if (asked !== state) return; // signed out meanwhile
+        state.users.set(id, user);
+        render();
+      })
+      .catch(() => {})
+      .finally(() => asked.userLookups.delete(id));
+  }
 }
 
 function nameOf(userId) {
@@ -118,76 +96,60 @@ function nameOf(userId) {
   return user ? user.display_name || user.username : "…";
 }
 
-function isVisible() {
-  return document.visibilityState === "visible";
-}
-
-function newClientMsgId() {
-  return `web-${crypto.randomUUID()}`;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Users
-
-function lookUpUsers(userIds) {
-  const missing = [...new Set(userIds)].filter((id) => !state.users.has(id) && !state.userLookups.has(id));
-  for (const id of missing) {
-    const lookup = session
-      .call("GET", `/v1/users/${encodeURIComponent(id)}`)
-      .then((user) => {
-        state.users.set(id, user);
-        renderList();
-        if (state.active) renderPane();
-      })
-      .catch(() => state.userLookups.delete(id)); // asked again on the next render that needs it
-    state.userLookups.set(id, lookup);
-  }
-}
-
 function peerOf(c) {
-  if (!c.data || c.data.type !== "direct") return null;
-  return c.data.members.find((m) => m.user_id !== state.me.user_id)?.user_id ?? null;
+  if (c.data?.type !== "direct") return null;
+  return c.data.members.find((m) => m.user_id !== me())?.user_id ?? null;
 }
 
 function titleOf(c) {
   if (!c.data) return "…";
-  if (c.data.type === "direct") {
-    const peer = peerOf(c);
-    return peer ? nameOf(peer) : "Just you";
-  }
-  return c.data.title || "Group";
+  if (c.data.type === "group") return c.data.title || "Group";
+  const peer = peerOf(c);
+  return peer ? nameOf(peer) : "Just you";
+}
+
+function presenceText(userId) {
+  const p = state.presence.get(userId);
+  if (!p) return "";
+  if (p.online) return "online";
+  return p.last_seen ? `last seen ${formatTime(p.last_seen)}` : "offline";
 }
 
 // ---------------------------------------------------------------------------------------------
 // Conversations
 
 async function loadConversations() {
+  const askedAt = performance.now();
   const { conversations } = await session.call("GET", "/v1/conversations");
-  const memberIds = [];
+  const listed = new Set();
   for (const data of conversations) {
-    const c = conv(data.conversation_id);
-    const first = c.data === null;
-    c.data = { ...data };
-    if (first) {
-      // Everything up to max_seq is summarized by the list; the socket syncs from there on.
-      jumpCursor(c, data.max_seq);
-      c.readSent = Math.max(c.readSent, data.read_seq);
-    } else {
-      c.data.max_seq = Math.max(data.max_seq, c.cursor);
-    }
-    c.lastActivity = Math.max(
-      c.lastActivity,
-      Date.parse(data.last_message?.created_at ?? data.created_at) || 0,
-    );
-    memberIds.push(...data.members.map((m) => m.user_id));
+    adopt(data);
+    listed.add(data.conversation_id);
   }
-  lookUpUsers(memberIds);
+  for (const c of [...state.convs.values()]) {
+    // Not listed any more (removed while away), unless we learned of it after asking.
+    if (c.data && !listed.has(c.id) && c.adoptedAt < askedAt) forget(c.id);
+  }
+  lookUpUsers(conversations.flatMap((data) => data.members.map((m) => m.user_id)));
   subscribePresence();
-  renderList();
-  if (state.active) renderPane();
+  render();
 }
 
-/** Several membership frames in a row cause one reload. */
+function adopt(data) {
+  const c = conv(data.conversation_id);
+  timeline.adoptSummary(c, data);
+  c.adoptedAt = performance.now();
+  return c;
+}
+
+function forget(id) {
+  const c = state.convs.get(id);
+  c?.typers.forEach((timer) => clearTimeout(timer));
+  state.convs.delete(id);
+  if (state.active === id) state.active = null;
+}
+
+/** Membership frames often come in bursts: one reload for a burst. */
 function reloadConversationsSoon() {
   if (state.listReload) return;
   state.listReload = setTimeout(async () => {
@@ -200,45 +162,21 @@ function reloadConversationsSoon() {
   }, 150);
 }
 
-function sortedConvs() {
-  return [...state.convs.values()]
-    .filter((c) => c.data)
-    .sort((a, b) => b.lastActivity - a.lastActivity);
-}
-
-function previewOf(message) {
-  if (!message) return "No messages yet";
-  const content = message.content ?? {};
-  const own = message.sender_id === state.me.user_id ? "You: " : "";
-  switch (content.type) {
-    case "text":
-      return own + content.text;
-    case "file":
-      return `${own}File: ${content.name ?? "file"}`;
-    case "call":
-      return `${own}Call ${content.state}`;
-    case "recall":
-    case "recalled":
-      return "Message recalled";
-    case "edit":
-      return `${own}${content.content?.text ?? "Message edited"}`;
-    default:
-      return "New message";
-  }
+function listedConvs() {
+  return [...state.convs.values()].filter((c) => c.data).sort((a, b) => b.lastActivity - a.lastActivity);
 }
 
 async function openConversation(id) {
-  stopTyping();
+  if (state.typing.conversationId !== id) stopTyping();
   state.active = id;
   const c = conv(id);
-  renderList();
-  renderPane({ toBottom: true });
+  render({ toBottom: true });
   $("message-input").focus();
   if (!c.loaded && !c.loading) {
     c.loading = true;
     try {
-      const page = await session.call("GET", `/v1/conversations/${encodeURIComponent(id)}/messages?limit=${HISTORY_PAGE}`);
-      mergeHistory(c, page.messages);
+      const page = await session.call("GET", `${messagesPath(c)}?limit=${HISTORY_PAGE}`);
+      timeline.mergeHistory(c, page.messages, me());
       c.hasOlder = page.has_more;
       c.loaded = true;
     } catch (exc) {
@@ -246,23 +184,24 @@ async function openConversation(id) {
     } finally {
       c.loading = false;
     }
-    if (state.active === id) renderPane({ toBottom: true });
+    if (state.active === id) render({ toBottom: true });
   }
   markRead(c);
 }
 
+function messagesPath(c) {
+  return `/v1/conversations/${encodeURIComponent(c.id)}/messages`;
+}
+
 async function loadOlder() {
   const c = state.convs.get(state.active);
-  if (!c || !c.loaded) return;
-  const oldest = Math.min(...c.messages.keys());
+  if (!c?.loaded || !c.messages.size) return;
   const scroller = $("message-scroller");
   const fromBottom = scroller.scrollHeight - scroller.scrollTop;
   try {
-    const page = await session.call(
-      "GET",
-      `/v1/conversations/${encodeURIComponent(c.id)}/messages?before_seq=${oldest}&limit=${HISTORY_PAGE}`,
-    );
-    mergeHistory(c, page.messages);
+    const oldest = Math.min(...c.messages.keys());
+    const page = await session.call("GET", `${messagesPath(c)}?before_seq=${oldest}&limit=${HISTORY_PAGE}`);
+    timeline.mergeHistory(c, page.messages, me());
     c.hasOlder = page.has_more;
   } catch (exc) {
     notice(`Could not load older messages: ${describe(exc)}`);
@@ -271,111 +210,147 @@ async function loadOlder() {
   scroller.scrollTop = scroller.scrollHeight - fromBottom; // keep the reader's place
 }
 
-function mergeHistory(c, messages) {
-  for (const m of messages) {
-    if (isTombstone(m)) recordTombstone(c, m.content, m.seq);
-    else if (!c.messages.has(m.seq)) c.messages.set(m.seq, { ...m });
-    if (m.sender_id === state.me.user_id) c.pending.delete(m.client_msg_id);
+async function startDirect(user) {
+  try {
+    const data = await session.call("POST", "/v1/conversations", { type: "direct", peer_id: user.user_id });
+    $("user-search").value = "";
+    $("user-results").replaceChildren();
+    await adoptConversation(data);
+  } catch (exc) {
+    notice(`Could not start the conversation: ${describe(exc)}`);
   }
-  // Recalls and edits seen live while the page was loading win over the older copy in the page.
-  for (const target of c.tombstones.keys()) applyTombstone(c, target);
+}
+
+async function createGroup(event) {
+  event.preventDefault();
+  const title = $("group-title").value.trim();
+  const usernames = $("group-members").value.split(/[\s,]+/).filter(Boolean);
+  try {
+    const memberIds = [];
+    for (const username of usernames) {
+      const found = await findUser(username);
+      if (found.user_id !== me()) memberIds.push(found.user_id);
+    }
+    const data = await session.call("POST", "/v1/conversations", { type: "group", title, member_ids: memberIds });
+    $("group-form").reset();
+    $("group-panel").open = false;
+    await adoptConversation(data);
+  } catch (exc) {
+    notice(`Could not create the group: ${describe(exc)}`);
+  }
+}
+
+async function findUser(username) {
+  const { users } = await session.call("GET", `/v1/users?prefix=${encodeURIComponent(username)}&limit=100`);
+  const found = users.find((u) => u.username.toLowerCase() === username.toLowerCase());
+  if (!found) throw new Error(`there is no user named ${username}`);
+  state.users.set(found.user_id, found);
+  return found;
+}
+
+async function adoptConversation(data) {
+  const c = adopt(data);
+  c.lastActivity = Math.max(c.lastActivity, Date.now());
+  lookUpUsers(data.members.map((m) => m.user_id));
+  subscribePresence();
+  await openConversation(c.id);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Events: messages, recalls and edits, from pushes, sync and our own send_acks
+// Events from the socket: stored events, receipts, typing, presence, membership
 
-function isTombstone(m) {
-  const type = m.content?.type;
-  return type === "recall" || type === "edit";
-}
-
-function recordTombstone(c, content, eventSeq) {
-  const target = content.target_seq;
-  const entry = c.tombstones.get(target) ?? { recalled: false, edit: null };
-  if (content.type === "recall") entry.recalled = true;
-  else if (!entry.edit || entry.edit.eventSeq < eventSeq) entry.edit = { eventSeq, content: content.content };
-  c.tombstones.set(target, entry);
-  applyTombstone(c, target);
-}
-
-function applyTombstone(c, target) {
-  const message = c.messages.get(target);
-  const entry = c.tombstones.get(target);
-  if (!message || !entry) return;
-  if (entry.recalled) {
-    message.recalled = true;
-    message.content = { type: "recalled" };
-  } else if (entry.edit) {
-    message.edited = true;
-    message.content = entry.edit.content;
+function onFrame(frame) {
+  switch (frame.type) {
+    case "message":
+      onStoredEvent(frame);
+      break;
+    case "recalled":
+    case "edited":
+      onStoredEvent(timeline.tombstoneOf(frame));
+      break;
+    case "read_receipt":
+      onReadReceipt(frame);
+      break;
+    case "typing":
+      onTyping(frame);
+      break;
+    case "presence":
+      state.presence.set(frame.user_id, { online: frame.online, last_seen: frame.last_seen });
+      render();
+      break;
+    case "member_added":
+    case "member_removed":
+    case "member_role_changed":
+      if (frame.type === "member_removed" && frame.user_id === me()) {
+        forget(frame.conversation_id);
+        render();
+      }
+      reloadConversationsSoon();
+      break;
+    case "error":
+      if (frame.ref == null) notice(frame.message);
+      break;
+    default:
+      break; // call signalling and frames added later have no place on this page
   }
 }
 
-/** Skip ahead to a seq known from elsewhere (the conversation list), without a message for each. */
-function jumpCursor(c, seq) {
-  if (seq <= c.cursor) return;
-  c.cursor = seq;
-  for (const ahead of c.ahead) if (ahead <= seq) c.ahead.delete(ahead);
-  while (c.ahead.delete(c.cursor + 1)) c.cursor += 1;
-}
-
-/** Record one stored event; returns false when it was already known (a retransmission, say). */
-function applyEvent(c, m) {
-  const seq = m.seq;
-  if (seq <= c.cursor || c.ahead.has(seq)) return false;
-  if (seq === c.cursor + 1) {
-    c.cursor = seq;
-    while (c.ahead.delete(c.cursor + 1)) c.cursor += 1;
-  } else {
-    c.ahead.add(seq);
-  }
-  if (isTombstone(m)) {
-    recordTombstone(c, m.content, seq);
-  } else if (c.loaded || c.loading) {
-    c.messages.set(seq, { ...m });
-    applyTombstone(c, seq);
-  }
-  if (m.sender_id === state.me.user_id) c.pending.delete(m.client_msg_id);
-  else c.typers.delete(m.sender_id);
-  if (c.data) {
-    c.data.max_seq = Math.max(c.data.max_seq, seq);
-    if (m.sender_id === state.me.user_id) c.data.read_seq = Math.max(c.data.read_seq, seq);
-    c.data.unread_count = Math.max(0, c.data.max_seq - c.data.read_seq);
-    if (!c.data.last_message || c.data.last_message.seq < seq) c.data.last_message = m;
-  }
-  c.lastActivity = Math.max(c.lastActivity, Date.parse(m.created_at) || Date.now());
-  return true;
-}
-
-function onPushedEvent(cid, event) {
-  const c = conv(cid);
-  if (!c.data) reloadConversationsSoon(); // a conversation we did not know yet
-  const gap = event.seq > c.cursor + 1;
-  const fresh = applyEvent(c, event);
-  acknowledge(c, { again: !fresh }); // a retransmission means our last ack was lost: send it again
+function onStoredEvent(event) {
+  const c = conv(event.conversation_id);
+  if (!c.data) reloadConversationsSoon(); // a conversation we have not listed yet
+  const { fresh, gap } = timeline.applyEvent(c, event, me());
+  acknowledge(c, { again: !fresh }); // a retransmission means our ack was lost: send it again
   if (gap) syncSoon();
   afterEvents([c]);
 }
 
-/** Ack cumulatively up to the contiguous cursor: acking past a gap would drop the missing event. */
+/** Cumulative ack up to the contiguous cursor: acking past a gap would drop the missing event. */
 function acknowledge(c, { again = false } = {}) {
-  if (c.cursor > 0 && (again || c.cursor > c.acked) && socket?.send({ type: "ack", conversation_id: c.id, seq: c.cursor })) {
-    c.acked = c.cursor;
-  }
+  if (c.cursor === 0 || !(again || c.cursor > c.acked)) return;
+  if (socket?.send({ type: "ack", conversation_id: c.id, seq: c.cursor })) c.acked = c.cursor;
 }
 
 function afterEvents(changed) {
-  renderList();
-  if (changed.some((c) => c.id === state.active)) {
-    renderPane();
-    markRead(state.convs.get(state.active));
+  render();
+  if (changed.some((c) => c.id === state.active)) markRead(state.convs.get(state.active));
+}
+
+function onReadReceipt(frame) {
+  const c = conv(frame.conversation_id);
+  if (frame.user_id === me()) {
+    // Read on another device of ours.
+    c.readSent = Math.max(c.readSent, frame.seq);
+    if (c.data) {
+      c.data.read_seq = Math.max(c.data.read_seq, frame.seq);
+      c.data.unread_count = Math.max(0, c.data.max_seq - c.data.read_seq);
+    }
+  } else {
+    c.peerRead.set(frame.user_id, Math.max(c.peerRead.get(frame.user_id) ?? 0, frame.seq));
   }
+  render();
+}
+
+function onTyping(frame) {
+  if (frame.user_id === me()) return;
+  const c = conv(frame.conversation_id);
+  clearTimeout(c.typers.get(frame.user_id));
+  if (frame.state === "start") {
+    lookUpUsers([frame.user_id]);
+    const forget = () => {
+      c.typers.delete(frame.user_id);
+      render();
+    };
+    c.typers.set(frame.user_id, setTimeout(forget, TYPING_SHOWN_MS));
+  } else {
+    c.typers.delete(frame.user_id);
+  }
+  render();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sync: after every (re)connect, and whenever a gap shows
 
-/** Start a sync, or ask the running one to go again; resolves once no sync is left to do. */
+/** Start a sync, or ask the running one to go again; resolves once nothing is left to sync. */
 function syncSoon() {
   if (state.syncing) {
     state.syncAgain = true;
@@ -393,7 +368,7 @@ async function runSyncs() {
     try {
       await syncAll();
     } catch (exc) {
-      // A sync cut short by a reconnect is followed by the new connection's own sync.
+      // A sync cut short by a reconnect is redone by the new connection.
       if (!state.syncAgain) {
         if (socket?.isOpen) notice(`Sync failed: ${describe(exc)}`);
         return;
@@ -405,40 +380,47 @@ async function runSyncs() {
 
 async function syncAll() {
   for (;;) {
-    const cursors = {};
-    for (const c of state.convs.values()) cursors[c.id] = c.cursor;
+    const cursors = Object.fromEntries([...state.convs.values()].map((c) => [c.id, c.cursor]));
     const answer = await socket.request({ type: "sync", cursors, limit: SYNC_PAGE });
     if (answer.type === "error") throw new ApiError(0, answer.code, answer.message);
-    const changed = [];
-    let more = false;
-    for (const entry of answer.conversations) {
+    const changed = answer.conversations.map((entry) => {
       const c = conv(entry.conversation_id);
       if (!c.data) reloadConversationsSoon();
-      // A page starts right after our cursor; anything we held beyond a gap is now contiguous.
-      for (const m of entry.messages) applyEvent(c, m);
+      for (const event of entry.messages) timeline.applyEvent(c, event, me());
       acknowledge(c);
-      changed.push(c);
-      more ||= entry.has_more;
-    }
+      return c;
+    });
     afterEvents(changed);
-    if (!more) return;
+    if (!answer.conversations.some((entry) => entry.has_more)) return;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Sending
+// Sending: text and files, pending until the server's send_ack
 
-function sendText(c, text) {
-  const content = { type: "text", text };
-  const pending = { clientMsgId: newClientMsgId(), content, status: "sending", createdAt: new Date().toISOString() };
+function addPending(c, content, extra = {}) {
+  const pending = {
+    clientMsgId: `web-${crypto.randomUUID()}`,
+    content,
+    status: "sending",
+    createdAt: new Date().toISOString(),
+    ...extra,
+  };
   c.pending.set(pending.clientMsgId, pending);
-  transmit(c, pending);
-  renderPane({ toBottom: true });
+  return pending;
 }
 
+function sendText(c, text) {
+  const pending = addPending(c, { type: "text", text });
+  renderPane({ toBottom: true });
+  transmit(c, pending);
+}
+
+/** Send over the socket; without one the message waits and goes after the next sync. */
 async function transmit(c, pending) {
   if (!socket?.isOpen) {
-    pending.status = "queued"; // sent again after the next sync
+    pending.status = "queued";
+    renderPane();
     return;
   }
   pending.status = "sending";
@@ -447,43 +429,52 @@ async function transmit(c, pending) {
     answer = await socket.request({
       type: "send",
       conversation_id: c.id,
-      client_msg_id: pending.clientMsgId,
+      client_msg_id: pending.clientMsgId, // the same id again is idempotent on the server
       content: pending.wire ?? pending.content,
     });
   } catch {
     pending.status = "queued";
-    renderIfActive(c);
+    if (socket?.isOpen) retryLater(c, pending); // no answer in time on a live socket
+    renderPane();
     return;
   }
   if (answer.type === "error") {
     if (answer.code === "rate_limited" || answer.code === "unavailable") {
       pending.status = "queued";
-      setTimeout(() => c.pending.has(pending.clientMsgId) && transmit(c, pending), 3_000);
+      retryLater(c, pending);
     } else {
       pending.status = "failed";
       pending.error = answer.message;
     }
-    renderIfActive(c);
+    renderPane();
     return;
   }
-  if (!c.pending.has(pending.clientMsgId)) return; // already seen through sync
-  const message = {
-    message_id: answer.message_id,
-    conversation_id: c.id,
-    seq: answer.seq,
-    sender_id: state.me.user_id,
-    sender_device_id: session.deviceId,
-    client_msg_id: pending.clientMsgId,
-    content: pending.content,
-    created_at: answer.created_at,
-    recalled: false,
-    edited: false,
-  };
-  const gap = answer.seq > c.cursor + 1;
-  applyEvent(c, message);
+  if (!c.pending.has(pending.clientMsgId)) return; // sync brought it first
+  const { gap } = timeline.applyEvent(
+    c,
+    {
+      message_id: answer.message_id,
+      conversation_id: c.id,
+      seq: answer.seq,
+      sender_id: me(),
+      sender_device_id: session.deviceId,
+      client_msg_id: pending.clientMsgId,
+      content: pending.content,
+      created_at: answer.created_at,
+      recalled: false,
+      edited: false,
+    },
+    me(),
+  );
   c.pending.delete(pending.clientMsgId);
   if (gap) syncSoon();
   afterEvents([c]);
+}
+
+function retryLater(c, pending) {
+  setTimeout(() => {
+    if (c.pending.get(pending.clientMsgId) === pending && pending.status === "queued") transmit(c, pending);
+  }, RESEND_AFTER_MS);
 }
 
 function resendPending() {
@@ -494,150 +485,75 @@ function resendPending() {
   }
 }
 
-function renderIfActive(c) {
-  if (c.id === state.active) renderPane();
-}
-
-async function sha256Hex(buffer) {
-  const digest = await crypto.subtle.digest("SHA-256", buffer);
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
 async function sendFile(c, file) {
-  const content = {
-    type: "file",
-    name: file.name,
-    size: file.size,
-    content_type: file.type || "application/octet-stream",
-  };
-  const pending = {
-    clientMsgId: newClientMsgId(),
-    content,
-    status: "uploading",
-    progress: 0,
-    file,
-    createdAt: new Date().toISOString(),
-  };
-  c.pending.set(pending.clientMsgId, pending);
+  const content = { type: "file", name: file.name, size: file.size, content_type: file.type || "" };
+  const pending = addPending(c, content, { status: "uploading", progress: 0, file });
   renderPane({ toBottom: true });
   try {
-    const fileId = await upload(file, content, (progress) => {
+    const stored = await upload(session, file, (progress) => {
       pending.progress = progress;
-      renderIfActive(c);
+      renderPane();
     });
-    content.file_id = fileId;
-    pending.wire = { type: "file", file_id: fileId };
+    Object.assign(content, { file_id: stored.file_id, content_type: stored.content_type });
+    pending.wire = { type: "file", file_id: stored.file_id };
     delete pending.file;
     await transmit(c, pending);
   } catch (exc) {
     pending.status = "failed";
     pending.error = `upload failed: ${describe(exc)}`;
+    renderPane();
   }
-  renderIfActive(c);
 }
 
-/** The protocol's multipart upload; returns the file id. `content.content_type` may be corrected. */
-async function upload(file, content, onProgress) {
-  const bytes = await file.arrayBuffer();
-  const sha256 = await sha256Hex(bytes);
-  const start = (contentType) =>
-    session.call("POST", "/v1/files/uploads", { name: file.name, size: file.size, content_type: contentType, sha256 });
-  let started;
-  try {
-    started = await start(content.content_type);
-  } catch (exc) {
-    // The server accepts a list of media types; anything else can still travel as plain bytes.
-    if (!(exc instanceof ApiError && exc.code === "invalid_request" && /content_type/.test(exc.message))) throw exc;
-    content.content_type = "application/octet-stream";
-    started = await start(content.content_type);
+function retry(c, pending) {
+  if (pending.file) {
+    c.pending.delete(pending.clientMsgId);
+    sendFile(c, pending.file); // uploads are deduplicated by sha256: a second try is cheap
+  } else {
+    transmit(c, pending);
   }
-  if (started.deduplicated) return started.file_id; // these bytes are stored already
-  const done = new Set(started.uploaded_parts ?? []);
-  for (const part of started.parts) {
-    if (done.has(part.part_number)) continue;
-    const from = (part.part_number - 1) * started.part_size;
-    const body = bytes.slice(from, Math.min(from + started.part_size, bytes.byteLength));
-    let response;
-    try {
-      response = await fetch(part.url, { method: "PUT", body }); // a presigned URL: no bearer
-    } catch (exc) {
-      throw new ApiError(0, "unavailable", `cannot reach the server (${exc.message})`);
-    }
-    if (!response.ok) throw new ApiError(response.status, "upload_failed", `part ${part.part_number}: HTTP ${response.status}`);
-    done.add(part.part_number);
-    onProgress(done.size / started.parts.length);
-  }
-  const completed = await session.call("POST", `/v1/files/uploads/${encodeURIComponent(started.upload_id)}/complete`);
-  return completed.file_id;
 }
 
-async function download(content) {
+async function saveFile(content) {
   try {
-    // The redirect goes to a short-lived presigned URL on the same origin; fetch follows it.
-    const response = await session.fetch("GET", `/v1/files/${encodeURIComponent(content.file_id)}`);
-    const blob = await response.blob();
-    const url = URL.createObjectURL(blob);
-    const link = el("a", { href: url, download: content.name || "download" });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    await download(session, content);
   } catch (exc) {
     notice(`Download failed: ${describe(exc)}`);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Read receipts, typing, presence
+// Read receipts, typing, presence subscriptions
 
 function markRead(c) {
-  if (!c || c.id !== state.active || !isVisible() || !c.data) return;
-  const seq = Math.max(c.cursor, ...c.messages.keys());
-  if (seq <= c.readSent) {
-    if (c.data.unread_count) {
-      c.data.unread_count = 0;
-      renderList();
-    }
-    return;
-  }
-  c.readSent = seq;
+  if (!c?.data || c.id !== state.active || !isVisible()) return;
+  const seq = timeline.readableSeq(c);
   c.data.read_seq = Math.max(c.data.read_seq, seq);
   c.data.unread_count = Math.max(0, c.data.max_seq - c.data.read_seq);
-  if (!socket?.send({ type: "read", conversation_id: c.id, seq })) {
-    session.call("POST", `/v1/conversations/${encodeURIComponent(c.id)}/read`, { seq }).catch(() => {
-      c.readSent = Math.min(c.readSent, seq - 1); // try again on the next occasion
-    });
+  if (seq > c.readSent) {
+    c.readSent = seq;
+    if (!socket?.send({ type: "read", conversation_id: c.id, seq })) {
+      session.call("POST", `/v1/conversations/${encodeURIComponent(c.id)}/read`, { seq }).catch(() => {
+        c.readSent = Math.min(c.readSent, seq - 1); // try again on the next occasion
+      });
+    }
   }
   renderList();
 }
 
-function onReadReceipt(frame) {
-  const c = conv(frame.conversation_id);
-  if (frame.user_id === state.me.user_id) {
-    // Read on another device of ours.
-    c.readSent = Math.max(c.readSent, frame.seq);
-    if (c.data) {
-      c.data.read_seq = Math.max(c.data.read_seq, frame.seq);
-      c.data.unread_count = Math.max(0, c.data.max_seq - c.data.read_seq);
-    }
-    renderList();
-    return;
-  }
-  c.peerRead.set(frame.user_id, Math.max(c.peerRead.get(frame.user_id) ?? 0, frame.seq));
-  renderIfActive(c);
-}
-
-function onInput() {
+function onComposerInput() {
+  const input = $("message-input");
+  input.style.height = "auto";
+  input.style.height = `${input.scrollHeight + 2}px`; // grow with the text, up to the CSS max-height
   const c = state.convs.get(state.active);
   if (!c) return;
-  const typing = state.typing;
-  if (!$("message-input").value.trim()) {
+  if (!input.value.trim()) {
     stopTyping();
     return;
   }
+  const typing = state.typing;
   const now = Date.now();
   if (typing.conversationId !== c.id || now - typing.sentAt > TYPING_RESEND_MS) {
-    if (typing.conversationId && typing.conversationId !== c.id) stopTyping();
     if (socket?.send({ type: "typing", conversation_id: c.id, state: "start" })) {
       typing.conversationId = c.id;
       typing.sentAt = now;
@@ -655,262 +571,191 @@ function stopTyping() {
   typing.sentAt = 0;
 }
 
-function onTyping(frame) {
-  if (frame.user_id === state.me.user_id) return;
-  const c = conv(frame.conversation_id);
-  clearTimeout(c.typers.get(frame.user_id));
-  if (frame.state === "start") {
-    lookUpUsers([frame.user_id]);
-    c.typers.set(
-      frame.user_id,
-      setTimeout(() => {
-        c.typers.delete(frame.user_id);
-        renderList();
-        renderIfActive(c);
-      }, TYPING_SHOWN_MS),
-    );
-  } else {
-    c.typers.delete(frame.user_id);
-  }
-  renderList();
-  renderIfActive(c);
-}
-
-function typingText(c) {
-  const names = [...c.typers.keys()].map(nameOf);
-  if (!names.length) return "";
-  if (names.length === 1) return `${names[0]} is typing…`;
-  if (names.length === 2) return `${names[0]} and ${names[1]} are typing…`;
-  return "Several people are typing…";
-}
-
 function subscribePresence() {
   if (!socket?.isOpen) return;
-  const peers = sortedConvs()
-    .map(peerOf)
-    .filter((id) => id && !state.subscribed.has(id));
+  const peers = [...new Set(listedConvs().map(peerOf))].filter((id) => id && !state.subscribed.has(id));
   for (let i = 0; i < peers.length; i += PRESENCE_BATCH) {
-    const batch = [...new Set(peers.slice(i, i + PRESENCE_BATCH))];
+    const batch = peers.slice(i, i + PRESENCE_BATCH);
     if (socket.send({ type: "presence_subscribe", user_ids: batch })) batch.forEach((id) => state.subscribed.add(id));
   }
-}
-
-function presenceText(userId) {
-  const p = state.presence.get(userId);
-  if (!p) return "";
-  if (p.online) return "online";
-  return p.last_seen ? `last seen ${formatTime(p.last_seen)}` : "offline";
 }
 
 // ---------------------------------------------------------------------------------------------
 // The socket
 
-function wsUrl(token) {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  return `${scheme}://${location.host}/v1/ws?access_token=${encodeURIComponent(token)}`;
-}
-
 function connect() {
   socket = new Connection(async () => {
     await session.ensureFresh();
-    return wsUrl(session.accessToken);
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    return `${scheme}://${location.host}/v1/ws?access_token=${encodeURIComponent(session.accessToken)}`;
   });
   socket.addEventListener("state", (event) => {
+    // Only the tab holding the device's socket refreshes tokens on a timer; see api.js.
     if (event.detail.state === "replaced") session.setActive(false);
     else if (event.detail.state === "open") session.setActive(true);
     renderConnection(event.detail);
   });
+  let reconnected = false;
   socket.addEventListener("open", async () => {
     state.subscribed.clear();
+    if (reconnected) {
+      // Membership and read state changed while away are not replayed: read them again.
+      await loadConversations().catch((exc) => notice(`Could not refresh the conversations: ${describe(exc)}`));
+    }
+    reconnected = true;
     subscribePresence();
-    await syncSoon(); // catch up first, so resent messages do not overtake what we missed
+    await syncSoon(); // catch up first, so what waited to be sent does not overtake what we missed
     resendPending();
     markRead(state.convs.get(state.active));
   });
   socket.addEventListener("unauthorized", async () => {
+    // The backoff still applies: a server that keeps refusing fresh tokens is not hammered.
     try {
       await session.refresh();
-      socket.start();
     } catch {
-      // session.refresh ended the session when the server refused it: signed-out follows
-      if (session.signedIn) setTimeout(() => socket?.start(), 5_000);
+      if (!session.signedIn) return; // the refresh token was refused: signed-out shows the form
     }
+    socket?.reconnect("signed in again");
   });
   socket.addEventListener("frame", (event) => onFrame(event.detail));
   socket.start();
 }
 
-function onFrame(frame) {
-  switch (frame.type) {
-    case "message":
-      onPushedEvent(frame.conversation_id, frame);
-      break;
-    case "recalled":
-    case "edited": {
-      // Tombstone events take a seq of their own (event_seq); `seq` names the changed message.
-      const content =
-        frame.type === "recalled"
-          ? { type: "recall", target_seq: frame.seq }
-          : { type: "edit", target_seq: frame.seq, content: frame.content };
-      onPushedEvent(frame.conversation_id, {
-        seq: frame.event_seq ?? frame.seq,
-        conversation_id: frame.conversation_id,
-        sender_id: frame.by,
-        content,
-        created_at: frame.created_at,
-      });
-      break;
-    }
-    case "read_receipt":
-      onReadReceipt(frame);
-      break;
-    case "typing":
-      onTyping(frame);
-      break;
-    case "presence":
-      state.presence.set(frame.user_id, { online: frame.online, last_seen: frame.last_seen });
-      renderList();
-      if (state.active) renderPaneHeader(state.convs.get(state.active));
-      break;
-    case "member_added":
-    case "member_removed":
-    case "member_role_changed":
-      if (frame.type === "member_removed" && frame.user_id === state.me.user_id) {
-        state.convs.delete(frame.conversation_id);
-        if (state.active === frame.conversation_id) state.active = null;
-        renderList();
-        renderPane();
-      }
-      reloadConversationsSoon();
-      break;
-    case "error":
-      if (frame.ref == null) notice(frame.message);
-      break;
-    default:
-      break; // calls and frames added later are not shown here
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
+function render(options = {}) {
+  renderList();
+  renderPane(options);
+}
+
 function renderConnection({ state: connection, delay, reason }) {
   const box = $("connection-status");
-  const retry = $("connection-retry");
   box.hidden = false;
   box.dataset.state = connection;
-  retry.hidden = connection !== "replaced";
+  box.title = reason ?? "";
+  $("connection-retry").hidden = connection !== "replaced";
   const text = {
     connecting: "Connecting…",
     open: "Connected",
-    waiting: delay ? `Reconnecting in ${Math.ceil(delay / 1000)} s…` : `Reconnecting… ${reason ?? ""}`,
+    waiting: delay ? `Reconnecting in ${Math.ceil(delay / 1000)} s…` : "Reconnecting…",
     replaced: "This session is open in another tab.",
     stopped: "Offline",
   }[connection];
   $("connection-text").textContent = text ?? connection;
-  box.title = reason ?? "";
 }
 
 function renderList() {
   if (!state.me) return;
-  const list = $("conversation-list");
-  const convs = sortedConvs();
-  const missing = [];
-  list.replaceChildren(
-    ...convs.map((c) => {
+  const convs = listedConvs();
+  let unreadTotal = 0;
+  conversationList.render(
+    convs.map((c) => {
       const peer = peerOf(c);
-      if (peer && !state.users.has(peer)) missing.push(peer);
-      const typing = typingText(c);
-      const presence = peer ? state.presence.get(peer) : null;
-      const unread = c.id === state.active && isVisible() ? 0 : c.data.unread_count;
-      return el(
-        "li",
-        {},
-        el(
-          "button",
-          {
-            type: "button",
-            class: "conversation",
-            "aria-current": c.id === state.active ? "true" : null,
-            dataset: { testid: "conversation", conversationId: c.id, title: titleOf(c) },
-            onclick: () => openConversation(c.id),
-          },
-          peer
-            ? el("span", {
-                class: "presence-dot",
-                title: presenceText(peer) || "offline",
-                dataset: { testid: "presence", online: String(Boolean(presence?.online)) },
-              })
-            : el("span", { class: "group-mark", "aria-hidden": "true" }, "#"),
-          el("span", { class: "conversation-title" }, titleOf(c)),
-          unread > 0
-            ? el("span", { class: "badge", dataset: { testid: "unread-badge" }, "aria-label": `${unread} unread` }, String(unread))
-            : null,
-          typing
-            ? el("span", { class: "preview typing-preview", dataset: { testid: "conversation-typing" } }, typing)
-            : el("span", { class: "preview", dataset: { testid: "conversation-preview" } }, previewOf(c.data.last_message)),
-        ),
-      );
+      const view = {
+        title: titleOf(c),
+        active: c.id === state.active,
+        online: peer ? Boolean(state.presence.get(peer)?.online) : null,
+        presence: peer ? presenceText(peer) : null,
+        unread: c.id === state.active && isVisible() ? 0 : c.data.unread_count,
+        typing: timeline.typingLine([...c.typers.keys()].map(nameOf)),
+        preview: timeline.preview(c.data.last_message, me()),
+      };
+      unreadTotal += view.unread;
+      return { key: c.id, signature: JSON.stringify(view), build: () => conversationItem(c, view) };
     }),
   );
   $("conversation-empty").hidden = convs.length > 0;
-  if (missing.length) lookUpUsers(missing);
+  document.title = unreadTotal ? `(${unreadTotal}) Courier` : "Courier";
 }
 
-function renderPaneHeader(c) {
-  if (!c) return;
-  $("conversation-title").textContent = titleOf(c);
-  const peer = peerOf(c);
-  const presence = $("conversation-presence");
-  if (peer) {
-    presence.textContent = presenceText(peer);
-    presence.dataset.online = String(Boolean(state.presence.get(peer)?.online));
-  } else {
-    presence.textContent = c.data ? `${c.data.members.length} members` : "";
-    delete presence.dataset.online;
-  }
+function conversationItem(c, view) {
+  return el(
+    "li",
+    {},
+    el(
+      "button",
+      {
+        type: "button",
+        class: "conversation",
+        "aria-current": view.active ? "true" : null,
+        dataset: { testid: "conversation", conversationId: c.id, title: view.title },
+        onclick: () => openConversation(c.id),
+      },
+      view.online === null
+        ? el("span", { class: "group-mark", "aria-hidden": "true" }, "#")
+        : el(
+            "span",
+            { class: "presence-dot", title: view.presence || "offline", dataset: { testid: "presence", online: String(view.online) } },
+            el("span", { class: "visually-hidden" }, view.online ? "online" : "offline"),
+          ),
+      el("span", { class: "conversation-title" }, view.title),
+      view.unread > 0
+        ? el(
+            "span",
+            { class: "badge", dataset: { testid: "unread-badge", count: String(view.unread) } },
+            String(view.unread),
+            el("span", { class: "visually-hidden" }, " unread"),
+          )
+        : null,
+      view.typing
+        ? el("span", { class: "preview typing-preview", dataset: { testid: "conversation-typing" } }, view.typing)
+        : el("span", { class: "preview", dataset: { testid: "conversation-preview" } }, view.preview),
+    ),
+  );
 }
 
 function renderPane({ toBottom = false } = {}) {
   const c = state.active ? state.convs.get(state.active) : null;
   $("pane-empty").hidden = Boolean(c);
   $("pane-body").hidden = !c;
-  if (!c) return;
+  if (!c) {
+    messageList.clear();
+    return;
+  }
   const scroller = $("message-scroller");
   const nearBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
-  renderPaneHeader(c);
+
+  $("conversation-title").textContent = titleOf(c);
+  const peer = peerOf(c);
+  const presence = $("conversation-presence");
+  presence.textContent = peer ? presenceText(peer) : c.data ? `${c.data.members.length} members` : "";
+  presence.dataset.online = String(Boolean(peer && state.presence.get(peer)?.online));
   $("load-older").hidden = !c.hasOlder;
-  const messages = [...c.messages.values()].sort((a, b) => a.seq - b.seq);
-  const seen = seenMarker(c, messages);
-  const isGroup = c.data?.type === "group";
-  const senders = [];
-  const items = messages.map((m) => {
-    if (!state.users.has(m.sender_id)) senders.push(m.sender_id);
-    return messageItem(m, { isGroup, seen: seen?.seq === m.seq ? seen.text : null });
+  $("typing-indicator").textContent = timeline.typingLine([...c.typers.keys()].map(nameOf));
+
+  const seen = timeline.seen(c, me());
+  const seenText = seen && (c.data?.type === "group" ? `Seen by ${seen.readers.map(nameOf).join(", ")}` : "Seen");
+  const group = c.data?.type === "group";
+  const items = timeline.orderedMessages(c).map((m) => {
+    const view = {
+      own: m.sender_id === me(),
+      sender: group && m.sender_id !== me() ? nameOf(m.sender_id) : null,
+      content: m.content,
+      recalled: m.recalled,
+      edited: m.edited,
+      at: m.created_at,
+      seen: seen?.seq === m.seq ? seenText : null,
+    };
+    return { key: `s${m.seq}`, signature: JSON.stringify(view), build: () => messageItem(m, view) };
   });
-  for (const pending of c.pending.values()) items.push(pendingItem(c, pending));
-  if (c.loading && !messages.length) items.push(el("li", { class: "loading" }, "Loading…"));
-  $("messages").replaceChildren(...items);
-  $("typing-indicator").textContent = typingText(c);
-  if (senders.length) lookUpUsers(senders);
+  for (const pending of c.pending.values()) {
+    const view = { content: pending.content, status: pending.status, progress: pending.progress, error: pending.error };
+    items.push({
+      key: `p${pending.clientMsgId}`,
+      signature: JSON.stringify(view),
+      build: () => pendingItem(c, pending, view),
+    });
+  }
+  if (c.loading && !items.length) {
+    items.push({ key: "loading", signature: "", build: () => el("li", { class: "loading" }, "Loading…") });
+  }
+  messageList.render(items);
+  lookUpUsers(c.data ? c.data.members.map((m) => m.user_id) : []);
   if (toBottom || nearBottom) scroller.scrollTop = scroller.scrollHeight;
 }
 
-/** "Seen" goes under our newest message that the peer (or, in a group, anyone) has read. */
-function seenMarker(c, messages) {
-  if (!c.peerRead.size) return null;
-  const own = messages.filter((m) => m.sender_id === state.me.user_id);
-  for (let i = own.length - 1; i >= 0; i -= 1) {
-    const readers = [...c.peerRead].filter(([, seq]) => seq >= own[i].seq).map(([userId]) => userId);
-    if (readers.length) {
-      const text = c.data?.type === "direct" ? "Seen" : `Seen by ${readers.map(nameOf).join(", ")}`;
-      return { seq: own[i].seq, text };
-    }
-  }
-  return null;
-}
-
-function messageBody(content, message) {
+function messageBody(content) {
   switch (content.type) {
     case "text":
       return el("p", { class: "text", dataset: { testid: "message-text" } }, content.text);
@@ -922,8 +767,8 @@ function messageBody(content, message) {
           class: "file-link",
           dataset: { testid: "file-link", fileId: content.file_id ?? "" },
           disabled: !content.file_id,
-          "aria-label": `Download ${content.name}`,
-          onclick: () => download(content),
+          "aria-label": `Download ${content.name} (${formatSize(content.size ?? 0)})`,
+          onclick: () => saveFile(content),
         },
         el("span", { class: "icon icon-clip", "aria-hidden": "true" }),
         el("span", { class: "file-name" }, content.name ?? "file"),
@@ -938,19 +783,18 @@ function messageBody(content, message) {
   }
 }
 
-function messageItem(m, { isGroup, seen }) {
-  const own = m.sender_id === state.me.user_id;
+function messageItem(m, view) {
   return el(
     "li",
     {
-      class: `message ${own ? "own" : "theirs"}${m.recalled ? " recalled" : ""}`,
-      dataset: { testid: "message", seq: String(m.seq), sender: m.sender_id, clientMsgId: m.client_msg_id, status: "sent" },
+      class: `message ${view.own ? "own" : "theirs"}${m.recalled ? " recalled" : ""}`,
+      dataset: { testid: "message", seq: String(m.seq), sender: m.sender_id, status: "sent" },
     },
     el(
       "div",
       { class: "bubble" },
-      isGroup && !own ? el("span", { class: "sender" }, nameOf(m.sender_id)) : null,
-      messageBody(m.content ?? {}, m),
+      view.sender ? el("span", { class: "sender" }, view.sender) : null,
+      messageBody(m.content ?? {}),
       el(
         "span",
         { class: "meta" },
@@ -958,46 +802,38 @@ function messageItem(m, { isGroup, seen }) {
         m.edited && !m.recalled ? el("span", { dataset: { testid: "message-edited" } }, " · edited") : null,
       ),
     ),
-    seen ? el("span", { class: "seen", dataset: { testid: "seen" } }, seen) : null,
+    view.seen ? el("span", { class: "seen", dataset: { testid: "seen" } }, view.seen) : null,
   );
 }
 
-function pendingItem(c, pending) {
+function pendingItem(c, pending, view) {
   const status = {
-    uploading: `Uploading… ${Math.round((pending.progress ?? 0) * 100)} %`,
+    uploading: `Uploading… ${Math.round((view.progress ?? 0) * 100)} %`,
     sending: "Sending…",
-    queued: "Waiting for connection…",
-    failed: `Not sent: ${pending.error ?? "error"}`,
-  }[pending.status];
-  const retry = () => {
-    if (pending.file) {
-      c.pending.delete(pending.clientMsgId);
-      sendFile(c, pending.file);
-    } else {
-      transmit(c, pending).then(() => renderIfActive(c));
-      renderIfActive(c);
-    }
-  };
+    queued: "Waiting for the connection…",
+    failed: `Not sent: ${view.error ?? "error"}`,
+  }[view.status];
   return el(
     "li",
     {
-      class: `message own pending${pending.status === "failed" ? " failed" : ""}`,
-      dataset: { testid: "message", clientMsgId: pending.clientMsgId, status: pending.status },
+      class: `message own pending${view.status === "failed" ? " failed" : ""}`,
+      dataset: { testid: "message", clientMsgId: pending.clientMsgId, status: view.status },
     },
     el(
       "div",
       { class: "bubble" },
-      messageBody(pending.content, null),
+      messageBody(view.content),
       el("span", { class: "meta" }, status),
-      pending.status === "failed"
-        ? el("button", { type: "button", class: "link-button", dataset: { testid: "retry" }, onclick: retry }, "Retry")
+      view.status === "failed"
+        ? el("button", { type: "button", class: "link-button", dataset: { testid: "retry" },
+            onclick: () => retry(c, pending) }, "Retry")
         : null,
     ),
   );
 }
 
 // ---------------------------------------------------------------------------------------------
-// Search and new conversations
+// Finding people
 
 let searchTimer = null;
 let searchSeq = 0;
@@ -1011,83 +847,37 @@ function onSearch() {
       $("user-results").replaceChildren();
       return;
     }
-    let users = [];
+    let users;
     try {
       ({ users } = await session.call("GET", `/v1/users?prefix=${encodeURIComponent(prefix)}&limit=10`));
     } catch (exc) {
       notice(`Search failed: ${describe(exc)}`);
+      return;
     }
     if (asked !== searchSeq) return; // a newer search is under way
-    const others = users.filter((u) => u.user_id !== state.me.user_id);
+    const others = users.filter((u) => u.user_id !== me());
     others.forEach((u) => state.users.set(u.user_id, u));
     $("user-results").replaceChildren(
-      ...(others.length
-        ? others.map((u) =>
-            el(
-              "li",
-              {},
-              el(
-                "button",
-                {
-                  type: "button",
-                  class: "user-result",
-                  dataset: { testid: "user-result", username: u.username },
-                  onclick: () => startDirect(u),
-                },
-                el("span", {}, u.display_name || u.username),
-                el("span", { class: "hint" }, ` @${u.username}`),
-              ),
-            ),
-          )
-        : [el("li", { class: "hint" }, "No matching users")]),
+      ...others.map((u) =>
+        el(
+          "li",
+          {},
+          el(
+            "button",
+            {
+              type: "button",
+              class: "user-result",
+              dataset: { testid: "user-result", username: u.username },
+              onclick: () => startDirect(u),
+            },
+            el("span", {}, u.display_name || u.username),
+            el("span", { class: "hint" }, ` @${u.username}`),
+          ),
+        ),
+      ),
     );
+    if (!others.length) $("user-results").append(el("li", { class: "hint" }, "No matching users"));
   }, 200);
-}
-
-async function startDirect(user) {
-  try {
-    const data = await session.call("POST", "/v1/conversations", { type: "direct", peer_id: user.user_id });
-    await adoptConversation(data);
-    $("user-search").value = "";
-    $("user-results").replaceChildren();
-  } catch (exc) {
-    notice(`Could not start the conversation: ${describe(exc)}`);
-  }
-}
-
-async function adoptConversation(data) {
-  const c = conv(data.conversation_id);
-  if (!c.data) {
-    jumpCursor(c, data.max_seq);
-    c.readSent = Math.max(c.readSent, data.read_seq);
-    c.lastActivity = Date.now();
-  }
-  c.data = { ...data };
-  lookUpUsers(data.members.map((m) => m.user_id));
-  subscribePresence();
-  await openConversation(c.id);
-}
-
-async function createGroup(event) {
-  event.preventDefault();
-  const title = $("group-title").value.trim();
-  const names = $("group-members").value.split(/[\s,]+/).filter(Boolean);
-  try {
-    const memberIds = [];
-    for (const name of names) {
-      const { users } = await session.call("GET", `/v1/users?prefix=${encodeURIComponent(name)}&limit=100`);
-      const match = users.find((u) => u.username.toLowerCase() === name.toLowerCase());
-      if (!match) throw new Error(`no user named ${name}`);
-      state.users.set(match.user_id, match);
-      if (match.user_id !== state.me.user_id) memberIds.push(match.user_id);
-    }
-    const data = await session.call("POST", "/v1/conversations", { type: "group", title, member_ids: memberIds });
-    $("group-form").reset();
-    $("group-panel").open = false;
-    await adoptConversation(data);
-  } catch (exc) {
-    notice(`Could not create the group: ${describe(exc)}`);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1098,6 +888,7 @@ function showAuth() {
   $("chat-view").hidden = true;
   $("account").hidden = true;
   $("connection-status").hidden = true;
+  document.title = "Courier";
   $("login-username").focus();
 }
 
@@ -1108,9 +899,9 @@ async function enterChat() {
   try {
     state.me = await session.call("GET", "/v1/users/me");
   } catch (exc) {
-    if (!session.signedIn) return; // signed-out already showed the form
+    if (!session.signedIn) return; // the signed-out handler shows the form
     notice(`Could not reach the server: ${describe(exc)}`);
-    setTimeout(() => session.signedIn && enterChat(), 5_000);
+    setTimeout(() => session.signedIn && !state.me && enterChat(), 5_000);
     return;
   }
   state.users.set(state.me.user_id, state.me);
@@ -1121,64 +912,73 @@ async function enterChat() {
   } catch (exc) {
     notice(`Could not load conversations: ${describe(exc)}`);
   }
-  renderPane();
+  render();
   connect();
 }
 
 function leaveChat() {
   socket?.stop();
-  socket = null;
   stopTyping();
+  socket = null;
   clearTimeout(state.listReload);
   for (const c of state.convs.values()) c.typers.forEach((timer) => clearTimeout(timer));
   state = freshState();
-  $("conversation-list").replaceChildren();
-  $("messages").replaceChildren();
+  conversationList.clear();
+  messageList.clear();
+  $("user-results").replaceChildren();
   showAuth();
+}
+
+async function submitting(form, work) {
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    await work();
+    form.reset();
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function onLogin(event) {
   event.preventDefault();
-  const button = $("login-submit");
-  button.disabled = true;
   try {
-    await session.login($("login-username").value.trim(), $("login-password").value);
-    $("login-form").reset();
-    await enterChat();
+    await submitting(event.target, () => session.login($("login-username").value.trim(), $("login-password").value));
   } catch (exc) {
     notice(`Log in failed: ${describe(exc)}`);
-  } finally {
-    button.disabled = false;
+    return;
   }
+  await enterChat();
 }
 
 async function onRegister(event) {
   event.preventDefault();
-  const button = $("register-submit");
   const username = $("register-username").value.trim();
   const password = $("register-password").value;
-  button.disabled = true;
+  const displayName = $("register-display-name").value.trim();
   try {
-    await session.register(username, password, $("register-display-name").value.trim());
-    await session.login(username, password);
-    $("register-form").reset();
-    await enterChat();
+    await submitting(event.target, async () => {
+      await session.register(username, password, displayName);
+      await session.login(username, password);
+    });
   } catch (exc) {
     notice(`Registration failed: ${describe(exc)}`);
-  } finally {
-    button.disabled = false;
+    return;
   }
+  await enterChat();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Wiring
 
 function wire() {
+  conversationList = new KeyedList($("conversation-list"));
+  messageList = new KeyedList($("messages"));
   $("login-form").addEventListener("submit", onLogin);
   $("register-form").addEventListener("submit", onRegister);
-  $("logout-button").addEventListener("click", async () => {
+  $("logout-button").addEventListener("click", () => {
     leaveChat();
-    await session.logout();
+    session.logout();
   });
   session.addEventListener("signed-out", (event) => {
     leaveChat();
@@ -1188,8 +988,9 @@ function wire() {
   $("user-search").addEventListener("input", onSearch);
   $("group-form").addEventListener("submit", createGroup);
   $("load-older").addEventListener("click", loadOlder);
+
   const input = $("message-input");
-  input.addEventListener("input", onInput);
+  input.addEventListener("input", onComposerInput);
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -1204,18 +1005,18 @@ function wire() {
     stopTyping();
     sendText(c, text);
     input.value = "";
+    input.style.height = "";
   });
   $("file-input").addEventListener("change", (event) => {
     const c = state.convs.get(state.active);
     const [file] = event.target.files;
-    event.target.value = "";
+    event.target.value = ""; // choosing the same file again still sends it
     if (c && file) sendFile(c, file);
   });
   document.addEventListener("visibilitychange", () => {
     if (!isVisible() || !state.me) return;
     session.ensureFresh().catch(() => {});
     markRead(state.convs.get(state.active));
-    renderList();
   });
 }
 

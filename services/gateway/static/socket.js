@@ -29,14 +29,15 @@ export class Connection extends EventTarget {
   #nextId = 1;
   #waiting = new Map(); // frame id -> {resolve, reject, timer}
   #retryAfterMs = 0;
+  #onOnline = () => {
+    if (this.#state === "waiting") this.#connectNow(); // the network is back: no need to wait
+  };
 
   /** `url` is an async function giving the URL to connect to (it carries a fresh access token). */
   constructor(url) {
     super();
     this.#url = url;
-    window.addEventListener("online", () => {
-      if (this.#state === "waiting") this.#connectNow();
-    });
+    window.addEventListener("online", this.#onOnline);
   }
 
   get state() {
@@ -56,7 +57,13 @@ export class Connection extends EventTarget {
   stop() {
     this.#setState("stopped");
     clearTimeout(this.#timer);
+    window.removeEventListener("online", this.#onOnline);
     this.#drop(1000, "signed out");
+  }
+
+  /** Connect again after the usual backoff (after a refused token was refreshed, say). */
+  reconnect(reason) {
+    if (this.#state === "waiting") this.#retry(reason);
   }
 
   /** Send a frame if the socket is open; false otherwise (the caller keeps it for later). */
