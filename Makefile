@@ -29,8 +29,12 @@ dev: setup ## run all services in one process on http://127.0.0.1:8080 (data in 
 browser-deps: ## install headless Chromium (Debian package) for the browser tests
 	@scripts/ensure-chromium
 
+# Each tier in its own pytest run: the browser tier drives Chromium through Playwright's sync API,
+# whose loop must not share a process with the asyncio tests.
 test: setup browser-deps ## run every test: unit, system (real sockets), browser (headless Chromium)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/system
+	$(BIN)/pytest -q tests/browser
 
 test-unit: setup ## unit tests only
 	$(BIN)/pytest -q tests/unit
