@@ -169,16 +169,26 @@ def test_every_server_listens_on_loopback_only(infra: dict[str, Any]) -> None:
 def test_env_prints_the_addresses_written_to_infra_json(infra: dict[str, Any]) -> None:
     proc = run_cli("env")
     exports = dict(line.removeprefix("export ").split("=", 1) for line in proc.stdout.splitlines())
+    port = {name: entry["port"] for name, entry in infra["services"].items()}
 
     assert proc.returncode == 0
     assert exports == infra["env"]
-    assert exports["COURIER_TEST_REDIS_URL"] == "redis://127.0.0.1:16379/0"
-    assert exports["COURIER_TEST_MYSQL_URL"] == "mysql+aiomysql://courier:courier@127.0.0.1:13306/courier"
-    assert exports["COURIER_TEST_POSTGRES_URL"] == "postgresql+asyncpg://courier:courier@127.0.0.1:15432/courier"
-    assert exports["COURIER_TEST_KAFKA"] == "127.0.0.1:19092"
-    assert exports["COURIER_TEST_S3_ENDPOINT"] == "127.0.0.1:19000"
+    assert exports["COURIER_TEST_REDIS_URL"] == f"redis://127.0.0.1:{port['redis']}/0"
+    assert exports["COURIER_TEST_MYSQL_URL"] == f"mysql+aiomysql://courier:courier@127.0.0.1:{port['mariadb']}/courier"
+    assert exports["COURIER_TEST_POSTGRES_URL"] == (
+        f"postgresql+asyncpg://courier:courier@127.0.0.1:{port['postgres']}/courier"
+    )
+    assert exports["COURIER_TEST_KAFKA"] == f"127.0.0.1:{port['kafka']}"
+    assert exports["COURIER_TEST_S3_ENDPOINT"] == f"127.0.0.1:{port['minio']}"
     assert exports["COURIER_TEST_S3_ACCESS_KEY"]
     assert exports["COURIER_TEST_S3_SECRET_KEY"]
+
+
+def test_ports_are_the_documented_ones_plus_the_offset(infra: dict[str, Any]) -> None:
+    offset = int(os.environ.get("COURIER_INFRA_PORT_OFFSET", "0"))
+    documented = {"redis": 16379, "mariadb": 13306, "postgres": 15432, "kafka": 19092, "minio": 19000}
+
+    assert {name: entry["port"] - offset for name, entry in infra["services"].items()} == documented
 
 
 def test_second_up_leaves_the_running_servers_alone(infra: dict[str, Any]) -> None:
