@@ -19,7 +19,7 @@ def pusher() -> RecordingPusher:
     return RecordingPusher()
 
 
-# A Redis adapter joins the parameters when it exists; the contract stays the same.
+# Memory only here; tests/integration/test_redis_presence.py runs the same contract over Redis too.
 @pytest.fixture(params=["memory"])
 def store(request: pytest.FixtureRequest) -> PresenceStore:
     assert request.param == "memory"

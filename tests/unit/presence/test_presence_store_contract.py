@@ -1,11 +1,11 @@
-"""The PresenceStore contract, run against every adapter."""
+"""The PresenceStore contract over the ``store`` fixture: the in-memory store here (conftest.py), and
+tests/integration/test_redis_presence.py runs these same functions over Redis."""
 
 from __future__ import annotations
 
-from presence_support import T0, uid
-
 from services.presence.domain import PresenceStatus
 from services.presence.ports import PresenceStore
+from tests.unit.presence.presence_support import T0, uid
 
 TTL = 60.0
 

@@ -1,0 +1,72 @@
+"""Token buckets in Redis, shared by every gateway replica: one Lua script per take.
+
+The script is ``take_tokens`` of ``ratelimit.py`` transcribed operation for operation (Lua numbers are the
+same IEEE doubles as Python floats), so a Redis bucket refuses and refills exactly like an in-process one.
+Each bucket is a hash ``{prefix}bucket:{key}`` of ``tokens`` and ``at`` that expires once it would be full
+again: a missing bucket is a full one, so nothing is lost and idle keys cost no memory.
+
+``now`` comes from the caller and is compared across replicas, so give the ``RateLimiter`` a wall clock
+(``time.time``) when it uses this store; ``time.monotonic`` differs from one process to the next.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.common.errors import Unavailable
+from services.common.settings import Bucket
+
+DEFAULT_PREFIX = "courier:"
+
+# ARGV: burst, rate, now, cost, epsilon. Returns the wait in seconds as a string: Redis truncates a Lua
+# number reply to an integer. Stored numbers use %.17g, which gives back the very same double.
+_TAKE = """
+local burst, rate, now, cost, eps = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at
+if not state[1] or not state[2] then
+  tokens, at = burst, now
+else
+  local stored_tokens, stored_at = tonumber(state[1]), tonumber(state[2])
+  tokens = math.min(burst, stored_tokens + math.max(0.0, now - stored_at) * rate)
+  at = math.max(now, stored_at)
+end
+local wait = 0.0
+if tokens + eps >= cost then
+  tokens = math.max(0.0, tokens - cost)
+else
+  wait = (cost - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', at))
+local refill_ms = math.ceil(((burst - tokens) / rate + math.max(0.0, at - now)) * 1000)
+redis.call('PEXPIRE', KEYS[1], math.max(1, refill_ms))
+return string.format('%.17g', wait)
+"""
+
+# The tolerance of ratelimit.take_tokens: a client waiting exactly retry_after is let through.
+_EPSILON = 1e-9
+
+
+class RedisBucketStore:
+    """A ``BucketStore`` whose buckets live in Redis (see the module docstring for the clock)."""
+
+    def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._take = client.register_script(_TAKE)
+
+    async def take(self, key: str, bucket: Bucket, *, now: float, cost: float = 1.0) -> float:
+        if not 0 < cost <= bucket.burst:
+            raise ValueError(f"cost must be in (0, {bucket.burst}], got {cost}")
+        args = [repr(bucket.burst), repr(bucket.rate), repr(now), repr(cost), repr(_EPSILON)]
+        try:
+            wait = await self._take(keys=[f"{self._prefix}bucket:{key}"], args=args)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise Unavailable("redis is unreachable (rate limit)") from exc
+        except RedisError as exc:
+            raise Unavailable(f"redis refused a rate-limit take: {exc}") from exc
+        return float(wait)
