@@ -13,6 +13,7 @@ const TYPING_RESEND_MS = 3_000; // "start" again while typing, so the peer's ind
 const TYPING_IDLE_MS = 4_000; // no keystroke for this long sends "stop"
 const TYPING_SHOWN_MS = 8_000; // a peer's "start" without a "stop" fades after this
 const RESEND_AFTER_MS = 3_000;
+const LOOKUP_RETRY_MS = 30_000;
 const NOTICE_MS = 6_000;
 const PRESENCE_BATCH = 200;
 
@@ -74,6 +75,7 @@ function isVisible() {
 // ---------------------------------------------------------------------------------------------
 // Users and titles
 
+/** Every render asks for the users it names; each is fetched once (a failure is retried later). */
 function lookUpUsers(userIds) {
   for (const id of new Set(userIds)) {
     if (state.users.has(id) || state.userLookups.has(id)) continue;
@@ -86,8 +88,7 @@ function lookUpUsers(userIds) {
         state.users.set(id, user);
         render();
       })
-      .catch(() => {})
-      .finally(() => asked.userLookups.delete(id));
+      .catch(() => setTimeout(() => asked.userLookups.delete(id), LOOKUP_RETRY_MS));
   }
 }
 
@@ -119,8 +120,9 @@ function presenceText(userId) {
 // Conversations
 
 async function loadConversations() {
-  const askedAt = performance.now();
+  const [asked, askedAt] = [state, performance.now()];
   const { conversations } = await session.call("GET", "/v1/conversations");
+  if (asked !== state) return; // signed out meanwhile: this list is someone else's
   const listed = new Set();
   for (const data of conversations) {
     adopt(data);
@@ -130,9 +132,8 @@ async function loadConversations() {
     // Not listed any more (removed while away), unless we learned of it after asking.
     if (c.data && !listed.has(c.id) && c.adoptedAt < askedAt) forget(c.id);
   }
-  lookUpUsers(conversations.flatMap((data) => data.members.map((m) => m.user_id)));
   subscribePresence();
-  render();
+  render(); // asks for the names it shows: direct peers, senders, typists
 }
 
 function adopt(data) {
@@ -211,8 +212,10 @@ async function loadOlder() {
 }
 
 async function startDirect(user) {
+  const asked = state;
   try {
     const data = await session.call("POST", "/v1/conversations", { type: "direct", peer_id: user.user_id });
+    if (asked !== state) return;
     $("user-search").value = "";
     $("user-results").replaceChildren();
     await adoptConversation(data);
@@ -225,6 +228,7 @@ async function createGroup(event) {
   event.preventDefault();
   const title = $("group-title").value.trim();
   const usernames = $("group-members").value.split(/[\s,]+/).filter(Boolean);
+  const asked = state;
   try {
     const memberIds = [];
     for (const username of usernames) {
@@ -232,6 +236,7 @@ async function createGroup(event) {
       if (found.user_id !== me()) memberIds.push(found.user_id);
     }
     const data = await session.call("POST", "/v1/conversations", { type: "group", title, member_ids: memberIds });
+    if (asked !== state) return;
     $("group-form").reset();
     $("group-panel").open = false;
     await adoptConversation(data);
@@ -251,7 +256,6 @@ async function findUser(username) {
 async function adoptConversation(data) {
   const c = adopt(data);
   c.lastActivity = Math.max(c.lastActivity, Date.now());
-  lookUpUsers(data.members.map((m) => m.user_id));
   subscribePresence();
   await openConversation(c.id);
 }
@@ -300,7 +304,7 @@ function onStoredEvent(event) {
   if (!c.data) reloadConversationsSoon(); // a conversation we have not listed yet
   const { fresh, gap } = timeline.applyEvent(c, event, me());
   acknowledge(c, { again: !fresh }); // a retransmission means our ack was lost: send it again
-  if (gap) syncSoon();
+  if (gap && c.data) syncSoon(); // for an unlisted one, the list's max_seq will stand for the gap
   afterEvents([c]);
 }
 
@@ -335,7 +339,6 @@ function onTyping(frame) {
   const c = conv(frame.conversation_id);
   clearTimeout(c.typers.get(frame.user_id));
   if (frame.state === "start") {
-    lookUpUsers([frame.user_id]);
     const forget = () => {
       c.typers.delete(frame.user_id);
       render();
@@ -385,11 +388,15 @@ async function syncAll() {
     if (answer.type === "error") throw new ApiError(0, answer.code, answer.message);
     const changed = answer.conversations.map((entry) => {
       const c = conv(entry.conversation_id);
-      if (!c.data) reloadConversationsSoon();
       for (const event of entry.messages) timeline.applyEvent(c, event, me());
       acknowledge(c);
       return c;
     });
+    if (changed.some((c) => !c.data)) {
+      // New to us, so synced from 0: list it first, and its cursor jumps to its newest seq instead
+      // of paging through its whole history (fetched page by page when opened).
+      await loadConversations().catch(() => reloadConversationsSoon());
+    }
     afterEvents(changed);
     if (!answer.conversations.some((entry) => entry.has_more)) return;
   }
@@ -648,6 +655,7 @@ function renderConnection({ state: connection, delay, reason }) {
 function renderList() {
   if (!state.me) return;
   const convs = listedConvs();
+  lookUpUsers(convs.flatMap((c) => [peerOf(c), ...c.typers.keys()]).filter(Boolean));
   let unreadTotal = 0;
   conversationList.render(
     convs.map((c) => {
@@ -751,7 +759,7 @@ function renderPane({ toBottom = false } = {}) {
     items.push({ key: "loading", signature: "", build: () => el("li", { class: "loading" }, "Loading…") });
   }
   messageList.render(items);
-  lookUpUsers(c.data ? c.data.members.map((m) => m.user_id) : []);
+  lookUpUsers([...c.messages.values()].map((m) => m.sender_id).concat(seen?.readers ?? []));
   if (toBottom || nearBottom) scroller.scrollTop = scroller.scrollHeight;
 }
 
@@ -854,7 +862,7 @@ function onSearch() {
       notice(`Search failed: ${describe(exc)}`);
       return;
     }
-    if (asked !== searchSeq) return; // a newer search is under way
+    if (asked !== searchSeq || !state.me) return; // a newer search is under way, or signed out
     const others = users.filter((u) => u.user_id !== me());
     others.forEach((u) => state.users.set(u.user_id, u));
     $("user-results").replaceChildren(
