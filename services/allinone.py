@@ -167,6 +167,7 @@ class AllInOne:
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await db.create_all(self.engine)
+        await self.files.start()
         loops = {
             "outbox-relay": self.relay.run(),
             "fanout": self.fanout.run(),
@@ -199,6 +200,7 @@ class AllInOne:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.files.close()
         await self.engine.dispose()
 
     async def ready(self) -> bool:

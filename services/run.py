@@ -176,7 +176,12 @@ def build_file(w: Wiring) -> Built:
         auth=w.auth,
         membership=ConversationsClient(w.client("conversation")),
     )
-    return Built([files.router, internal_router(files.shares, w.guard)], engine=engine)
+    return Built(
+        [files.router, internal_router(files.shares, w.guard)],
+        engine=engine,
+        on_start=[files.start],
+        on_stop=[files.close],
+    )
 
 
 def build_delivery(w: Wiring) -> Built:

@@ -16,11 +16,12 @@ from services.common.web import Authenticate
 from services.file.adapters.local import LocalObjectStore, UrlSigner
 from services.file.adapters.local_http import blob_router
 from services.file.adapters.memory import MemoryFileCatalog
+from services.file.adapters.s3 import S3ObjectStore
 from services.file.adapters.sql import SqlFileCatalog
 from services.file.api import files_router
 from services.file.app import FileShares, collect_garbage, upload_layout
 from services.file.domain import PartLayout
-from services.file.ports import ConversationMembership, FileCatalog
+from services.file.ports import ConversationMembership, FileCatalog, ObjectStore
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Files:
     shares: FileShares
     collect_garbage: Callable[[datetime], Awaitable[int]]
     """Forget uploads expired at the given time (not completed within a day); returns how many."""
+    start: Callable[[], Awaitable[None]]
+    """Prepare the object store (the S3 bucket) before serving."""
+    close: Callable[[], Awaitable[None]]
 
 
 def build_files(
@@ -42,7 +46,16 @@ def build_files(
 ) -> Files:
     """The file service; metadata in SQL through ``sessions``, or in memory when it is ``None``."""
     catalog: FileCatalog = MemoryFileCatalog() if sessions is None else SqlFileCatalog(sessions)
-    store = LocalObjectStore(settings.data_dir / "objects", UrlSigner(settings.secret, clock))
+    store: ObjectStore
+    router = APIRouter()
+    if settings.s3.endpoint:
+        # S3 serves parts and downloads itself and checks URL expiry against real time.
+        s3 = S3ObjectStore(settings.s3)
+        store, start, close = s3, s3.start, s3.close
+    else:
+        local = LocalObjectStore(settings.data_dir / "objects", UrlSigner(settings.secret, clock))
+        store, start, close = local, _nothing, _nothing
+        router.include_router(blob_router(local, layout_of=lambda upload_id: layout_of(upload_id)))
 
     def now() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
@@ -53,13 +66,17 @@ def build_files(
     async def collect(at: datetime) -> int:
         return await collect_garbage(at, catalog=catalog, store=store)
 
-    router = APIRouter()
     router.include_router(
         files_router(catalog=catalog, store=store, membership=membership, limits=settings.file, auth=auth, now=now)
     )
-    router.include_router(blob_router(store, layout_of=layout_of))
     return Files(
         router=router,
         shares=FileShares(catalog=catalog, membership=membership, now=now),
         collect_garbage=collect,
+        start=start,
+        close=close,
     )
+
+
+async def _nothing() -> None:
+    return None
