@@ -67,6 +67,7 @@ class Wiring:
             reload_s=settings.ring.reload_s,
         )
         self._clients: dict[str, InternalClient] = {}
+        self._redis: Any = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
 
     def client(self, service: str) -> InternalClient:
@@ -75,6 +76,17 @@ class Wiring:
             self._clients[service] = client
             self.closers.append(client.close)
         return self._clients[service]
+
+    def redis(self) -> Any:
+        """The process's one Redis client (``COURIER_REDIS__URL``), or None for in-process state."""
+        if not self.settings.redis.url:
+            return None
+        if self._redis is None:
+            from services.message.adapters.redis import connect
+
+            self._redis = connect(self.settings.redis.url)
+            self.closers.append(self._redis.aclose)
+        return self._redis
 
     def engine(self) -> AsyncEngine:
         if not self.settings.database_url:
@@ -132,24 +144,46 @@ def build_message(w: Wiring) -> Built:
     settings = w.settings
     engine = w.engine()
     store = SqlMessageStore(engine)
-    event_log = MemoryEventLog()
+    redis = w.redis()
+    counter: Any
+    inbox: Any
+    timeline: Any
+    if redis is not None:
+        from services.message.adapters.redis import RedisInbox, RedisSeqCounter, RedisTimeline
+
+        counter, inbox, timeline = (
+            RedisSeqCounter(redis),
+            RedisInbox(redis),
+            RedisTimeline(redis, keep=settings.redis.timeline_keep, ttl_s=settings.redis.timeline_ttl_s),
+        )
+    else:
+        counter, inbox, timeline = MemorySeqCounter(), MemoryInbox(), MemoryTimeline()
+    on_stop: list[Callable[[], Awaitable[None]]] = []
+    if settings.kafka.bootstrap:
+        from services.message.adapters.kafka import KafkaConsumer, KafkaEventLog
+
+        event_log: Any = KafkaEventLog(settings.kafka)
+        consumer: Any = KafkaConsumer(settings.kafka, MESSAGES_TOPIC, "courier-fanout")
+        on_stop += [consumer.stop, event_log.stop]
+    else:
+        event_log = MemoryEventLog()
+        consumer = event_log.consumer(MESSAGES_TOPIC, "courier-fanout")
     relay = OutboxRelay(store, event_log)
     deps = message_app.MessageDeps(
         store=store,
-        counter=MemorySeqCounter(),
+        counter=counter,
         conversations=ConversationsClient(w.client("conversation")),
         files=FileSharesClient(w.client("file")),
         locks=message_app.ConversationLocks(),
         limits=message_app.Limits(settings.max_text_length, settings.recall_window_s, settings.edit_window_s),
         on_stored=relay.wake,
     )
-    service = MessageService(
-        deps, MemoryInbox(), MemoryTimeline(), w.pusher(), sync_limit=settings.delivery.sync_page_limit
-    )
-    fanout = FanoutWorker(event_log.consumer(MESSAGES_TOPIC, "courier-fanout"), event_log, service.handle_record)
+    service = MessageService(deps, inbox, timeline, w.pusher(), sync_limit=settings.delivery.sync_page_limit)
+    fanout = FanoutWorker(consumer, event_log, service.handle_record)
     return Built(
         [build_router(service, w.auth), internal_router(service, w.guard)],
         loops={"outbox-relay": relay.run, "fanout": fanout.run},
+        on_stop=on_stop,
         engine=engine,
     )
 
@@ -158,7 +192,13 @@ def build_presence(w: Wiring) -> Built:
     from services.presence.internal import internal_router
     from services.presence.main import build_presence as build
 
-    presence = build(w.settings, auth=w.auth, pusher=w.pusher())
+    redis = w.redis()
+    store = None
+    if redis is not None:
+        from services.presence.adapters.redis import RedisPresenceStore
+
+        store = RedisPresenceStore(redis)
+    presence = build(w.settings, auth=w.auth, pusher=w.pusher(), store=store)
     return Built(
         [presence.router, internal_router(presence.tracker, w.guard)], loops={"presence-expiry": presence.tracker.run}
     )
@@ -214,7 +254,7 @@ def build_delivery(w: Wiring) -> Built:
         ack_timeout_s=settings.ack_timeout_s,
         max_redeliveries=settings.max_redeliveries,
     )
-    limiter = _limiter(settings)
+    limiter = _limiter(settings, w.redis())
 
     async def hand_off(old: Ring, new: Ring) -> None:
         await reconnect_lost_users(hub, new, settings.node_name)
@@ -261,10 +301,18 @@ async def reconnect_lost_users(
 _background: set[asyncio.Task[None]] = set()
 
 
-def _limiter(settings: Settings) -> Any:
+def _limiter(settings: Settings, redis: Any) -> Any:
+    """Token buckets shared by every replica through Redis (on the wall clock, the one clock all
+    replicas share), or per process without it."""
+    import time
+
     from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
 
-    return RateLimiter(settings.limits, MemoryBucketStore())
+    if redis is None:
+        return RateLimiter(settings.limits, MemoryBucketStore())
+    from services.gateway.redis_buckets import RedisBucketStore
+
+    return RateLimiter(settings.limits, RedisBucketStore(redis), time.time)
 
 
 BUILDERS: dict[str, Callable[[Wiring], Built]] = {
@@ -392,7 +440,7 @@ async def serve_gateway(settings: Settings) -> None:
     from services.gateway.front import Front
 
     wiring = Wiring(settings)
-    limiter = _limiter(settings)
+    limiter = _limiter(settings, wiring.redis())
     app = create_gateway_app(settings, wiring, limiter)
     inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     inner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -11,7 +11,8 @@ from services.message.domain import Message
 
 
 class SeqTaken(Exception):
-    """The seq given to a new event is already stored: the counter is behind the database."""
+    """The seq given to a new event is not the store's next one: already stored (the counter is
+    behind) or beyond the next (a seq drawn by a process that died before committing)."""
 
 
 class ClientMsgIdTaken(Exception):
@@ -41,7 +42,8 @@ class MessageStore(Protocol):
     async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
         """In ONE transaction: insert ``event``, overwrite ``replace`` (a recalled or edited target),
         insert the outbox row and move the sender's read cursor to ``event.seq``.
-        Raises ``SeqTaken`` / ``ClientMsgIdTaken`` on the two unique constraints."""
+        ``event.seq`` must be exactly the stored maximum + 1 (``SeqTaken`` otherwise, and on the
+        unique constraint); ``ClientMsgIdTaken`` when the sender already used the client_msg_id."""
         ...
 
     async def max_seq(self, conversation_id: str) -> int: ...
@@ -159,6 +161,10 @@ class Consumer(Protocol):
 
     async def commit(self) -> None:
         """Everything returned by ``poll`` so far is processed."""
+        ...
+
+    async def rewind(self) -> None:
+        """Forget what was polled since the last commit: the next ``poll`` returns it again."""
         ...
 
 

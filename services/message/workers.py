@@ -134,10 +134,20 @@ class FanoutWorker:
         await self._consumer.commit()
         return len(records)
 
+    async def step(self) -> bool:
+        """One batch; on failure (the broker went away mid-batch, nothing committed) the consumer is
+        rewound so the batch is polled again. Without that, the next commit would cover records that
+        were neither processed nor dead-lettered."""
+        try:
+            await self.run_once()
+        except Exception:
+            log.exception("fan-out batch failed; polling it again")
+            with contextlib.suppress(Exception):
+                await self._consumer.rewind()
+            return False
+        return True
+
     async def run(self) -> None:
         while True:
-            try:
-                await self.run_once()
-            except Exception:  # the broker went away: nothing was committed, so nothing is lost
-                log.exception("fan-out poll failed; retrying")
+            if not await self.step():
                 await asyncio.sleep(1.0)

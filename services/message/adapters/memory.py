@@ -154,6 +154,9 @@ class MemoryConsumer:
     async def commit(self) -> None:
         self._log._committed[(self._topic, self._group)] = self._position
 
+    async def rewind(self) -> None:
+        self._position = self._log._committed[(self._topic, self._group)]
+
 
 class MemoryMessageStore:
     """The unit tests' store: the same semantics as the SQL store, held in dicts."""
@@ -178,6 +181,8 @@ class MemoryMessageStore:
             raise error
         if event.seq in self._by_seq[event.conversation_id]:
             raise SeqTaken(f"{event.conversation_id}/{event.seq}")
+        if event.seq != max(self._by_seq[event.conversation_id], default=0) + 1:
+            raise SeqTaken(f"{event.conversation_id}/{event.seq} would leave a gap")
         if (event.sender_id, event.client_msg_id) in self._by_client:
             raise ClientMsgIdTaken(event.client_msg_id)
         self._by_seq[event.conversation_id][event.seq] = event

@@ -146,3 +146,10 @@ async def test_counter_is_invalidated_when_reseeding_after_a_failure_fails_too(w
     with pytest.raises(ConnectionError):
         await world.send(cid, "alice")
     assert (await world.send(cid, "alice")).message.seq == 2
+
+
+async def test_a_seq_abandoned_by_a_dead_process_is_not_left_as_a_gap(world: World) -> None:
+    cid = world.conversations.add("alice", "bob")
+    await world.send(cid, "alice")
+    await world.counter.next(cid, seed=lambda: world.store.max_seq(cid))  # drawn, then the process died
+    assert (await world.send(cid, "alice")).message.seq == 2

@@ -77,3 +77,27 @@ async def test_offsets_are_committed_only_after_processing() -> None:
         await worker.run_once(timeout_s=0.1)
     restarted = log.consumer(MESSAGES_TOPIC, "g")
     assert [r.value for r in await restarted.poll(max_records=10, timeout_s=0.1)] == [b"a"]
+
+
+async def test_a_batch_whose_dead_letter_cannot_be_written_is_polled_again() -> None:
+    log = MemoryEventLog()
+    await log.publish([Record(MESSAGES_TOPIC, "c1", b"poison"), Record(MESSAGES_TOPIC, "c1", b"next")])
+
+    class DownDlq:
+        async def publish(self, records: object) -> None:
+            raise ConnectionError("broker down")
+
+    async def always_fails(_: Record) -> None:
+        raise ValueError("bad record")
+
+    consumer = log.consumer(MESSAGES_TOPIC, "g")
+    worker = FanoutWorker(consumer, DownDlq(), always_fails, retry=RetryPolicy(attempts=1), sleep=_no_sleep)
+    assert not await worker.step()
+    handled: list[bytes] = []
+
+    async def fixed(record: Record) -> None:
+        handled.append(record.value)
+
+    retry = FanoutWorker(consumer, log, fixed, sleep=_no_sleep)
+    await retry.run_once(timeout_s=0.1)
+    assert handled == [b"poison", b"next"]
