@@ -79,7 +79,7 @@ def test_mariadb_lets_courier_create_write_and_read_a_table(infra: dict[str, Any
     sh([*client, sql], env=env)
     assert sh([*client, f"SELECT body FROM {table} WHERE id = 1"], env=env).strip() == "hi"
     sh([*client, f"DROP TABLE {table}"], env=env)
-    assert db["url"] == f"mysql+aiomysql://courier:courier@127.0.0.1:{db['port']}/courier"
+    assert db["url"] == f"mysql+asyncmy://courier:courier@127.0.0.1:{db['port']}/courier"
 
 
 def test_postgres_lets_courier_create_write_and_read_a_table(infra: dict[str, Any]) -> None:
@@ -174,7 +174,7 @@ def test_env_prints_the_addresses_written_to_infra_json(infra: dict[str, Any]) -
     assert proc.returncode == 0
     assert exports == infra["env"]
     assert exports["COURIER_TEST_REDIS_URL"] == f"redis://127.0.0.1:{port['redis']}/0"
-    assert exports["COURIER_TEST_MYSQL_URL"] == f"mysql+aiomysql://courier:courier@127.0.0.1:{port['mariadb']}/courier"
+    assert exports["COURIER_TEST_MYSQL_URL"] == f"mysql+asyncmy://courier:courier@127.0.0.1:{port['mariadb']}/courier"
     assert exports["COURIER_TEST_POSTGRES_URL"] == (
         f"postgresql+asyncpg://courier:courier@127.0.0.1:{port['postgres']}/courier"
     )
