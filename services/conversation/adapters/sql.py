@@ -26,6 +26,7 @@ from services.conversation.domain import (
     pair_key,
 )
 
+# Tables collate byte-wise on MySQL too (as on PostgreSQL and SQLite): its default *_ci collations take "Ab" for "ab".
 conversations_table = Table(
     "conversation_conversations",
     metadata,
@@ -37,6 +38,8 @@ conversations_table = Table(
     Column("direct_key", String(64), nullable=True, unique=True),
     Column("large", Boolean, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 members_table = Table(
@@ -52,6 +55,8 @@ members_table = Table(
     Column("role", String(16), nullable=False),
     # Seniority within the conversation; ownership passes down this order.
     Column("ordinal", Integer, nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 

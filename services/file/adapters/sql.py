@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, String, Table, delete, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,6 +16,7 @@ from services.common.db import UtcDateTime, metadata
 from services.common.errors import NotFound, Unavailable
 from services.file.domain import ContentMatch, StoredFile, Upload
 
+# Tables collate byte-wise on MySQL too (as on PostgreSQL and SQLite): its default *_ci collations take "Ab" for "ab".
 uploads_table = Table(
     "file_uploads",
     metadata,
@@ -32,6 +34,8 @@ uploads_table = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
     Column("file_id", String(64), nullable=True),
     Index(None, "expires_at"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 files_table = Table(
@@ -46,6 +50,8 @@ files_table = Table(
     Column("object_key", String(255), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index(None, "sha256", "size"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 shares_table = Table(
@@ -55,6 +61,8 @@ shares_table = Table(
     Column("conversation_id", String(64), primary_key=True),
     Column("shared_by", String(64), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 
@@ -150,7 +158,7 @@ class SqlFileCatalog:
             statement = statement.where(uploads_table.c.file_id.is_(None))
         async with _transaction(self._sessions) as db:
             result = await db.execute(statement)
-        return bool(result.rowcount)
+        return bool(cast("CursorResult[Any]", result).rowcount)
 
     async def finish_upload(self, upload_id: str, file: StoredFile) -> StoredFile:
         # The row lock (BEGIN IMMEDIATE on SQLite) makes two concurrent completions agree on one file.

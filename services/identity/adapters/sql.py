@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Column, ForeignKey, Index, String, Table, UniqueConstraint, delete, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,6 +24,7 @@ _Username = (
     .with_variant(String(32, collation="C"), "postgresql")
 )
 
+# Tables collate byte-wise on MySQL too (as on PostgreSQL and SQLite): its default *_ci collations take "Ab" for "ab".
 users_table = Table(
     "identity_users",
     metadata,
@@ -31,6 +33,8 @@ users_table = Table(
     Column("display_name", String(64), nullable=False),
     Column("password_hash", String(255), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 sessions_table = Table(
@@ -44,6 +48,8 @@ sessions_table = Table(
     Column("refresh_expires_at", UtcDateTime(), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("user_id", "device_id"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 # Refresh tokens already rotated out, kept until they would have expired so their reuse is detected.
@@ -54,6 +60,8 @@ rotated_tokens_table = Table(
     Column("session_id", String(32), ForeignKey(sessions_table.c.session_id), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     Index(None, "session_id"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 _IN_CHUNK = 500  # ids per IN (...) list, well under every database's parameter limit
@@ -142,7 +150,7 @@ class SqlUserStore:
             result = await db.execute(
                 update(users_table).where(users_table.c.user_id == user_id).values(password_hash=password_hash)
             )
-            if result.rowcount == 0:
+            if cast("CursorResult[Any]", result).rowcount == 0:
                 raise NotFound(f"no user with id {user_id!r}")
 
 
@@ -152,11 +160,15 @@ class SqlSessionStore:
 
     async def put(self, session: Session) -> None:
         device = (sessions_table.c.user_id == session.user_id) & (sessions_table.c.device_id == session.device_id)
-        # Two logins on one device at once both find no previous session on MySQL/PostgreSQL; the
-        # unique (user_id, device_id) key rejects the second insert, and its retry replaces the first.
+        # Two logins on one device at once would both find no previous session to replace: PostgreSQL
+        # then rejects the second insert on the unique (user_id, device_id) key, MySQL deadlocks. Locking
+        # the user row first makes a user's logins take turns (SQLite's BEGIN IMMEDIATE does already);
+        # the retry stays for a key clash all the same.
+        lock_user = select(users_table.c.user_id).where(users_table.c.user_id == session.user_id).with_for_update()
         for attempt in range(3):
             try:
                 async with _transaction(self._sessions) as db:
+                    await db.execute(lock_user)
                     await self._delete_where(db, device)
                     await db.execute(
                         insert(sessions_table).values(
@@ -199,7 +211,7 @@ class SqlSessionStore:
             swapped = await db.execute(
                 update(sessions_table).where(current).values(refresh_hash=new_hash, refresh_expires_at=expires_at)
             )
-            if swapped.rowcount != 1:
+            if cast("CursorResult[Any]", swapped).rowcount != 1:
                 return False  # nothing was written
             await db.execute(
                 delete(rotated_tokens_table).where(

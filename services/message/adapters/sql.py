@@ -27,8 +27,10 @@ from sqlalchemy import (
     and_,
     case,
     func,
+    literal,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -43,7 +45,11 @@ from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqTake
 
 ID = String(32)
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# MySQL's TEXT and BLOB stop at 64 KiB; a long message or its outbox event must not be cut off there.
+Content = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+Payload = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
 
+# Tables collate byte-wise on MySQL too (as on PostgreSQL and SQLite): its default *_ci collations take "Ab" for "ab".
 messages = Table(
     "message_messages",
     metadata,
@@ -53,12 +59,14 @@ messages = Table(
     Column("sender_id", ID, nullable=False),
     Column("sender_device_id", String(64), nullable=False),
     Column("client_msg_id", String(96), nullable=False),
-    Column("content", Text, nullable=False),
+    Column("content", Content, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("recalled", Boolean, nullable=False, default=False),
     Column("edited", Boolean, nullable=False, default=False),
     UniqueConstraint("conversation_id", "seq"),
     UniqueConstraint("sender_id", "client_msg_id"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 read_cursors = Table(
@@ -68,6 +76,8 @@ read_cursors = Table(
     Column("user_id", ID, primary_key=True),
     Column("read_seq", BigInteger, nullable=False),
     Index("ix_message_read_cursors_user", "user_id"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 outbox_rows = Table(
@@ -75,11 +85,13 @@ outbox_rows = Table(
     metadata,
     Column("outbox_id", BigId, primary_key=True, autoincrement=True),
     Column("conversation_id", ID, nullable=False),
-    Column("payload", LargeBinary, nullable=False),
+    Column("payload", Payload, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("leased_until", UtcDateTime, nullable=False),
     Column("lease_token", String(32), nullable=True),
     Index("ix_message_outbox_leased_until", "leased_until"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
 )
 
 
@@ -165,6 +177,13 @@ class SqlMessageStore:
         now = utcnow()
         try:
             async with self._write() as conn:
+                # Exactly the next seq: one drawn by a process that died before committing must not leave
+                # a hole. Only committed rows are visible here, so when this passes, seq - 1 is committed.
+                high = await conn.execute(
+                    select(func.max(messages.c.seq)).where(messages.c.conversation_id == event.conversation_id)
+                )
+                if event.seq != (high.scalar() or 0) + 1:
+                    raise SeqTaken(f"{event.conversation_id}/{event.seq} is not the next seq")
                 await conn.execute(messages.insert().values(_columns(event)))
                 if replace is not None:
                     changed = _columns(replace)
@@ -193,15 +212,25 @@ class SqlMessageStore:
             return int((await conn.execute(query)).scalar() or 0)
 
     async def max_seqs(self, conversation_ids: Collection[str]) -> dict[str, int]:
-        if not conversation_ids:
-            return {}
-        query = (
-            select(messages.c.conversation_id, func.max(messages.c.seq))
-            .where(messages.c.conversation_id.in_(list(conversation_ids)))
-            .group_by(messages.c.conversation_id)
-        )
+        # One max() per conversation, each answered from the end of the (conversation_id, seq) index.
+        # A GROUP BY over an IN list reads every message of those conversations on PostgreSQL.
+        ids = list(dict.fromkeys(conversation_ids))
+        found: dict[str, int] = {}
         async with self._read() as conn:
-            return {cid: int(seq) for cid, seq in (await conn.execute(query)).all()}
+            for start in range(0, len(ids), 200):
+                heads = [
+                    select(
+                        literal(cid, ID).label("conversation_id"),
+                        select(func.max(messages.c.seq))
+                        .where(messages.c.conversation_id == cid)
+                        .scalar_subquery()
+                        .label("seq"),
+                    )
+                    for cid in ids[start : start + 200]
+                ]
+                rows = (await conn.execute(union_all(*heads) if len(heads) > 1 else heads[0])).all()
+                found.update((cid, int(seq)) for cid, seq in rows if seq is not None)
+        return found
 
     async def last_messages(self, conversation_ids: Collection[str]) -> dict[str, Message]:
         heads = await self.max_seqs(conversation_ids)
@@ -269,7 +298,8 @@ class SqlMessageStore:
             rows = (
                 await conn.execute(
                     select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id, outbox_rows.c.payload)
-                    .where(outbox_rows.c.lease_token == token)
+                    # By primary key: lease_token has no index, and the backlog may be long.
+                    .where(outbox_rows.c.outbox_id.in_(ids), outbox_rows.c.lease_token == token)
                     .order_by(outbox_rows.c.outbox_id)
                 )
             ).all()

@@ -1,0 +1,255 @@
+"""History and cursor queries are served by indexes: EXPLAIN, on MariaDB and PostgreSQL, of the exact statements
+the SQL adapters send (captured from the engine), over enough rows that a full scan would be the planner's
+choice if no index fitted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, insert, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.clock import utcnow
+from services.common.db import create_engine, sessionmaker
+from services.conversation.adapters.sql import SqlConversationStore, conversations_table, members_table
+from services.message.adapters.sql import SqlMessageStore, messages, read_cursors
+from tests.integration.test_sql_support import SERVER_BACKENDS, migrated_database, run_async
+
+CONVERSATIONS = 60
+MESSAGES_PER_CONVERSATION = 80
+USERS = 40
+
+
+def conversation_id(n: int) -> str:
+    return f"c{n:04d}"
+
+
+def user_id(n: int) -> str:
+    return f"u{n:04d}"
+
+
+async def populate(url: str) -> None:
+    """Thousands of messages, cursors and memberships, then fresh planner statistics."""
+    engine = create_engine(url)
+    now = utcnow()
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(conversations_table),
+                [
+                    {
+                        "conversation_id": conversation_id(c),
+                        "type": "group",
+                        "title": None,
+                        "direct_key": None,
+                        "large": False,
+                        "created_at": now,
+                    }
+                    for c in range(CONVERSATIONS)
+                ],
+            )
+            await conn.execute(
+                insert(members_table),
+                [
+                    {"conversation_id": conversation_id(c), "user_id": user_id(u), "role": "member", "ordinal": u}
+                    for c in range(CONVERSATIONS)
+                    for u in range(USERS)
+                ],
+            )
+            await conn.execute(
+                insert(messages),
+                [
+                    {
+                        "message_id": f"m{c:04d}{seq:05d}",
+                        "conversation_id": conversation_id(c),
+                        "seq": seq,
+                        "sender_id": user_id(seq % USERS),
+                        "sender_device_id": "phone",
+                        "client_msg_id": f"cm{c:04d}{seq:05d}",
+                        "content": '{"type":"text","text":"hello"}',
+                        "created_at": now + timedelta(milliseconds=seq),
+                        "recalled": False,
+                        "edited": False,
+                    }
+                    for c in range(CONVERSATIONS)
+                    for seq in range(1, MESSAGES_PER_CONVERSATION + 1)
+                ],
+            )
+            await conn.execute(
+                insert(read_cursors),
+                [
+                    {"conversation_id": conversation_id(c), "user_id": user_id(u), "read_seq": u}
+                    for c in range(CONVERSATIONS)
+                    for u in range(USERS)
+                ],
+            )
+        async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("ANALYZE"))
+            else:
+                tables = "message_messages, message_read_cursors, conversation_members, conversation_conversations"
+                await conn.exec_driver_sql(f"ANALYZE TABLE {tables}")
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module", params=SERVER_BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with migrated_database(request.param, tmp_path_factory.mktemp("indexes")) as url:
+        run_async(lambda: populate(url))
+        yield url
+
+
+@dataclass
+class Captured:
+    """The statements an adapter sent, with their driver-level parameters."""
+
+    engine: AsyncEngine
+    statements: list[tuple[str, Any]] = field(default_factory=list)
+
+    async def sent_by(self, call: Callable[[], Awaitable[object]]) -> list[tuple[str, Any]]:
+        self.statements.clear()
+        await call()
+        return [(sql, params) for sql, params in self.statements if sql.lstrip().upper().startswith("SELECT")]
+
+    async def plan(self, statement: str, params: Any) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list((await conn.exec_driver_sql("EXPLAIN " + statement, params)).all())
+
+
+@pytest.fixture
+async def captured(database: str) -> AsyncIterator[Captured]:
+    engine = create_engine(database)
+    seen = Captured(engine)
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if not statement.lstrip().upper().startswith("EXPLAIN"):
+            seen.statements.append((statement, parameters))
+
+    try:
+        yield seen
+    finally:
+        await engine.dispose()
+
+
+async def assert_served_by_index(
+    captured: Captured, call: Callable[[], Awaitable[object]], *, key: set[str], in_index_order: bool = True
+) -> None:
+    """Every SELECT ``call`` sends reads its table through one of the indexes ``key``, with no full scan;
+    and with ``in_index_order``, no sort either (the index yields the rows in the order asked)."""
+    statements = await captured.sent_by(call)
+    assert statements, "the call sent no SELECT"
+    for statement, params in statements:
+        await assert_plan_uses_index(captured, statement, params, key=key, in_index_order=in_index_order)
+
+
+async def assert_plan_uses_index(
+    captured: Captured, statement: str, params: Any, *, key: set[str], in_index_order: bool
+) -> None:
+    plan = await captured.plan(statement, params)
+    if captured.engine.dialect.name == "postgresql":
+        lines = "\n".join(row[0] for row in plan)
+        assert "Seq Scan" not in lines, lines
+        assert any(f"using {name}" in lines or f"on {name}" in lines for name in key), lines
+        if in_index_order:
+            assert "Sort Key" not in lines, lines
+    else:
+        columns = ("id", "select_type", "table", "type", "possible_keys", "key", "key_len", "ref", "rows", "extra")
+        rows = [dict(zip(columns, row, strict=True)) for row in plan]
+        for row in rows:
+            assert row["type"] != "ALL", rows
+            assert row["key"] in key, rows
+            if in_index_order:
+                assert "filesort" not in (row["extra"] or ""), rows
+
+
+HISTORY = {"uq_message_messages_conversation_id_seq"}
+CURSORS = {"ix_message_read_cursors_user", "pk_message_read_cursors", "PRIMARY"}
+
+
+async def test_newest_history_page_reads_the_conversation_seq_index_backwards(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+
+    await assert_served_by_index(
+        captured, lambda: store.page(conversation_id(7), after_seq=None, before_seq=None, limit=20), key=HISTORY
+    )
+
+
+async def test_older_history_page_reads_the_conversation_seq_index(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+
+    await assert_served_by_index(
+        captured, lambda: store.page(conversation_id(7), after_seq=None, before_seq=40, limit=20), key=HISTORY
+    )
+
+
+async def test_sync_page_after_a_seq_reads_the_conversation_seq_index(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+
+    await assert_served_by_index(
+        captured, lambda: store.page(conversation_id(7), after_seq=10, before_seq=None, limit=20), key=HISTORY
+    )
+
+
+async def test_high_water_marks_read_one_index_entry_per_conversation(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+    wanted = [conversation_id(c) for c in range(0, CONVERSATIONS, 5)]
+
+    ((statement, params),) = await captured.sent_by(lambda: store.max_seqs(wanted))
+    plan = await captured.plan(statement, params)
+
+    # Each max(seq) is the last entry of the conversation's range in the (conversation_id, seq) index,
+    # not an aggregate over all of the conversation's messages.
+    if captured.engine.dialect.name == "postgresql":
+        lines = "\n".join(row[0] for row in plan)
+        assert lines.count("Index Only Scan Backward using uq_message_messages_conversation_id_seq") == len(wanted)
+        assert "Seq Scan" not in lines and "Bitmap" not in lines and "Aggregate" not in lines, lines
+    else:
+        lookups = [row for row in plan if row[1] == "SUBQUERY"]
+        assert len(lookups) == len(wanted), plan
+        assert all(row[-1] == "Select tables optimized away" for row in lookups), plan
+
+
+async def test_last_messages_are_fetched_by_their_conversation_and_seq(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+    wanted = [conversation_id(c) for c in range(0, CONVERSATIONS, 20)]
+
+    # The first statement finds the heads (the test above); the second fetches exactly those rows by key.
+    _heads, (statement, params) = await captured.sent_by(lambda: store.last_messages(wanted))
+
+    await assert_plan_uses_index(captured, statement, params, key=HISTORY, in_index_order=False)
+
+
+async def test_read_cursors_of_a_user_are_read_through_an_index(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+    wanted = [conversation_id(c) for c in range(0, CONVERSATIONS, 3)]
+
+    await assert_served_by_index(captured, lambda: store.read_seqs(user_id(5), wanted), key=CURSORS)
+
+
+async def test_idempotency_lookup_reads_the_sender_client_msg_id_index(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+
+    await assert_served_by_index(
+        captured,
+        lambda: store.find_by_client_id(user_id(3), "cm000700003"),
+        key={"uq_message_messages_sender_id_client_msg_id"},
+    )
+
+
+async def test_a_users_conversations_are_found_through_the_members_user_index(captured: Captured) -> None:
+    store = SqlConversationStore(sessionmaker(captured.engine))
+
+    # Ordering a user's few conversations by id may take a sort; finding them must not take a scan.
+    await assert_served_by_index(
+        captured,
+        lambda: store.conversation_ids(user_id(9)),
+        key={"ix_conversation_members_user_id"},
+        in_index_order=False,
+    )

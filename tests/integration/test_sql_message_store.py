@@ -1,0 +1,489 @@
+"""The MessageStore contract, run on the memory store and on SQL over SQLite, MariaDB and PostgreSQL.
+
+Each SQL backend is a fresh database upgraded by ``services.migrate`` and emptied before every test; the
+memory store needs no server, so ``-k memory`` runs without the harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.common.clock import utcnow
+from services.common.db import create_engine
+from services.common.ids import new_id
+from services.message.adapters.memory import MemoryMessageStore
+from services.message.adapters.sql import SqlMessageStore
+from services.message.domain import Message
+from services.message.ports import ClientMsgIdTaken, MessageStore, SeqTaken
+from tests.integration.test_sql_support import SQL_BACKENDS, clean_engine, migrated_database
+
+T0 = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+@dataclass
+class Stores:
+    """The store under test, and a way to open another one on the same data (a second replica)."""
+
+    store: MessageStore
+    open_replica: Callable[[], Awaitable[MessageStore]]
+
+
+@pytest.fixture(scope="module", params=("memory", *SQL_BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    if request.param == "memory":
+        yield "memory", ""
+        return
+    with migrated_database(request.param, tmp_path_factory.mktemp("message")) as url:
+        yield request.param, url
+
+
+@pytest.fixture
+async def stores(backend: tuple[str, str]) -> AsyncIterator[Stores]:
+    name, url = backend
+    if name == "memory":
+        memory = MemoryMessageStore()
+
+        async def same() -> MessageStore:
+            return memory
+
+        yield Stores(memory, same)
+        return
+    replicas = []
+
+    async def open_replica() -> MessageStore:
+        engine = create_engine(url)
+        replicas.append(engine)
+        return SqlMessageStore(engine)
+
+    async with clean_engine(url) as engine:
+        try:
+            yield Stores(SqlMessageStore(engine), open_replica)
+        finally:
+            for replica in replicas:
+                await replica.dispose()
+
+
+@pytest.fixture
+def store(stores: Stores) -> MessageStore:
+    return stores.store
+
+
+def message(conversation_id: str, seq: int, *, sender: str = "alice", client_msg_id: str | None = None) -> Message:
+    return Message(
+        message_id=new_id(),
+        conversation_id=conversation_id,
+        seq=seq,
+        sender_id=sender,
+        sender_device_id="phone",
+        client_msg_id=client_msg_id or f"c-{new_id()}",
+        content={"type": "text", "text": f"message {seq} ✓ ünïcode 🚀"},
+        created_at=T0 + timedelta(seconds=seq),
+    )
+
+
+async def append_many(store: MessageStore, conversation_id: str, count: int, *, sender: str = "alice") -> list[Message]:
+    stored = [message(conversation_id, seq, sender=sender) for seq in range(1, count + 1)]
+    for event in stored:
+        await store.append(event, outbox=event.message_id.encode())
+    return stored
+
+
+def seqs(messages: list[Message]) -> list[int]:
+    return [m.seq for m in messages]
+
+
+async def test_appended_message_reads_back_equal_by_seq_and_client_id(store: MessageStore) -> None:
+    cid = new_id()
+    event = replace(message(cid, 1), content={"type": "text", "text": "hé 🚀", "mentions": ["bob"], "n": 1.5})
+
+    await store.append(event, outbox=b"{}")
+
+    assert await store.get(cid, 1) == event
+    assert await store.find_by_client_id(event.sender_id, event.client_msg_id) == event
+    found = await store.get(cid, 1)
+    assert found is not None
+    assert found.created_at == T0 + timedelta(seconds=1)
+    assert found.created_at.utcoffset() == timedelta(0)
+    assert await store.get(cid, 2) is None
+    assert await store.find_by_client_id(event.sender_id, "unknown") is None
+
+
+async def test_a_message_larger_than_64_kib_reads_back_whole(store: MessageStore) -> None:
+    cid = new_id()
+    event = replace(message(cid, 1), content={"type": "text", "text": "é" * 70_000})
+    payload = b"x" * 100_000
+
+    await store.append(event, outbox=payload)
+
+    assert await store.get(cid, 1) == event
+    claimed = await store.claim_outbox(limit=10, lease_s=60)
+    assert [record.payload for record in claimed] == [payload]
+
+
+async def test_appending_a_taken_seq_raises_seq_taken_and_stores_nothing(store: MessageStore) -> None:
+    cid = new_id()
+    first = message(cid, 1)
+    await store.append(first, outbox=b"1")
+    clash = message(cid, 1, sender="bob")
+
+    with pytest.raises(SeqTaken):
+        await store.append(clash, outbox=b"2")
+
+    assert await store.get(cid, 1) == first
+    assert await store.find_by_client_id("bob", clash.client_msg_id) is None
+    assert (await store.outbox_stats())[0] == 1
+    assert await store.read_seqs("bob", [cid]) == {}
+
+
+async def test_reusing_a_client_msg_id_raises_client_msg_id_taken_and_stores_nothing(store: MessageStore) -> None:
+    cid = new_id()
+    first = message(cid, 1, client_msg_id="retry-1")
+    await store.append(first, outbox=b"1")
+
+    with pytest.raises(ClientMsgIdTaken):
+        await store.append(message(cid, 2, client_msg_id="retry-1"), outbox=b"2")
+
+    assert await store.find_by_client_id("alice", "retry-1") == first
+    assert await store.get(cid, 2) is None
+    assert await store.max_seq(cid) == 1
+    assert (await store.outbox_stats())[0] == 1
+
+
+async def test_the_same_client_msg_id_of_another_sender_is_another_message(store: MessageStore) -> None:
+    cid = new_id()
+    await store.append(message(cid, 1, sender="alice", client_msg_id="same"), outbox=b"1")
+
+    await store.append(message(cid, 2, sender="bob", client_msg_id="same"), outbox=b"2")
+
+    assert await store.max_seq(cid) == 2
+
+
+async def test_client_msg_ids_differing_only_in_case_are_different_messages(store: MessageStore) -> None:
+    cid = new_id()
+    await store.append(message(cid, 1, client_msg_id="Msg-A"), outbox=b"1")
+
+    await store.append(message(cid, 2, client_msg_id="msg-a"), outbox=b"2")
+
+    upper, lower = await store.find_by_client_id("alice", "Msg-A"), await store.find_by_client_id("alice", "msg-a")
+    assert upper is not None
+    assert lower is not None
+    assert (upper.seq, lower.seq) == (1, 2)
+
+
+async def test_concurrent_appends_of_one_seq_store_exactly_one(store: MessageStore) -> None:
+    cid = new_id()
+    contenders = [message(cid, 1, sender=f"user{i}") for i in range(6)]
+
+    results = await asyncio.gather(*(store.append(event, outbox=b"x") for event in contenders), return_exceptions=True)
+
+    assert sum(result is None for result in results) == 1
+    assert all(isinstance(result, SeqTaken) for result in results if result is not None)
+    stored = await store.get(cid, 1)
+    assert stored in contenders
+    assert (await store.outbox_stats())[0] == 1
+
+
+async def test_concurrent_appends_of_one_client_msg_id_store_exactly_one(store: MessageStore) -> None:
+    # One conversation each, so only the (sender_id, client_msg_id) key can refuse them.
+    contenders = [message(new_id(), 1, client_msg_id="once") for _ in range(6)]
+
+    results = await asyncio.gather(*(store.append(event, outbox=b"x") for event in contenders), return_exceptions=True)
+
+    assert sum(result is None for result in results) == 1
+    assert all(isinstance(result, ClientMsgIdTaken) for result in results if result is not None)
+    stored = await store.find_by_client_id("alice", "once")
+    assert stored in contenders
+    assert (await store.outbox_stats())[0] == 1
+
+
+async def test_appending_past_the_next_seq_raises_seq_taken_and_stores_nothing(store: MessageStore) -> None:
+    cid = new_id()
+    await append_many(store, cid, 2)
+    # Seq 3 was drawn by a process that died before committing it: 4 would leave a hole.
+    ahead = message(cid, 4)
+
+    with pytest.raises(SeqTaken):
+        await store.append(ahead, outbox=b"4")
+    with pytest.raises(SeqTaken):
+        await store.append(message(new_id(), 2), outbox=b"2")
+
+    assert await store.max_seq(cid) == 2
+    assert await store.find_by_client_id("alice", ahead.client_msg_id) is None
+    assert (await store.outbox_stats())[0] == 2
+
+
+async def test_append_with_replace_rewrites_the_target_in_the_same_transaction(store: MessageStore) -> None:
+    cid = new_id()
+    (target,) = await append_many(store, cid, 1)
+    recalled = replace(target, content={"type": "text", "text": ""}, recalled=True)
+    tombstone = replace(message(cid, 2), content={"type": "recall", "target_seq": 1})
+
+    await store.append(tombstone, outbox=b"recall", replace=recalled)
+
+    assert await store.get(cid, 1) == recalled
+    assert await store.get(cid, 2) == tombstone
+    assert await store.find_by_client_id(target.sender_id, target.client_msg_id) == recalled
+    edited = replace(target, content={"type": "text", "text": "better"}, edited=True)
+    await store.append(replace(message(cid, 3), content={"type": "edit", "target_seq": 1}), outbox=b"e", replace=edited)
+    assert await store.get(cid, 1) == edited
+
+
+async def test_a_failed_append_leaves_the_replace_target_untouched(store: MessageStore) -> None:
+    cid = new_id()
+    target, _ = await append_many(store, cid, 2)
+    recalled = replace(target, content={"type": "text", "text": ""}, recalled=True)
+    tombstone = replace(message(cid, 2), content={"type": "recall", "target_seq": 1})
+
+    with pytest.raises(SeqTaken):
+        await store.append(tombstone, outbox=b"recall", replace=recalled)
+
+    assert await store.get(cid, 1) == target
+    assert (await store.outbox_stats())[0] == 2
+
+
+async def test_append_moves_the_senders_read_cursor_forward_only(store: MessageStore) -> None:
+    cid = new_id()
+    await store.set_read(cid, "alice", 5)
+
+    await append_many(store, cid, 3)
+    assert await store.read_seqs("alice", [cid]) == {cid: 5}
+
+    for seq in range(4, 8):
+        await store.append(message(cid, seq), outbox=b"x")
+    assert await store.read_seqs("alice", [cid]) == {cid: 7}
+    assert await store.read_seqs("bob", [cid]) == {}
+
+
+async def test_max_seq_is_the_high_water_mark_and_zero_when_empty(store: MessageStore) -> None:
+    cid, other = new_id(), new_id()
+    await append_many(store, cid, 5)
+    await append_many(store, other, 9)
+
+    assert await store.max_seq(cid) == 5
+    assert await store.max_seq(new_id()) == 0
+    assert await store.max_seqs([cid, other, "empty"]) == {cid: 5, other: 9}
+    assert await store.max_seqs([]) == {}
+
+
+async def test_last_messages_are_the_newest_of_each_conversation(store: MessageStore) -> None:
+    first, second = new_id(), new_id()
+    newest_first = (await append_many(store, first, 3))[-1]
+    newest_second = (await append_many(store, second, 5))[-1]
+
+    found = await store.last_messages([first, second, "empty"])
+
+    assert found == {first: newest_first, second: newest_second}
+    assert await store.last_messages([]) == {}
+
+
+async def test_last_messages_of_many_conversations_are_all_found(store: MessageStore) -> None:
+    conversations = [new_id() for _ in range(205)]
+    for cid in conversations:
+        await store.append(message(cid, 1), outbox=b"x")
+
+    found = await store.last_messages(conversations)
+
+    assert set(found) == set(conversations)
+    assert all(found[cid].conversation_id == cid for cid in conversations)
+
+
+async def test_page_without_bounds_is_the_newest_ascending(store: MessageStore) -> None:
+    cid = new_id()
+    stored = await append_many(store, cid, 10)
+    await append_many(store, new_id(), 3)
+
+    page = await store.page(cid, after_seq=None, before_seq=None, limit=3)
+
+    assert page.messages == stored[7:]
+    assert page.has_more is True
+    whole = await store.page(cid, after_seq=None, before_seq=None, limit=10)
+    assert (seqs(whole.messages), whole.has_more) == (list(range(1, 11)), False)
+
+
+async def test_page_before_a_seq_walks_back_in_time(store: MessageStore) -> None:
+    cid = new_id()
+    await append_many(store, cid, 10)
+
+    older = await store.page(cid, after_seq=None, before_seq=5, limit=3)
+    oldest = await store.page(cid, after_seq=None, before_seq=4, limit=3)
+    nothing = await store.page(cid, after_seq=None, before_seq=1, limit=3)
+
+    assert (seqs(older.messages), older.has_more) == ([2, 3, 4], True)
+    assert (seqs(oldest.messages), oldest.has_more) == ([1, 2, 3], False)
+    assert (nothing.messages, nothing.has_more) == ([], False)
+
+
+async def test_page_after_a_seq_walks_forward_in_time(store: MessageStore) -> None:
+    cid = new_id()
+    await append_many(store, cid, 10)
+
+    first = await store.page(cid, after_seq=0, before_seq=None, limit=4)
+    last = await store.page(cid, after_seq=6, before_seq=None, limit=4)
+    past = await store.page(cid, after_seq=10, before_seq=None, limit=4)
+
+    assert (seqs(first.messages), first.has_more) == ([1, 2, 3, 4], True)
+    assert (seqs(last.messages), last.has_more) == ([7, 8, 9, 10], False)
+    assert (past.messages, past.has_more) == ([], False)
+
+
+async def test_page_between_two_seqs_stays_inside_them(store: MessageStore) -> None:
+    cid = new_id()
+    await append_many(store, cid, 10)
+
+    inside = await store.page(cid, after_seq=2, before_seq=6, limit=10)
+    cut = await store.page(cid, after_seq=2, before_seq=6, limit=2)
+
+    assert (seqs(inside.messages), inside.has_more) == ([3, 4, 5], False)
+    assert (seqs(cut.messages), cut.has_more) == ([3, 4], True)
+
+
+async def test_page_of_an_unknown_conversation_is_empty(store: MessageStore) -> None:
+    page = await store.page(new_id(), after_seq=None, before_seq=None, limit=50)
+
+    assert (page.messages, page.has_more) == ([], False)
+
+
+async def test_set_read_only_moves_forward_and_returns_the_cursor(store: MessageStore) -> None:
+    cid = new_id()
+
+    assert await store.set_read(cid, "bob", 5) == 5
+    assert await store.set_read(cid, "bob", 3) == 5
+    assert await store.set_read(cid, "bob", 5) == 5
+    assert await store.set_read(cid, "bob", 8) == 8
+    assert await store.read_seqs("bob", [cid]) == {cid: 8}
+
+
+async def test_concurrent_set_reads_keep_the_largest(store: MessageStore) -> None:
+    cid = new_id()
+
+    await asyncio.gather(*(store.set_read(cid, "bob", seq) for seq in (4, 20, 7, 1, 13, 19, 2, 11)))
+
+    assert await store.read_seqs("bob", [cid]) == {cid: 20}
+
+
+async def test_read_seqs_are_the_users_own_cursors_in_the_asked_conversations(store: MessageStore) -> None:
+    first, second, third = new_id(), new_id(), new_id()
+    await store.set_read(first, "bob", 3)
+    await store.set_read(second, "bob", 9)
+    await store.set_read(first, "carol", 7)
+    await store.set_read(third, "bob", 1)
+
+    assert await store.read_seqs("bob", [first, second, "unread"]) == {first: 3, second: 9}
+    assert await store.read_seqs("carol", [first, second]) == {first: 7}
+    assert await store.read_seqs("bob", []) == {}
+
+
+async def test_outbox_rows_are_claimed_oldest_first_once_per_lease(store: MessageStore) -> None:
+    cid = new_id()
+    stored = await append_many(store, cid, 5)
+
+    claimed = await store.claim_outbox(limit=3, lease_s=60)
+    rest = await store.claim_outbox(limit=10, lease_s=60)
+
+    assert [r.payload for r in claimed] == [m.message_id.encode() for m in stored[:3]]
+    assert [r.payload for r in rest] == [m.message_id.encode() for m in stored[3:]]
+    assert all(r.conversation_id == cid for r in claimed + rest)
+    ids = [r.outbox_id for r in claimed + rest]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
+    assert await store.claim_outbox(limit=10, lease_s=60) == []
+
+
+async def test_an_expired_lease_is_claimable_again(store: MessageStore) -> None:
+    await append_many(store, new_id(), 2)
+
+    # A zero lease has run out by the next claim: the relay that took it died before publishing.
+    first = await store.claim_outbox(limit=10, lease_s=0)
+    again = await store.claim_outbox(limit=10, lease_s=60)
+
+    assert [r.outbox_id for r in again] == [r.outbox_id for r in first]
+    assert len(first) == 2
+    assert await store.claim_outbox(limit=10, lease_s=60) == []
+
+
+async def test_concurrent_claimers_never_get_the_same_row(stores: Stores) -> None:
+    await append_many(stores.store, new_id(), 60)
+    replicas = [stores.store, *[await stores.open_replica() for _ in range(3)]]
+    claimed: list[list[int]] = [[] for _ in replicas]
+
+    async def drain(index: int, replica: MessageStore) -> None:
+        while batch := await replica.claim_outbox(limit=4, lease_s=60):
+            claimed[index].extend(record.outbox_id for record in batch)
+
+    await asyncio.gather(*(drain(i, replica) for i, replica in enumerate(replicas)))
+
+    every = [outbox_id for ids in claimed for outbox_id in ids]
+    assert len(every) == 60
+    assert len(set(every)) == 60
+
+
+async def test_deleted_outbox_rows_are_gone_and_others_stay(store: MessageStore) -> None:
+    await append_many(store, new_id(), 4)
+    claimed = await store.claim_outbox(limit=10, lease_s=0)
+
+    await store.delete_outbox([claimed[0].outbox_id, claimed[2].outbox_id])
+    await store.delete_outbox([])
+    await store.delete_outbox([claimed[0].outbox_id])
+
+    left = await store.claim_outbox(limit=10, lease_s=60)
+    assert [r.outbox_id for r in left] == [claimed[1].outbox_id, claimed[3].outbox_id]
+
+
+async def test_outbox_stats_count_the_backlog_and_date_its_oldest_row(store: MessageStore) -> None:
+    assert await store.outbox_stats() == (0, None)
+    before = utcnow()
+    await append_many(store, new_id(), 3)
+    after = utcnow()
+
+    count, oldest = await store.outbox_stats()
+
+    assert count == 3
+    assert oldest is not None
+    assert oldest.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=1) <= oldest <= after
+    claimed = await store.claim_outbox(limit=10, lease_s=60)
+    await store.delete_outbox([r.outbox_id for r in claimed])
+    assert await store.outbox_stats() == (0, None)
+
+
+async def test_booleans_and_times_survive_the_round_trip(store: MessageStore) -> None:
+    cid = new_id()
+    event = replace(message(cid, 1), recalled=True, edited=True, created_at=T0)
+
+    await store.append(event, outbox=b"x")
+
+    found = await store.get(cid, 1)
+    assert found is not None
+    assert (found.recalled, found.edited) == (True, True)
+    assert found.created_at == T0
+
+
+async def test_replicas_racing_for_next_seqs_store_one_to_n_without_gaps(stores: Stores) -> None:
+    # Two replicas append to one conversation at once, each taking max + 1 and retrying on SeqTaken as
+    # the send path does: every append commits once, and the seqs are 1..N.
+    cid = new_id()
+    replicas = [stores.store, await stores.open_replica()]
+    wanted = 30
+
+    async def send(replica: MessageStore, sender: str) -> int:
+        sent = 0
+        while (high := await replica.max_seq(cid)) < wanted:
+            event = message(cid, high + 1, sender=sender)
+            try:
+                await replica.append(event, outbox=event.message_id.encode())
+            except SeqTaken:
+                continue  # the other replica took it; draw again
+            sent += 1
+        return sent
+
+    sent = await asyncio.gather(send(replicas[0], "alice"), send(replicas[1], "bob"))
+
+    page = await stores.store.page(cid, after_seq=0, before_seq=None, limit=100)
+    assert seqs(page.messages) == list(range(1, wanted + 1))
+    assert sum(sent) == wanted
+    assert (await stores.store.outbox_stats())[0] == wanted
