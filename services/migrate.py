@@ -50,7 +50,7 @@ _LOCK_KEY = 0x636F7572  # "cour": the PostgreSQL advisory lock key of migrations
 
 
 class MigrationError(RuntimeError):
-    """The database cannot be migrated as it is (it holds tables Courier did not make)."""
+    """The database cannot be migrated as it is: a server too old, or tables Courier did not make."""
 
 
 def schema() -> MetaData:
@@ -109,7 +109,31 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
 
 
+def unsupported_server(dialect: str, *, mariadb: bool, version: tuple[int, ...]) -> str | None:
+    """Why Courier cannot run on this database server, or ``None``: the outbox relay claims rows with
+    ``FOR UPDATE SKIP LOCKED`` and read cursors move by upsert."""
+    if dialect in ("mysql", "mariadb"):
+        if mariadb and version < (10, 6):
+            return f"MariaDB {'.'.join(map(str, version))} lacks SKIP LOCKED; Courier needs MariaDB 10.6 or later"
+        if not mariadb and version < (8, 0, 1):
+            return f"MySQL {'.'.join(map(str, version))} lacks SKIP LOCKED; Courier needs MySQL 8.0.1 or later"
+    if dialect == "postgresql" and version < (9, 5):
+        return f"PostgreSQL {'.'.join(map(str, version))} lacks SKIP LOCKED; Courier needs 9.5 or later"
+    if dialect == "sqlite" and version < (3, 24):
+        return f"SQLite {'.'.join(map(str, version))} lacks upserts; Courier needs 3.24 or later"
+    return None
+
+
 def _upgrade(connection: Connection, revision: str) -> None:
+    dialect = connection.dialect
+    reason = unsupported_server(
+        dialect.name,
+        mariadb=bool(getattr(dialect, "is_mariadb", False)),
+        version=tuple(v for v in dialect.server_version_info or () if isinstance(v, int)),
+    )
+    if reason is not None:
+        raise MigrationError(reason)
+
     def run(config: Config) -> None:
         _stamp_unversioned(connection, config)
         command.upgrade(config, revision)
@@ -123,21 +147,22 @@ def _run(connection: Connection, step: Callable[[Config], None]) -> None:
     # env.py runs on this connection instead of opening its own (Alembic's connection-sharing recipe).
     config.attributes["connection"] = connection
     dialect = connection.dialect.name
+    held: str | None = None
     # Two processes starting together must not both create the tables. SQLite's BEGIN IMMEDIATE
     # already holds the write lock; PostgreSQL's transaction-scoped lock is released by the commit.
     if dialect == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
     elif dialect in ("mysql", "mariadb"):
-        got = connection.execute(
-            text("SELECT GET_LOCK(:name, :timeout)"), {"name": _LOCK_NAME, "timeout": LOCK_TIMEOUT_S}
-        ).scalar()
-        if got != 1:
+        # MySQL's named locks span the server: take this database's.
+        held = f"{_LOCK_NAME}:{connection.execute(text('SELECT DATABASE()')).scalar()}"[:64]
+        got = connection.execute(text("SELECT GET_LOCK(:name, :timeout)"), {"name": held, "timeout": LOCK_TIMEOUT_S})
+        if got.scalar() != 1:
             raise Unavailable("another process has been migrating the database for too long; try again")
     try:
         step(config)
     finally:
-        if dialect in ("mysql", "mariadb"):
-            connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _LOCK_NAME})
+        if held is not None:
+            connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": held})
 
 
 def _stamp_unversioned(connection: Connection, config: Config) -> None:

@@ -27,6 +27,7 @@ from services.migrate import (
     head_revision,
     migrate,
     schema,
+    unsupported_server,
     upgrade,
 )
 from tests.integration.test_sql_support import SQL_BACKENDS, empty_database, table_names
@@ -209,6 +210,29 @@ async def test_mysql_tables_compare_strings_byte_wise(tmp_path: Path) -> None:
             assert set(collations.values()) == {"utf8mb4_bin"}
         finally:
             await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("dialect", "mariadb", "version", "refused"),
+    [
+        ("mysql", True, (10, 5, 25), True),
+        ("mysql", True, (10, 6, 0), False),
+        ("mysql", True, (11, 8, 2), False),
+        ("mysql", False, (5, 7, 44), True),
+        ("mysql", False, (8, 0, 1), False),
+        ("postgresql", False, (9, 4), True),
+        ("postgresql", False, (15, 18), False),
+        ("sqlite", False, (3, 23, 1), True),
+        ("sqlite", False, (3, 40, 1), False),
+    ],
+)
+def test_servers_lacking_skip_locked_or_upserts_are_refused(
+    dialect: str, mariadb: bool, version: tuple[int, ...], refused: bool
+) -> None:
+    reason = unsupported_server(dialect, mariadb=mariadb, version=version)
+
+    assert (reason is not None) == refused
+    assert reason is None or "Courier needs" in reason
 
 
 def _user() -> dict[str, Any]:
