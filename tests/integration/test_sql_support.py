@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,14 +60,14 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
+@cache
 def server_url(backend: str) -> str:
     """The URL of the harness's server for ``backend``; the environment variable, when set, points elsewhere
     (a MySQL 8 for instance). Starting the server may take minutes on a fresh machine; failing raises."""
     variable = _URL_VARIABLE[backend]
     if os.environ.get(variable):
         return os.environ[variable]
-    infra = ensure_infra(("mariadb" if backend == "mariadb" else "postgres",))
-    url: str = infra["env"][variable]
+    url: str = ensure_infra((backend,))["env"][variable]
     return url
 
 
