@@ -11,7 +11,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: help setup dev test test-unit test-system test-browser lint fmt typecheck check browser-deps clean
+.PHONY: help setup dev test test-unit test-system test-browser test-integration lint fmt typecheck check \
+	browser-deps clean infra-up infra-down up down
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,19 +32,35 @@ browser-deps: ## install headless Chromium (Debian package) for the browser test
 
 # Each tier in its own pytest run: the browser tier drives Chromium through Playwright's sync API,
 # whose loop must not share a process with the asyncio tests.
-test: setup browser-deps ## run every test: unit, system (real sockets), browser (headless Chromium)
+test: setup browser-deps ## every test: unit, integration (real servers), system (dev and make up, faults), browser
 	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/integration
 	$(BIN)/pytest -q tests/system
 	$(BIN)/pytest -q tests/browser
 
 test-unit: setup ## unit tests only
 	$(BIN)/pytest -q tests/unit
 
-test-system: setup ## system tests against a running all-in-one server
+test-system: setup ## PROTOCOL.md scenarios against courier dev and make up, and the fault tests
 	$(BIN)/pytest -q tests/system
 
 test-browser: setup browser-deps ## the web page in headless Chromium
 	$(BIN)/pytest -q tests/browser
+
+infra-up: ## start Redis, MariaDB, PostgreSQL, Kafka and MinIO on loopback (installed and cached on first use)
+	infra/courier-infra up
+
+infra-down: ## stop the servers infra-up started
+	infra/courier-infra down
+
+up: setup ## the distributed Courier: infra, migrations, 7 services (2 delivery nodes), gateway on :8080
+	$(BIN)/python -m tools.stack up
+
+down: setup ## stop everything make up started, servers included
+	$(BIN)/python -m tools.stack down
+
+test-integration: setup ## adapters and harness against the real servers (starts them)
+	$(BIN)/pytest -q tests/integration
 
 lint: setup ## ruff lint and format check, import contracts
 	$(BIN)/ruff check .

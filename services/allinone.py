@@ -45,6 +45,7 @@ from services.message.api import build_router as build_message_router
 from services.message.ports import Conversation
 from services.message.service import MessageService
 from services.message.workers import DLQ_TOPIC, MESSAGES_TOPIC, FanoutWorker, OutboxRelay
+from services.migrate import upgrade
 from services.presence.main import build_presence
 from services.rtc.main import build_rtc
 
@@ -166,7 +167,7 @@ class AllInOne:
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        await db.create_all(self.engine)
+        await upgrade(self.engine)
         await self.files.start()
         loops = {
             "outbox-relay": self.relay.run(),

@@ -70,6 +70,50 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    """Database schema to the newest revision, Kafka topics with their partition counts."""
+    import asyncio
+
+    from services.common.settings import Settings
+    from services.migrate import migrate
+
+    settings = Settings()
+
+    async def run() -> None:
+        await migrate(settings)
+        print(f"database migrated: {settings.sqlalchemy_url.split('@')[-1]}", flush=True)
+        if settings.kafka.bootstrap:
+            from services.message.adapters.kafka import ensure_topics
+
+            await ensure_topics(settings.kafka)
+            print(f"kafka topics ready on {settings.kafka.bootstrap}", flush=True)
+
+    asyncio.run(run())
+    return 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    """``courier dlq list`` shows dead letters with their failure reason; ``replay`` sends them back."""
+    import asyncio
+
+    import orjson
+
+    from services.common.settings import Settings
+    from services.message.dlq import list_dlq, replay_dlq
+
+    settings = Settings()
+    if not settings.kafka.bootstrap:
+        print("courier dlq needs COURIER_KAFKA__BOOTSTRAP (the embedded mode keeps its DLQ in process)")
+        return 2
+    if args.action == "list":
+        for entry in asyncio.run(list_dlq(settings.kafka, limit=args.limit)):
+            print(orjson.dumps(entry).decode())
+        return 0
+    count = asyncio.run(replay_dlq(settings.kafka, limit=args.limit))
+    print(f"replayed {count} dead letters")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="courier", description="Courier instant-messaging backend.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--node-name", default=None, help="delivery: this node's name on the ring")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(handler=_run)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema and create the Kafka topics")
+    migrate.set_defaults(handler=_migrate)
+
+    dlq = commands.add_parser("dlq", help="inspect or replay the dead-letter topic")
+    dlq.add_argument("action", choices=["list", "replay"])
+    dlq.add_argument("--limit", type=int, default=100, help="at most this many records")
+    dlq.set_defaults(handler=_dlq)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -36,7 +36,7 @@ class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp stored without zone and always read back as aware UTC (SQLite drops zones)."""
 
     # MySQL's DATETIME drops fractions unless asked for microseconds.
-    impl = DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")  # type: ignore[no-untyped-call]
+    impl = DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:

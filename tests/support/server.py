@@ -26,11 +26,15 @@ def free_port() -> int:
 
 @dataclass
 class RunningServer:
+    """A Courier to test against: ``courier dev`` (one process) or the ``make up`` stack."""
+
     base_url: str
     ws_url: str
     data_dir: Path
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None
     log_path: Path
+    kind: str = "dev"
+    part_size: int = 5 << 20
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -79,7 +83,8 @@ def run_server(
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base_url, process, log_path)
-        yield RunningServer(base_url, f"ws://127.0.0.1:{port}/v1/ws", data_dir, process, log_path)
+        part_size = int(full_env.get("COURIER_FILE__PART_SIZE", 5 << 20))
+        yield RunningServer(base_url, f"ws://127.0.0.1:{port}/v1/ws", data_dir, process, log_path, "dev", part_size)
     finally:
         stop(process)
 
@@ -92,3 +97,25 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def run_stack(env: Mapping[str, str]) -> Iterator[RunningServer]:
+    """The distributed stack of ``make up`` (infra, migrations, every service, two delivery nodes),
+    restarted with ``env`` for the tests and stopped afterwards (the servers keep running)."""
+    from tools import stack
+
+    stack.down(infra=False)
+    state = stack.up(extra_env=dict(env))
+    try:
+        yield RunningServer(
+            state["gateway"],
+            state["gateway"].replace("http", "ws", 1) + "/v1/ws",
+            stack.STATE,
+            None,
+            stack.LOGS / "gateway.log",
+            "up",
+            5 << 20,
+        )
+    finally:
+        stack.down(infra=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import Api
-from tests.support.server import RunningServer, run_server
+from tests.support.server import RunningServer, run_server, run_stack
 
 # Generous limits so tests sharing the server never trip them; the rate-limit tests start their own.
 SYSTEM_ENV = {
@@ -21,14 +21,21 @@ SYSTEM_ENV = {
     "COURIER_LIMITS__IP__BURST": "200000",
     "COURIER_LIMITS__USER__RATE": "100000",
     "COURIER_LIMITS__USER__BURST": "200000",
-    "COURIER_FILE__PART_SIZE": "1024",
 }
+# Small parts exercise multipart uploads on the local store; S3 needs parts of at least 5 MiB.
+DEV_ENV = {**SYSTEM_ENV, "COURIER_FILE__PART_SIZE": "1024"}
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with run_server(Path(tmp_path_factory.mktemp("courier-system")), SYSTEM_ENV) as running:
-        yield running
+@pytest.fixture(scope="session", params=["dev", "up"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Every scenario runs against ``courier dev`` and against the distributed ``make up`` stack
+    (real MariaDB, Redis, Kafka, MinIO; two delivery nodes behind the gateway)."""
+    if request.param == "dev":
+        with run_server(Path(tmp_path_factory.mktemp("courier-system")), DEV_ENV) as running:
+            yield running
+    else:
+        with run_stack(SYSTEM_ENV) as running:
+            yield running
 
 
 @pytest.fixture

@@ -49,7 +49,8 @@ async def test_user_lookup_by_id_and_prefix(server: RunningServer, api: Api) -> 
 async def test_file_upload_resume_share_download_and_dedup(server: RunningServer, api: Api) -> None:
     alice, bob, eve = await api.register("alice"), await api.register("bob"), await api.register("eve")
     cid = await api.direct(alice, bob)
-    data = bytes(range(256)) * 9  # 2304 bytes: three parts of the test server's 1024-byte part size
+    size = server.part_size
+    data = (bytes(range(256)) * (2 * size // 256 + 1))[: 2 * size + 256]  # three parts, the last short
     digest = hashlib.sha256(data).hexdigest()
     created = (
         await api.http.post(
@@ -60,12 +61,12 @@ async def test_file_upload_resume_share_download_and_dedup(server: RunningServer
     ).json()
     assert [p["part_number"] for p in created["parts"]] == [1, 2, 3]
     first = created["parts"][0]
-    assert (await api.http.put(first["url"], content=data[:1024])).status_code == 200
+    assert (await api.http.put(first["url"], content=data[:size])).status_code == 200
     resumed = (await api.http.get(f"/v1/files/uploads/{created['upload_id']}", headers=alice.headers)).json()
     assert resumed["uploaded_parts"] == [1]
     for part in resumed["parts"][1:]:
         n = part["part_number"]
-        assert (await api.http.put(part["url"], content=data[(n - 1) * 1024 : n * 1024])).status_code == 200
+        assert (await api.http.put(part["url"], content=data[(n - 1) * size : n * size])).status_code == 200
     done = (await api.http.post(f"/v1/files/uploads/{created['upload_id']}/complete", headers=alice.headers)).json()
     file_id = done["file_id"]
     assert done["sha256"] == digest and done["size"] == len(data)

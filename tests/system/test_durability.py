@@ -6,12 +6,12 @@ from pathlib import Path
 
 from tests.support.client import Api, unique
 from tests.support.server import run_server
-from tests.system.conftest import SYSTEM_ENV
+from tests.system.conftest import DEV_ENV
 
 
 async def test_history_unread_counts_and_files_survive_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "durable"
-    with run_server(data_dir, SYSTEM_ENV) as first:
+    with run_server(data_dir, DEV_ENV) as first:
         api = Api(first.base_url)
         alice, bob = await api.register("alice"), await api.register("bob")
         cid = await api.direct(alice, bob)
@@ -25,7 +25,7 @@ async def test_history_unread_counts_and_files_survive_a_restart(tmp_path: Path)
             json={"client_msg_id": unique("f"), "content": {"type": "file", "file_id": stored["file_id"]}},
         )
         await api.close()
-    with run_server(data_dir, SYSTEM_ENV) as second:
+    with run_server(data_dir, DEV_ENV) as second:
         api = Api(second.base_url)
         try:
             bob_again = await api.login(bob.username, bob.password)

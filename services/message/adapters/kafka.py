@@ -386,6 +386,10 @@ class KafkaTopicReader:
             raise Unavailable(f"Kafka commit of {self._group} failed: {exc}") from exc
         self._pending = {}
 
+    async def rewind(self) -> None:
+        """Start over from the group's committed offsets (or the beginning without a group)."""
+        await self.stop()
+
 
 async def _admin(settings: KafkaSettings) -> Any:
     admin = AIOKafkaAdminClient(bootstrap_servers=_require_bootstrap(settings), client_id=settings.client_id)

@@ -1,0 +1,83 @@
+"""The faults users fear most, against the distributed stack while clients keep sending.
+
+After each fault and recovery, every member holds after ``sync`` every message that got a
+``send_ack``, exactly once, with seqs 1..N and no gap; retried sends never made a second copy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from services.common.ring import Ring
+from tests.harness.infra import ensure_infra, read_infra
+from tests.support.client import Api
+from tests.support.server import RunningServer, run_stack
+from tests.support.workload import make_pairs, senders, verify, wait_for_acks
+from tests.system.conftest import SYSTEM_ENV
+from tools import stack
+
+PAIRS = 4
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RunningServer]:
+    with run_stack(SYSTEM_ENV) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(cluster: RunningServer) -> AsyncIterator[Api]:
+    client = Api(cluster.base_url)
+    yield client
+    await client.close()
+
+
+async def _survives(cluster: RunningServer, api: Api, fault: object, recover: object) -> Counter[str]:
+    pairs = await make_pairs(api, PAIRS, Ring.of(["delivery-0", "delivery-1"]))
+    async with senders(cluster.ws_url, pairs):
+        await wait_for_acks(pairs, 5)
+        before = {p.sender.username: len(p.acked) for p in pairs}
+        fault()  # type: ignore[operator]
+        recover()  # type: ignore[operator]
+        # The stack is back when every sender got more acks than it had at the fault.
+        await wait_for_acks(pairs, max(before.values()) + 5)
+    totals = await verify(api, cluster.ws_url, pairs)
+    assert totals["acked"] >= PAIRS * 10
+    errors = sum((p.errors for p in pairs), start=Counter[str]())
+    pushed = sum(p.pushed for p in pairs)
+    print(f"\n{totals} pushed live: {pushed}; errors seen by senders: {dict(errors)}")
+    return errors
+
+
+async def test_kill_9_of_the_message_service_loses_and_duplicates_nothing(cluster: RunningServer, api: Api) -> None:
+    await _survives(cluster, api, lambda: stack.kill("message"), lambda: stack.restart("message", SYSTEM_ENV))
+
+
+async def test_kill_9_of_a_delivery_node_loses_and_duplicates_nothing(cluster: RunningServer, api: Api) -> None:
+    errors = await _survives(
+        cluster, api, lambda: stack.kill("delivery-1"), lambda: stack.restart("delivery-1", SYSTEM_ENV)
+    )
+    assert errors["socket"] + errors["connect"] > 0, "the senders on the killed node never noticed"
+
+
+def _kill_kafka() -> None:
+    os.kill(int(read_infra()["services"]["kafka"]["pid"]), signal.SIGKILL)
+
+
+async def test_kill_9_of_the_kafka_broker_loses_and_duplicates_nothing(cluster: RunningServer, api: Api) -> None:
+    await _survives(cluster, api, _kill_kafka, lambda: ensure_infra(("kafka",)))
+
+
+def _flushall() -> None:
+    port = str(read_infra()["services"]["redis"]["port"])
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", port, "FLUSHALL"], check=True, capture_output=True)
+
+
+async def test_redis_flushall_loses_reuses_and_skips_no_seq(cluster: RunningServer, api: Api) -> None:
+    await _survives(cluster, api, _flushall, lambda: None)
