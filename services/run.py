@@ -95,10 +95,19 @@ class Wiring:
         self.closers.append(engine.dispose)
         return engine
 
+    def routes(self) -> Any:
+        """The Redis route table (where devices really are), or None without Redis."""
+        redis = self.redis()
+        if redis is None:
+            return None
+        from services.delivery.routes import RedisRouteTable
+
+        return RedisRouteTable(redis, ttl_s=int(self.settings.presence_ttl_s * 2))
+
     def pusher(self) -> Any:
         from services.delivery.internal import RingPusher
 
-        pusher = RingPusher(self.ring, self.settings.internal_token)
+        pusher = RingPusher(self.ring, self.settings.internal_token, routes=self.routes())
         self.closers.append(pusher.close)
         return pusher
 
@@ -238,6 +247,7 @@ def build_delivery(w: Wiring) -> Built:
         raise SystemExit("a delivery node needs COURIER_NODE_NAME (its member name on the ring)")
     hub = Hub()
     presence = PresenceClient(w.client("presence"))
+    routes = w.routes()
     deps = SessionDeps(
         hub=hub,
         pusher=w.pusher(),
@@ -246,6 +256,8 @@ def build_delivery(w: Wiring) -> Built:
         presence=presence,
         heartbeat_every_s=settings.presence_ttl_s / 3,
         sync_limit=settings.delivery.sync_page_limit,
+        routes=routes,
+        node_name=settings.node_name,
     )
     ws_settings = WebSocketSettings(
         queue_size=settings.delivery.send_queue_size,
@@ -269,8 +281,9 @@ def build_delivery(w: Wiring) -> Built:
         [build_router(deps, tokens=w.tokens, settings=ws_settings, limiter=limiter), internal_router(hub, w.guard)],
         loops={
             "retransmit": lambda: hub.run_retransmits(settings.delivery.retransmit_tick_s),
-            "presence-keepalive": lambda: keep_presence_alive(hub, presence, every_s=settings.presence_ttl_s / 3),
-            "ring-watch": w.ring.run,
+            "presence-keepalive": lambda: keep_presence_alive(
+                hub, presence, every_s=settings.presence_ttl_s / 3, routes=routes
+            ),
         },
         on_stop=[stop],
     )
@@ -345,6 +358,8 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     wiring = Wiring(settings)
     built = BUILDERS[name](wiring)
     tasks: list[asyncio.Task[None]] = []
+    if wiring.settings.ring.file:
+        built.loops.setdefault("ring-watch", wiring.ring.run)  # every process that pushes follows the ring
 
     async def ready() -> bool:
         if built.engine is not None:

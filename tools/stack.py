@@ -84,12 +84,31 @@ def environment(infra: dict[str, Any], *, database: str = "mysql") -> dict[str, 
         "COURIER_S3__ENDPOINT": env["COURIER_TEST_S3_ENDPOINT"],
         "COURIER_S3__ACCESS_KEY": env["COURIER_TEST_S3_ACCESS_KEY"],
         "COURIER_S3__SECRET_KEY": env["COURIER_TEST_S3_SECRET_KEY"],
-        "COURIER_RING__NODES": json.dumps(delivery),
+        # The ring is a watched file, as the operator's ConfigMap is in Kubernetes: editing it is a ring change.
+        "COURIER_RING__FILE": str(write_ring(list(delivery), delivery)),
+        "COURIER_RING__RELOAD_S": "0.5",
     }
     for p in PROCESSES:
         if p.service not in ("delivery", "gateway"):
             values[f"COURIER_SERVICES__{p.service.upper()}"] = f"http://127.0.0.1:{p.port}"
     return values
+
+
+RING_FILE = STATE / "ring.json"
+
+
+def write_ring(members: list[str], urls: dict[str, str] | None = None) -> Path:
+    """Publish ring membership (the version goes up only when the members change)."""
+    current = json.loads(RING_FILE.read_text()) if RING_FILE.exists() else {}
+    known = {**current.get("urls", {}), **(urls or {})}
+    if current.get("members") == sorted(members) and known == current.get("urls"):
+        return RING_FILE
+    version = int(current.get("version", 0)) + (1 if current.get("members") != sorted(members) else 0)
+    STATE.mkdir(parents=True, exist_ok=True)
+    scratch = RING_FILE.with_suffix(".tmp")
+    scratch.write_text(json.dumps({"version": version, "members": sorted(members), "vnodes": 150, "urls": known}))
+    scratch.replace(RING_FILE)
+    return RING_FILE
 
 
 def _ready(port: int) -> bool:

@@ -111,6 +111,8 @@ def build_router(
         )
         session = Session(conn, deps)
         deps.hub.attach(conn)
+        if deps.routes is not None:
+            await deps.routes.attach(conn.user_id, conn.device_id, deps.node_name)
         await deps.presence.connected(conn.user_id, conn.device_id)
         reader = asyncio.create_task(_read(websocket, session, settings, limiter, ip))
         writer = asyncio.create_task(_write(websocket, conn))
@@ -130,6 +132,8 @@ def build_router(
             for task in (reader, writer):
                 task.cancel()
             if deps.hub.detach(conn):
+                if deps.routes is not None:
+                    await deps.routes.detach(conn.user_id, conn.device_id, deps.node_name)
                 await deps.presence.disconnected(conn.user_id, conn.device_id)
                 if not deps.hub.devices(conn.user_id):
                     await deps.presence.unsubscribe_all(conn.user_id)

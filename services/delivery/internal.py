@@ -14,6 +14,7 @@ from services.common.errors import CourierError
 from services.common.internal import InternalClient, RequireInternal
 from services.common.push import Pusher
 from services.common.ring import RingSource
+from services.delivery.routes import RouteTable
 
 log = logging.getLogger("courier.delivery.push")
 
@@ -36,13 +37,6 @@ def internal_router(local: Pusher, guard: RequireInternal) -> APIRouter:
     return router
 
 
-class RouteTable:
-    """Where devices really are (user -> node) during a ring change; ``None`` means follow the ring."""
-
-    async def nodes_of(self, user_ids: Collection[str]) -> dict[str, set[str]]:
-        return {}
-
-
 class RingPusher:
     """Groups recipients by owning node (ring, or the route table when a user's devices sit on
     another node) and posts one batch per node, concurrently. Best effort: a node that cannot be
@@ -53,7 +47,7 @@ class RingPusher:
     ) -> None:
         self._ring = ring
         self._token = token
-        self._routes = routes or RouteTable()
+        self._routes = routes
         self._timeout_s = timeout_s
         self._clients: dict[str, InternalClient] = {}
         self.failures = 0
@@ -76,7 +70,12 @@ class RingPusher:
         if not user_ids or not self._ring.ring.members:
             return
         by_node: dict[str, list[str]] = defaultdict(list)
-        routed = await self._routes.nodes_of(user_ids)
+        routed: dict[str, set[str]] = {}
+        if self._routes is not None:
+            try:
+                routed = await self._routes.nodes_of(user_ids)
+            except CourierError as exc:  # the table is an optimisation: the ring still routes
+                log.warning("route table unavailable (%s); routing by the ring", exc)
         for user_id in user_ids:
             for node in routed.get(user_id) or {self._ring.ring.node_for(user_id)}:
                 by_node[node].append(user_id)

@@ -15,6 +15,7 @@ from services.common.push import Pusher
 from services.delivery import protocol
 from services.delivery.hub import Connection, Hub
 from services.delivery.ports import Members, Messages, PresenceTracker
+from services.delivery.routes import RouteTable
 from services.message.app import SendMessage
 
 log = logging.getLogger("courier.delivery.session")
@@ -29,6 +30,9 @@ class SessionDeps:
     presence: PresenceTracker
     heartbeat_every_s: float
     sync_limit: int
+    routes: RouteTable | None = None
+    """Where this node records its devices (distributed mode)."""
+    node_name: str = ""
 
 
 class Session:
@@ -133,10 +137,18 @@ class Session:
         )
 
 
-async def keep_presence_alive(hub: Hub, presence: PresenceTracker, *, every_s: float) -> None:
-    """A connected socket is a live device even when its client sends nothing: heartbeat them all."""
+async def keep_presence_alive(
+    hub: Hub, presence: PresenceTracker, *, every_s: float, routes: RouteTable | None = None
+) -> None:
+    """A connected socket is a live device even when its client sends nothing: heartbeat them all
+    (and keep their routes from expiring)."""
     while True:
         await asyncio.sleep(every_s)
+        if routes is not None:
+            try:
+                await routes.refresh(hub.user_ids())
+            except CourierError:
+                log.warning("route refresh failed; the next round retries")
         for conn in hub.connections():
             if conn.closing is not None:
                 continue

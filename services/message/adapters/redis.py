@@ -21,52 +21,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio import Redis
 
 from services.common.errors import Unavailable
+from services.common.redis import connect as connect
+from services.common.redis import unavailable
 from services.message.ports import InboxEntry, TimelineHead
 
 DEFAULT_PREFIX = "courier:"
 # Each member of a bump is one key of the script; batching bounds the arguments of one call.
 BUMP_BATCH = 500
-
-
-def connect(url: str, *, max_connections: int = 200, timeout_s: float = 5.0) -> Redis:
-    """The one client a process's Redis adapters share (the gateway's and presence's too); close it with
-    ``await client.aclose()``.
-
-    A blocking pool waits up to ``timeout_s`` for a free connection where redis-py's default pool fails at
-    once past 100; socket timeouts turn a hung server into ``Unavailable``; a command whose connection
-    broke is retried twice, which every script here is written to survive (see ``_DRAW``).
-    """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-    )
-    return Redis.from_pool(pool)
-
-
-@contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    """Any Redis failure becomes ``Unavailable``: a redis exception type never reaches a use case."""
-    try:
-        yield
-    except MaxConnectionsError as exc:
-        raise Unavailable(f"redis connection pool is exhausted ({what})") from exc
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise Unavailable(f"redis is unreachable ({what})") from exc
-    except RedisError as exc:
-        raise Unavailable(f"redis refused {what}: {exc}") from exc
 
 
 def _text(value: bytes | str) -> str:
@@ -132,7 +96,7 @@ class RedisSeqCounter:
     @contextmanager
     def _guard(self, conversation_id: str, what: str) -> Iterator[None]:
         try:
-            with _unavailable(what):
+            with unavailable(what):
                 yield
         except Unavailable:
             self._suspect.add(conversation_id)
@@ -242,12 +206,12 @@ class RedisInbox:
         keys = [self._key(user_id) for user_id in dict.fromkeys(user_ids)]
         reader = self._key(reader_id) if reader_id is not None else ""
         args: list[str | int | bytes] = [conversation_id, seq, _json(last_message), _encode_at(at), reader, self._ttl]
-        with _unavailable("updating inboxes"):
+        with unavailable("updating inboxes"):
             for start in range(0, len(keys), BUMP_BATCH):
                 await self._bump(keys=keys[start : start + BUMP_BATCH], args=args)
 
     async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> None:
-        with _unavailable("marking an inbox read"):
+        with unavailable("marking an inbox read"):
             await self._mark_read(keys=[self._key(user_id)], args=[conversation_id, seq, self._ttl])
 
     async def entries(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, InboxEntry]:
@@ -255,7 +219,7 @@ class RedisInbox:
         if not cids:
             return {}
         fields = [f"{kind}:{cid}" for cid in cids for kind in ("max", "read", "msg", "at")]
-        with _unavailable("reading an inbox"):
+        with unavailable("reading an inbox"):
             values = await self._client.hmget(self._key(user_id), fields)
         found: dict[str, InboxEntry] = {}
         for i, cid in enumerate(cids):
@@ -274,7 +238,7 @@ class RedisInbox:
         message = _json(entry.last_message) if entry.last_message is not None else b""
         at = _encode_at(entry.last_activity_at) if entry.last_activity_at is not None else ""
         args: list[str | int | bytes] = [conversation_id, entry.max_seq, entry.read_seq, message, at, self._ttl]
-        with _unavailable("seeding an inbox entry"):
+        with unavailable("seeding an inbox entry"):
             await self._put(keys=[self._key(user_id)], args=args)
 
 
@@ -310,14 +274,14 @@ class RedisTimeline:
 
     async def append(self, conversation_id: str, *, seq: int, message: Mapping[str, Any], at: datetime) -> None:
         member = orjson.dumps({"at": _encode_at(at), "message": dict(message)})
-        with _unavailable("appending to a timeline"):
+        with unavailable("appending to a timeline"):
             await self._append(keys=[self._key(conversation_id)], args=[seq, member, self._keep, self._ttl])
 
     async def heads(self, conversation_ids: Collection[str]) -> dict[str, TimelineHead]:
         cids = list(dict.fromkeys(conversation_ids))
         if not cids:
             return {}
-        with _unavailable("reading timelines"):
+        with unavailable("reading timelines"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for cid in cids:
                     pipe.zrange(self._key(cid), -1, -1, withscores=True)

@@ -17,32 +17,17 @@ Redis (or Sentinel) allows; this layout is not meant for Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.errors import Unavailable
+from services.common.redis import unavailable
 from services.presence.domain import PresenceStatus
 
 DEFAULT_PREFIX = "courier:"
 # Deadlines handled per sweep script call: bounds how long one call blocks Redis.
 SWEEP_BATCH = 500
-
-
-@contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    """Any Redis failure becomes ``Unavailable``: a redis exception type never reaches a use case."""
-    try:
-        yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise Unavailable(f"redis is unreachable ({what})") from exc
-    except RedisError as exc:
-        raise Unavailable(f"redis refused {what}: {exc}") from exc
 
 
 # Shared by the scripts that change devices. ARGV[1] is always the prefix. ``settle`` drops the user's
@@ -181,16 +166,16 @@ class RedisPresenceStore:
     async def set_device(self, user_id: str, device_id: str, *, now: float, expires_at: float) -> PresenceStatus | None:
         # repr() of a float reads back as the very same double, in Lua as in Python.
         args = [self._prefix, user_id, device_id, repr(now), repr(expires_at)]
-        with _unavailable("recording a device"):
+        with unavailable("recording a device"):
             return _change(await self._set_device(args=args))
 
     async def remove_device(self, user_id: str, device_id: str, *, now: float) -> PresenceStatus | None:
-        with _unavailable("removing a device"):
+        with unavailable("removing a device"):
             return _change(await self._remove_device(args=[self._prefix, user_id, device_id, repr(now)]))
 
     async def sweep(self, now: float) -> list[PresenceStatus]:
         changes: list[PresenceStatus] = []
-        with _unavailable("sweeping expired devices"):
+        with unavailable("sweeping expired devices"):
             while True:
                 handled, *replies = await self._sweep(args=[self._prefix, repr(now), self._sweep_batch])
                 changes.extend(change for reply in replies if (change := _change(reply)) is not None)
@@ -200,7 +185,7 @@ class RedisPresenceStore:
     async def status(self, user_ids: Sequence[str], *, now: float) -> list[PresenceStatus]:
         if not user_ids:
             return []
-        with _unavailable("reading presence"):
+        with unavailable("reading presence"):
             async with self._client.pipeline(transaction=True) as pipe:
                 for user_id in user_ids:
                     pipe.zcount(self._key("devices", user_id), f"({now!r}", "+inf")
@@ -214,14 +199,14 @@ class RedisPresenceStore:
     async def subscribe(self, subscriber_id: str, user_ids: Collection[str], *, limit: int) -> bool:
         users = list(dict.fromkeys(user_ids))
         keys = [self._key("watching", subscriber_id), *(self._key("watchers", user_id) for user_id in users)]
-        with _unavailable("subscribing to presence"):
+        with unavailable("subscribing to presence"):
             return bool(await self._subscribe(keys=keys, args=[subscriber_id, limit, *users]))
 
     async def subscribers(self, user_id: str) -> set[str]:
-        with _unavailable("reading presence subscribers"):
+        with unavailable("reading presence subscribers"):
             members = await self._client.smembers(self._key("watchers", user_id))
         return {_text(member) for member in members}
 
     async def unsubscribe_all(self, subscriber_id: str) -> None:
-        with _unavailable("unsubscribing from presence"):
+        with unavailable("unsubscribing from presence"):
             await self._unsubscribe_all(keys=[self._key("watching", subscriber_id)], args=[self._prefix, subscriber_id])

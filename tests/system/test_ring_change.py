@@ -1,0 +1,83 @@
+"""A ring change in the distributed stack: the node that loses users asks them to reconnect, and
+they come back through the gateway to their new owner without missing anything."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.common.ring import Ring
+from tests.harness.infra import read_infra
+from tests.support.client import Api, Device, User
+from tests.support.server import RunningServer, run_stack
+from tests.system.conftest import SYSTEM_ENV
+from tools import stack
+
+BOTH = ["delivery-0", "delivery-1"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RunningServer]:
+    with run_stack(SYSTEM_ENV) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(cluster: RunningServer) -> AsyncIterator[Api]:
+    client = Api(cluster.base_url)
+    yield client
+    await client.close()
+
+
+async def _user_on(api: Api, node: str) -> User:
+    ring = Ring.of(BOTH)
+    while True:
+        user = await api.register("ring")
+        if ring.node_for(user.user_id) == node:
+            return user
+
+
+async def _routes(user: User) -> set[str]:
+    client = aioredis.from_url(read_infra()["services"]["redis"]["url"])
+    try:
+        return {v.decode() for v in await client.hvals(f"courier:route:{user.user_id}")}
+    finally:
+        await client.aclose()
+
+
+async def test_losing_node_asks_its_users_to_reconnect_and_they_land_on_the_new_owner(
+    cluster: RunningServer, api: Api
+) -> None:
+    stayer, mover = await _user_on(api, "delivery-0"), await _user_on(api, "delivery-1")
+    cid = await api.direct(stayer, mover)
+    d_stayer = await Device.connect(cluster.ws_url, stayer)
+    d_old = await Device.connect(cluster.ws_url, mover)
+    try:
+        await d_old.request({"type": "ping"}, answer="pong")
+        assert await _routes(mover) == {"delivery-1"}
+        stack.write_ring(["delivery-0"])
+        hint = await d_old.wait_for(lambda f: f["type"] == "reconnect")
+        assert 0 <= hint["after_ms"] <= 5000
+        # Until the device moves, pushes still reach it where it is (the route table).
+        sent = await d_stayer.send_text(cid, "before the move")
+        await d_old.wait_for(lambda f: f["type"] == "message" and f["seq"] == sent["seq"])
+
+        d_new = await Device.connect(cluster.ws_url, await api.device(mover, "after-move"))
+        try:
+            await d_new.request({"type": "ping"}, answer="pong")
+            assert "delivery-0" in await _routes(mover)
+            after = await d_stayer.send_text(cid, "after the move")
+            await d_new.wait_for(lambda f: f["type"] == "message" and f["seq"] == after["seq"])
+            reply = await d_new.send_text(cid, "moved fine")
+            await d_stayer.wait_for(lambda f: f["type"] == "message" and f["seq"] == reply["seq"])
+            synced = await d_new.request({"type": "sync", "cursors": {cid: 0}}, answer="sync_result")
+            [conv] = synced["conversations"]
+            assert [m["seq"] for m in conv["messages"]] == [1, 2, 3]
+        finally:
+            await d_new.close()
+    finally:
+        stack.write_ring(BOTH)
+        await d_stayer.close()
+        await d_old.close()
