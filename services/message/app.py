@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,11 +30,15 @@ from services.message.ports import (
     MessageStore,
     Page,
     SeqCounter,
+    SeqGap,
     SeqTaken,
     Timeline,
 )
 
-SEQ_RETRIES = 5
+SEQ_RETRIES = 8
+# How long a missing lower seq may stay in flight before it is taken as abandoned.
+SEQ_GAP_WAIT_S = 1.0
+SEQ_GAP_POLL_S = 0.01
 log = logging.getLogger("courier.message")
 
 
@@ -129,15 +134,37 @@ async def _resync_counter(conversation_id: str, deps: MessageDeps) -> None:
 async def _commit_event(
     event_factory: Callable[[int], Message], conversation_id: str, deps: MessageDeps, *, replace: Message | None = None
 ) -> Message:
-    """Take the next seq and commit the event built for it. The caller holds the conversation lock."""
+    """Take the next seq and commit the event built for it. The caller holds the conversation lock.
+
+    A seq already stored means the counter is behind: re-seed and draw again. A seq beyond the next
+    means a lower one is in flight in another replica, or was drawn by a process that died: wait a
+    moment for it, then take it over (re-seed from the store) so no gap is ever committed.
+    """
     store, counter = deps.store, deps.counter
-    for _ in range(SEQ_RETRIES):
-        seq = await counter.next(conversation_id, seed=lambda: store.max_seq(conversation_id))
+    seq: int | None = None
+    gap_since: float | None = None
+    retries = 0
+    while retries < SEQ_RETRIES:
+        if seq is None:
+            seq = await counter.next(conversation_id, seed=lambda: store.max_seq(conversation_id))
         event = event_factory(seq)
         try:
             await store.append(event, outbox=event_payload(event), replace=replace)
         except SeqTaken:
+            retries += 1
+            await counter.advance(conversation_id, await store.max_seq(conversation_id))
+            seq, gap_since = None, None
+            continue
+        except SeqGap:
+            now = time.monotonic()
+            gap_since = gap_since if gap_since is not None else now
+            if now - gap_since < SEQ_GAP_WAIT_S:
+                await asyncio.sleep(SEQ_GAP_POLL_S)
+                continue
+            retries += 1
+            log.warning("seq before %d of %s was abandoned; taking it over", seq, conversation_id)
             await _resync_counter(conversation_id, deps)
+            seq, gap_since = None, None
             continue
         except BaseException:
             await _resync_counter(conversation_id, deps)

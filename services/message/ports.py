@@ -11,8 +11,12 @@ from services.message.domain import Message
 
 
 class SeqTaken(Exception):
-    """The seq given to a new event is not the store's next one: already stored (the counter is
-    behind) or beyond the next (a seq drawn by a process that died before committing)."""
+    """The seq given to a new event is already stored: the counter is behind the store."""
+
+
+class SeqGap(Exception):
+    """The seq given to a new event is beyond the store's next one: a lower seq was drawn and is
+    not committed yet (another replica is about to) or never will be (its process died)."""
 
 
 class ClientMsgIdTaken(Exception):
@@ -42,8 +46,9 @@ class MessageStore(Protocol):
     async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
         """In ONE transaction: insert ``event``, overwrite ``replace`` (a recalled or edited target),
         insert the outbox row and move the sender's read cursor to ``event.seq``.
-        ``event.seq`` must be exactly the stored maximum + 1 (``SeqTaken`` otherwise, and on the
-        unique constraint); ``ClientMsgIdTaken`` when the sender already used the client_msg_id."""
+        ``event.seq`` must be exactly the stored maximum + 1: ``SeqTaken`` at or below it (and on
+        the unique constraint), ``SeqGap`` above it; ``ClientMsgIdTaken`` when the sender already
+        used the client_msg_id."""
         ...
 
     async def max_seq(self, conversation_id: str) -> int: ...
@@ -79,7 +84,13 @@ class SeqCounter(Protocol):
 
     async def next(self, conversation_id: str, *, seed: Callable[[], Awaitable[int]]) -> int: ...
 
-    async def reseed(self, conversation_id: str, high_water: int) -> None: ...
+    async def reseed(self, conversation_id: str, high_water: int) -> None:
+        """Set the counter to exactly ``high_water`` (seqs above it were abandoned)."""
+        ...
+
+    async def advance(self, conversation_id: str, high_water: int) -> None:
+        """Move the counter up to ``high_water`` if it is below; never down (others' seqs in flight)."""
+        ...
 
     async def invalidate(self, conversation_id: str) -> None:
         """Forget the counter: the next draw seeds from the store again."""

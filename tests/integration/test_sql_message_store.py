@@ -19,7 +19,7 @@ from services.common.ids import new_id
 from services.message.adapters.memory import MemoryMessageStore
 from services.message.adapters.sql import SqlMessageStore
 from services.message.domain import Message
-from services.message.ports import ClientMsgIdTaken, MessageStore, SeqTaken
+from services.message.ports import ClientMsgIdTaken, MessageStore, SeqGap, SeqTaken
 from tests.integration.test_sql_support import SQL_BACKENDS, clean_engine, migrated_database
 
 T0 = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
@@ -201,15 +201,15 @@ async def test_concurrent_appends_of_one_client_msg_id_store_exactly_one(store: 
     assert (await store.outbox_stats())[0] == 1
 
 
-async def test_appending_past_the_next_seq_raises_seq_taken_and_stores_nothing(store: MessageStore) -> None:
+async def test_appending_past_the_next_seq_raises_seq_gap_and_stores_nothing(store: MessageStore) -> None:
     cid = new_id()
     await append_many(store, cid, 2)
     # Seq 3 was drawn by a process that died before committing it: 4 would leave a hole.
     ahead = message(cid, 4)
 
-    with pytest.raises(SeqTaken):
+    with pytest.raises(SeqGap):
         await store.append(ahead, outbox=b"4")
-    with pytest.raises(SeqTaken):
+    with pytest.raises(SeqGap):
         await store.append(message(new_id(), 2), outbox=b"2")
 
     assert await store.max_seq(cid) == 2

@@ -18,6 +18,7 @@ from services.message.ports import (
     OutboxRecord,
     Page,
     Record,
+    SeqGap,
     SeqTaken,
     TimelineHead,
 )
@@ -36,6 +37,10 @@ class MemorySeqCounter:
 
     async def reseed(self, conversation_id: str, high_water: int) -> None:
         self._seqs[conversation_id] = high_water
+
+    async def advance(self, conversation_id: str, high_water: int) -> None:
+        if conversation_id in self._seqs:
+            self._seqs[conversation_id] = max(self._seqs[conversation_id], high_water)
 
     async def invalidate(self, conversation_id: str) -> None:
         self._seqs.pop(conversation_id, None)
@@ -182,7 +187,7 @@ class MemoryMessageStore:
         if event.seq in self._by_seq[event.conversation_id]:
             raise SeqTaken(f"{event.conversation_id}/{event.seq}")
         if event.seq != max(self._by_seq[event.conversation_id], default=0) + 1:
-            raise SeqTaken(f"{event.conversation_id}/{event.seq} would leave a gap")
+            raise SeqGap(f"{event.conversation_id}/{event.seq} would leave a gap")
         if (event.sender_id, event.client_msg_id) in self._by_client:
             raise ClientMsgIdTaken(event.client_msg_id)
         self._by_seq[event.conversation_id][event.seq] = event

@@ -71,6 +71,14 @@ return 1
 """
 
 
+# Forward only: a counter behind the store jumps to it; one ahead (seqs in flight) is left alone.
+_ADVANCE = """
+local n = redis.call('HGET', KEYS[1], 'n')
+if n and tonumber(n) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
+return 1
+"""
+
+
 class RedisSeqCounter:
     """Per-conversation seq counters seeded from the store's high-water mark when missing.
 
@@ -88,6 +96,7 @@ class RedisSeqCounter:
         self._draw = client.register_script(_DRAW)
         self._seed = client.register_script(_SEED)
         self._reseed = client.register_script(_RESEED)
+        self._advance = client.register_script(_ADVANCE)
         self._suspect: set[str] = set()
 
     def _key(self, conversation_id: str) -> str:
@@ -118,6 +127,10 @@ class RedisSeqCounter:
         with self._guard(conversation_id, "re-seeding a seq counter"):
             await self._reseed(keys=[self._key(conversation_id)], args=[high_water, self._ttl])
         self._suspect.discard(conversation_id)
+
+    async def advance(self, conversation_id: str, high_water: int) -> None:
+        with self._guard(conversation_id, "advancing a seq counter"):
+            await self._advance(keys=[self._key(conversation_id)], args=[high_water])
 
     async def invalidate(self, conversation_id: str) -> None:
         with self._guard(conversation_id, "dropping a seq counter"):

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.common.clock import utcnow
 from services.common.db import UtcDateTime, metadata, outage_is_unavailable
 from services.message.domain import Message
-from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqTaken
+from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqGap, SeqTaken
 
 ID = String(32)
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -182,8 +182,11 @@ class SqlMessageStore:
                 high = await conn.execute(
                     select(func.max(messages.c.seq)).where(messages.c.conversation_id == event.conversation_id)
                 )
-                if event.seq != (high.scalar() or 0) + 1:
-                    raise SeqTaken(f"{event.conversation_id}/{event.seq} is not the next seq")
+                highest = high.scalar() or 0
+                if event.seq <= highest:
+                    raise SeqTaken(f"{event.conversation_id}/{event.seq} is already stored")
+                if event.seq > highest + 1:
+                    raise SeqGap(f"{event.conversation_id}/{event.seq} would leave a gap after {highest}")
                 await conn.execute(messages.insert().values(_columns(event)))
                 if replace is not None:
                     changed = _columns(replace)

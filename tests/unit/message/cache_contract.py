@@ -71,6 +71,19 @@ async def test_reseed_puts_the_counter_exactly_on_the_high_water_mark(counter: S
     assert seed.calls == 1
 
 
+async def test_advance_moves_a_counter_forward_but_never_back(counter: SeqCounter) -> None:
+    cid, seed = new_id(), Seed(0)
+    for _ in range(5):
+        await counter.next(cid, seed=seed)
+
+    await counter.advance(cid, 2)  # seqs 3..5 are in flight elsewhere: keep them
+    kept = await counter.next(cid, seed=seed)
+    await counter.advance(cid, 20)  # the store is ahead: jump to it
+    jumped = await counter.next(cid, seed=seed)
+
+    assert (kept, jumped) == (6, 21)
+
+
 async def test_reseed_of_a_missing_counter_creates_it(counter: SeqCounter) -> None:
     cid, seed = new_id(), Seed(0)
 
