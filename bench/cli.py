@@ -35,6 +35,7 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[Result]]] = {
 # Command-line flag -> Options field (every flag defaults to None: "keep the scenario default").
 FLAGS: dict[str, tuple[type, str]] = {
     "connections": (int, "connections to open (connections scenario)"),
+    "devices_per_user": (int, "sockets per user, each its own device login (connections)"),
     "ramp_rate": (float, "new connections per second"),
     "handshakes": (int, "handshakes in flight at once"),
     "hold_s": (float, "seconds to hold the connections"),
@@ -111,9 +112,10 @@ async def run_target(
     env = environment(REPO)
     try:
         if args.scenario == "prepare":
-            count = max(options.connections, 2 * options.pairs, options.members)
+            per_user = options.devices_per_user
+            count = max(-(-options.connections // per_user), 2 * options.pairs, options.members)
             began = time.monotonic()
-            await pool.users(options.pool, count)
+            await pool.users(options.pool, count, devices=per_user)
             await pool.users("s", 2)
             progress.note(
                 f"{count:,} users ready on {target.name} in {duration(time.monotonic() - began)}: {dict(pool.outcomes)}"

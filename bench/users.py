@@ -98,9 +98,12 @@ class Pool:
         self.outcomes: Counter[str] = Counter()
         self._checked = False
 
-    async def _ensure(self, name: str, *, valid_for_s: float) -> BenchUser:
+    async def _ensure(self, name: str, *, valid_for_s: float, device: int = 0) -> BenchUser:
+        """A user (or another device of it: its own login, its own socket) with a fresh token."""
         now = time.time()
-        cached = self.cache.users.get(name)
+        key = name if device == 0 else f"{name}#{device}"
+        device_id = DEVICE_ID if device == 0 else f"{DEVICE_ID}-{device}"
+        cached = self.cache.users.get(key)
         if cached is not None and cached.expires_at - now >= valid_for_s:
             self.outcomes["cached"] += 1
             return cached
@@ -112,12 +115,18 @@ class Pool:
                     raise
             else:
                 self.outcomes["refreshed"] += 1
-                self.cache.users[name] = user
+                self.cache.users[key] = user
                 return user
-        created = await self.http.register(name, PASSWORD)
-        user = BenchUser.from_tokens(name, await self.http.login(name, PASSWORD, DEVICE_ID), now=now)
+        created = device == 0 and await self.http.register(name, PASSWORD)
+        try:
+            user = BenchUser.from_tokens(name, await self.http.login(name, PASSWORD, device_id), now=now)
+        except HttpError as exc:
+            if exc.status != 401 or device == 0:
+                raise
+            created = await self.http.register(name, PASSWORD)  # a device of a user this server lost
+            user = BenchUser.from_tokens(name, await self.http.login(name, PASSWORD, device_id), now=now)
         self.outcomes["created" if created else "logged in"] += 1
-        self.cache.users[name] = user
+        self.cache.users[key] = user
         return user
 
     async def _check_cache(self, *, valid_for_s: float) -> None:
@@ -127,26 +136,29 @@ class Pool:
             self._checked = True
             return
         self._checked = True
-        probe = next(iter(self.cache.users))
+        probe = next(key for key in self.cache.users if "#" not in key)
         user = await self._ensure(probe, valid_for_s=valid_for_s)
         if await self.http.me(user.access_token) is None or user.username != probe:
             self.progress.note(f"user cache {self.cache.path.name} does not match this server; starting afresh")
             self.cache.forget()
             self.cache.save()
 
-    async def users(self, pool: str, count: int, *, valid_for_s: float = 600.0) -> list[BenchUser]:
-        """Users 0..count-1 of ``pool``, each with an access token valid ``valid_for_s`` more."""
-        names = [username(pool, i) for i in range(count)]
+    async def users(self, pool: str, count: int, *, devices: int = 1, valid_for_s: float = 600.0) -> list[BenchUser]:
+        """Users 0..count-1 of ``pool``, each with an access token valid ``valid_for_s`` more; with
+        ``devices`` > 1, every user's further devices too (one login each, no registration), listed
+        device by device: all first devices, then all second ones..."""
+        wanted = [(username(pool, i), d) for d in range(devices) for i in range(count)]
         await self._check_cache(valid_for_s=valid_for_s)
         started = time.monotonic()
         done = 0
         slots = asyncio.Semaphore(self.parallelism)
-        found: dict[str, BenchUser] = {}
+        found: dict[tuple[str, int], BenchUser] = {}
+        total = len(wanted)
 
-        async def one(name: str) -> None:
+        async def one(name: str, device: int) -> None:
             nonlocal done
             async with slots:
-                found[name] = await self._ensure(name, valid_for_s=valid_for_s)
+                found[(name, device)] = await self._ensure(name, valid_for_s=valid_for_s, device=device)
             done += 1
             if done % SAVE_EVERY == 0:
                 self.cache.save()
@@ -154,14 +166,14 @@ class Pool:
         def status() -> str:
             elapsed = time.monotonic() - started
             speed = done / elapsed if elapsed > 0 else 0.0
-            eta = (count - done) / speed if speed > 0 else 0.0
+            eta = (total - done) / speed if speed > 0 else 0.0
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
-            return f"users {pool}: {done}/{count} ({outcomes}) {speed:.1f}/s, ETA {duration(eta)}"
+            return f"users {pool}: {done}/{total} ({outcomes}) {speed:.1f}/s, ETA {duration(eta)}"
 
         async with self.progress.ticking(status):
             try:
-                await asyncio.gather(*(one(name) for name in names))
+                await asyncio.gather(*(one(name, device) for name, device in wanted))
             finally:
                 with contextlib.suppress(OSError):
                     self.cache.save()
-        return [found[name] for name in names]
+        return [found[key] for key in wanted]

@@ -25,6 +25,7 @@ class Options:
     """Every scenario's parameters (defaults are the full run; ``short()`` the ``--short`` one)."""
 
     connections: int = 10_000
+    devices_per_user: int = 1
     ramp_rate: float = 500.0
     handshakes: int = 100
     hold_s: float = 60.0
@@ -51,7 +52,7 @@ class Options:
     @classmethod
     def short(cls) -> Options:
         return cls(
-            connections=1_000,
+            connections=200,
             hold_s=5.0,
             pairs=20,
             rate=500.0,
@@ -76,6 +77,8 @@ class Options:
             value = getattr(self, name)
             if not 0 <= value <= MAX_DURATION_S:
                 raise ValueError(f"{name} {value} is outside [0, {MAX_DURATION_S:.0f}] s")
+        if self.devices_per_user < 1 or self.devices_per_user > 20:
+            raise ValueError("devices per user must be 1-20")
         if self.ramp_rate <= 0 or self.handshakes < 1 or self.members < 2 or self.pairs < 1 or self.backlog < 1:
             raise ValueError("ramp rate, handshakes, pairs and backlog must be positive, members at least 2")
 

@@ -49,6 +49,7 @@ async def run(ctx: Context) -> Result:
             "handshake_parallelism": options.handshakes,
             "hold_s": options.hold_s,
             "ping_every_s": options.ping_every_s,
+            "devices_per_user": options.devices_per_user,
             "permessage_deflate": options.deflate,
             "delivery_processes": target.delivery_pids,
         },
@@ -57,7 +58,8 @@ async def run(ctx: Context) -> Result:
     limit = raise_open_files_limit(n + 1024)
     if limit < n + 64:
         result.notes.append(f"open-files limit {limit} is below {n} sockets; raise ulimit -n")
-    users = await ctx.pool.users(options.pool, n, valid_for_s=600.0)
+    per_user = options.devices_per_user
+    users = (await ctx.pool.users(options.pool, -(-n // per_user), devices=per_user, valid_for_s=600.0))[:n]
     started = time.monotonic()
     own_before = rss_kib_self()
     before = {name: rss_kib(pid) for name, pid in target.delivery_pids.items()}
