@@ -1,0 +1,46 @@
+"""The route table contract: every RouteTable adapter must pass these.
+
+Runners: test_route_table.py (memory) and tests/integration/test_redis_routes.py (memory and Redis).
+"""
+
+from __future__ import annotations
+
+from services.common.ids import new_id
+from services.delivery.routes import RouteTable
+
+
+async def test_nodes_of_names_every_node_holding_a_users_devices(routes: RouteTable) -> None:
+    alice, bob, carol = new_id(), new_id(), new_id()
+    await routes.attach(alice, "phone", "delivery-0")
+    await routes.attach(alice, "laptop", "delivery-1")
+    await routes.attach(bob, "phone", "delivery-1")
+
+    found = await routes.nodes_of([alice, bob, carol])
+
+    assert found == {alice: {"delivery-0", "delivery-1"}, bob: {"delivery-1"}}
+
+
+async def test_a_device_moving_to_another_node_is_routed_there(routes: RouteTable) -> None:
+    user = new_id()
+    await routes.attach(user, "phone", "delivery-1")
+    await routes.attach(user, "phone", "delivery-0")
+
+    assert await routes.nodes_of([user]) == {user: {"delivery-0"}}
+
+
+async def test_the_old_node_detaching_late_does_not_remove_the_new_route(routes: RouteTable) -> None:
+    user = new_id()
+    await routes.attach(user, "phone", "delivery-1")
+    await routes.attach(user, "phone", "delivery-0")  # reconnected elsewhere before the old socket ended
+    await routes.detach(user, "phone", "delivery-1")
+
+    assert await routes.nodes_of([user]) == {user: {"delivery-0"}}
+
+
+async def test_detaching_the_last_device_leaves_the_user_to_the_ring(routes: RouteTable) -> None:
+    user = new_id()
+    await routes.attach(user, "phone", "delivery-0")
+    await routes.detach(user, "phone", "delivery-0")
+    await routes.refresh([user])
+
+    assert await routes.nodes_of([user]) == {}
