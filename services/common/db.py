@@ -92,3 +92,10 @@ async def outage_is_unavailable(what: str) -> AsyncIterator[None]:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
         raise Unavailable(f"the {what} database is unavailable; try again") from exc
+
+
+@asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession], what: str) -> AsyncIterator[AsyncSession]:
+    """One ORM-session transaction, committed on success; an outage is ``Unavailable``."""
+    async with outage_is_unavailable(what), sessions.begin() as session:
+        yield session

@@ -6,14 +6,15 @@ Membership changes lock the conversation row (``SELECT ... FOR UPDATE``; SQLite 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from sqlalchemy import Boolean, Column, ForeignKey, Integer, Row, String, Table, delete, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common import db
 from services.common.db import UtcDateTime, metadata
 from services.common.errors import Unavailable
 from services.conversation.domain import (
@@ -82,15 +83,8 @@ class SqlConversationStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        try:
-            async with self._sessions.begin() as session:
-                yield session
-        except IntegrityError:
-            raise
-        except DBAPIError as exc:
-            raise Unavailable("the conversation store is unavailable, try again") from exc
+    def _transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return db.transaction(self._sessions, "conversation")
 
     async def create(self, conversation: Conversation) -> tuple[Conversation, bool]:
         key = pair_key(conversation)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, String, Table, delete, insert, select, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common import db
 from services.common.db import UtcDateTime, metadata
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import NotFound
 from services.file.domain import ContentMatch, StoredFile, Upload
 
 # Tables collate byte-wise on MySQL too (as on PostgreSQL and SQLite): its default *_ci collations take "Ab" for "ab".
@@ -66,13 +66,8 @@ shares_table = Table(
 )
 
 
-@asynccontextmanager
-async def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    try:
-        async with sessions.begin() as db:
-            yield db
-    except OperationalError as exc:
-        raise Unavailable("the file database is unavailable; try again") from exc
+def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AbstractAsyncContextManager[AsyncSession]:
+    return db.transaction(sessions, "file")
 
 
 def _upload(row: Any) -> Upload:

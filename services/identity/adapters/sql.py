@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Column, ForeignKey, Index, String, Table, UniqueConstraint, delete, insert, select, update
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common import db
 from services.common.db import UtcDateTime, metadata
-from services.common.errors import Conflict, NotFound, Unavailable
+from services.common.errors import Conflict, NotFound
 from services.identity.domain import Session, User
 
 # Byte-wise collation: usernames sort in one order on every database (as Python sorts them), and a
@@ -67,13 +68,8 @@ rotated_tokens_table = Table(
 _IN_CHUNK = 500  # ids per IN (...) list, well under every database's parameter limit
 
 
-@asynccontextmanager
-async def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    try:
-        async with sessions.begin() as db:
-            yield db
-    except OperationalError as exc:
-        raise Unavailable("the identity database is unavailable; try again") from exc
+def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AbstractAsyncContextManager[AsyncSession]:
+    return db.transaction(sessions, "identity")
 
 
 def _user(row: Any) -> User:
