@@ -1,0 +1,26 @@
+"""The operator process's own settings, from COURIER_OPERATOR_* environment variables (command-line flags of
+``python -m im_operator`` override them)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COURIER_OPERATOR_", extra="ignore")
+
+    namespaces: str = Field(
+        "", description="Comma-separated namespaces to watch; empty watches every namespace (cluster-wide)."
+    )
+    default_image: str = Field(
+        "", description="The Courier image for IMClusters whose spec.image is empty (the chart sets its own image)."
+    )
+    drift_interval_s: float = Field(
+        300.0, gt=0, description="How often every IMCluster gets a full pass even when nothing was seen to change."
+    )
+    retry_delay_s: float = Field(10.0, gt=0, description="Delay of kopf's retry while an IMCluster is not ready yet.")
+    liveness: str = Field("", description="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none.")
+
+    def namespace_list(self) -> list[str]:
+        return [n.strip() for n in self.namespaces.split(",") if n.strip()]

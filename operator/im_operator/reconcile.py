@@ -1,0 +1,326 @@
+"""The one level-based reconcile of an IMCluster, and the ``Reconciler`` that runs it one pass at a time per
+IMCluster, whoever asks: kopf's create/update/resume handlers, a child's event, or the drift loop.
+
+A pass: render the children, make sure the generated Secret exists, apply every child with server-side apply,
+delete children the spec no longer asks for, publish the ring from ready delivery endpoints, and write the
+status. Every step is idempotent, so a pass over an unchanged cluster writes nothing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from im_operator import credentials, ring
+from im_operator.kube import ApiError, Conflict, Kube, Ref
+from im_operator.model import API_VERSION, CLUSTER_LABEL, COMPONENT_LABEL, KIND, Cluster, InvalidSpec
+from im_operator.render import render
+from im_operator.status import (
+    READY,
+    Observation,
+    Problem,
+    build_status,
+    component_of,
+    gateway_endpoint,
+    status_patch,
+)
+from services.common.ring import DEFAULT_VNODES
+
+log = logging.getLogger("im_operator")
+
+# The kinds render() produces; children of these kinds that carry the cluster's label, are owned by it, and
+# are no longer rendered get deleted.
+CHILD_KINDS = (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"))
+EVENT_MESSAGE_LIMIT = 1000  # the API server refuses longer Event messages
+
+# (imcluster, type Normal|Warning, reason, message): posts a Kubernetes Event about the IMCluster.
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+def utcnow_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a pass ended, for the kopf handler to turn into success, a retry or a permanent failure."""
+
+    ready: bool
+    problem: Problem | None
+    waiting_for: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        if self.problem is not None:
+            return f"{self.problem.reason}: {self.problem.message}"
+        if self.waiting_for:
+            return "not ready yet: waiting for " + ", ".join(self.waiting_for)
+        return "ready" if self.ready else "not ready yet: no ready delivery node has joined the ring"
+
+
+class NameTaken(Exception):
+    """A child's name is held by an object this IMCluster does not own; the operator never takes it over."""
+
+
+class Reconciler:
+    """Runs passes: one at a time per IMCluster; kicks that arrive during a pass fold into one more pass."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        default_image: str = "",
+        post_event: EventSink,
+        now: Callable[[], str] = utcnow_rfc3339,
+        token: Callable[[int], str] = secrets.token_hex,
+    ) -> None:
+        self.kube = kube
+        self.default_image = default_image
+        self._post_event = post_event
+        self._now = now
+        self._token = token
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._queued: set[tuple[str, str]] = set()
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def reconcile(self, imcluster: Mapping[str, Any]) -> Outcome:
+        """One full pass over the given IMCluster (kopf's handlers)."""
+        cluster = Cluster.of(imcluster)
+        async with self._lock((cluster.namespace, cluster.name)):
+            return await self._pass(imcluster)
+
+    async def kick(self, namespace: str, name: str) -> None:
+        """Something about this IMCluster's children changed: make sure a pass starts after now. A kick that
+        finds another one already queued returns at once; the queued pass will read the newest state."""
+        key = (namespace, name)
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        try:
+            async with self._lock(key):
+                self._queued.discard(key)
+                imcluster = await self.kube.get(Ref(API_VERSION, KIND, namespace, name))
+                if imcluster is None or (imcluster.get("metadata") or {}).get("deletionTimestamp"):
+                    return  # gone or going: the garbage collector removes the children
+                await self._pass(imcluster)
+        except ApiError as exc:
+            log.warning("reconcile of %s/%s after a change of its children failed: %s", namespace, name, exc)
+        finally:
+            self._queued.discard(key)
+
+    async def kick_all(self, namespaces: Iterable[str]) -> int:
+        """A pass over every IMCluster in the namespaces (all of them for an empty list): the drift repair."""
+        found: list[dict[str, Any]] = []
+        for namespace in list(namespaces) or [""]:
+            found += await self.kube.list_objects(API_VERSION, KIND, namespace)
+        keys = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in found]
+        await asyncio.gather(*(self.kick(namespace, name) for namespace, name in keys))
+        return len(keys)
+
+    # ------------------------------------------------------------------------------------------------ one pass
+
+    async def _pass(self, imcluster: Mapping[str, Any]) -> Outcome:
+        cluster = Cluster.of(imcluster)
+        try:
+            manifests = render(imcluster, default_image=self.default_image)
+        except InvalidSpec as exc:
+            return await self._finish(
+                imcluster, Observation(cluster.generation, Problem("InvalidSpec", str(exc), True))
+            )
+        try:
+            missing = await self._ensure_secret(cluster, imcluster)
+            missing += await self._missing_secret_refs(cluster, imcluster.get("spec") or {})
+            if missing:
+                problem = Problem("MissingSecret", "missing " + "; ".join(missing))
+                return await self._finish(imcluster, Observation(cluster.generation, problem))
+            applied = await self._apply(cluster, imcluster, manifests)
+            published, members = await self._publish_ring(cluster, imcluster)
+        except NameTaken as exc:
+            return await self._finish(imcluster, Observation(cluster.generation, Problem("NameConflict", str(exc))))
+        except ApiError as exc:
+            # The API server refusing a child the spec produced (a bad quantity, say) will not change by retrying.
+            problem = Problem("ApplyFailed", str(exc), permanent=exc.invalid)
+            return await self._finish(imcluster, Observation(cluster.generation, problem))
+        workloads = [o for o in applied if o["kind"] in ("Deployment", "StatefulSet")]
+        components = sorted(
+            (component_of(o["metadata"]["labels"][COMPONENT_LABEL], o) for o in workloads), key=lambda c: c.name
+        )
+        gateway = next(
+            o for o in applied if o["kind"] == "Service" and o["metadata"]["name"] == cluster.child("gateway")
+        )
+        seen = Observation(
+            generation=cluster.generation,
+            components=components,
+            gateway_endpoint=gateway_endpoint(cluster, gateway),
+            gateway_type=str((gateway.get("spec") or {}).get("type") or "ClusterIP"),
+            delivery_selector=cluster.selector_string("delivery"),
+            ring=published,
+            ring_config_map=cluster.ring_config_map,
+            ready_members=members,
+        )
+        return await self._finish(imcluster, seen)
+
+    async def _finish(self, imcluster: Mapping[str, Any], seen: Observation) -> Outcome:
+        cluster = Cluster.of(imcluster)
+        previous: Mapping[str, Any] = imcluster.get("status") or {}
+        wanted = build_status(previous, seen, now=self._now())
+        patch = status_patch(previous, wanted)
+        if patch is not None:
+            ref = Ref(API_VERSION, KIND, cluster.namespace, cluster.name)
+            try:
+                await self.kube.merge_patch(ref, {"status": patch}, subresource="status")
+            except ApiError as exc:
+                log.warning("cannot write the status of %s/%s: %s", cluster.namespace, cluster.name, exc)
+            self._announce_transitions(imcluster, previous, wanted, seen)
+        return Outcome(ready=seen.ready, problem=seen.problem, waiting_for=tuple(seen.waiting_for))
+
+    def _announce_transitions(
+        self, imcluster: Mapping[str, Any], previous: Mapping[str, Any], wanted: Mapping[str, Any], seen: Observation
+    ) -> None:
+        """An Event when the cluster turns ready or a problem appears; not on every pass that finds it so."""
+        before = {c.get("type"): c for c in previous.get("conditions") or []}
+        for condition in wanted.get("conditions") or []:
+            old = before.get(condition["type"]) or {}
+            if (old.get("status"), old.get("reason")) == (condition["status"], condition["reason"]):
+                continue
+            if seen.problem is not None and condition["type"] == READY:
+                self._event(imcluster, "Warning", seen.problem.reason, seen.problem.message)
+            elif condition["type"] == READY and condition["status"] == "True":
+                self._event(imcluster, "Normal", "Ready", condition["message"])
+
+    def _event(self, imcluster: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        if len(message) > EVENT_MESSAGE_LIMIT:
+            message = message[: EVENT_MESSAGE_LIMIT - 3] + "..."
+        self._post_event(imcluster, kind, reason, message)
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    async def _ensure_secret(self, cluster: Cluster, imcluster: Mapping[str, Any]) -> list[str]:
+        """Create the generated Secret once; later only add keys it lacks. A Secret of that name the user made
+        (to bring their own keys) is used as it is and never changed: then missing keys are a problem to report."""
+        ref = Ref("v1", "Secret", cluster.namespace, cluster.secret)
+        existing = await self.kube.get(ref)
+        fresh = credentials.generate(self._token)
+        if existing is None:
+            try:
+                await self.kube.create(credentials.manifest(cluster, fresh))
+            except Conflict:
+                existing = await self.kube.get(ref)  # made meanwhile (another pass of an older operator)
+            else:
+                self._event(imcluster, "Normal", "Created", f"generated Secret/{cluster.secret}")
+                return []
+        if existing is None:
+            return []
+        lacking = credentials.missing(existing, fresh)
+        if not lacking:
+            return []
+        if not cluster.owns(existing):
+            return [f"keys {', '.join(sorted(lacking))} in Secret/{cluster.secret} (not generated by the operator)"]
+        await self.kube.merge_patch(ref, {"stringData": lacking})
+        self._event(imcluster, "Normal", "Updated", f"added {', '.join(sorted(lacking))} to Secret/{cluster.secret}")
+        return []
+
+    async def _missing_secret_refs(self, cluster: Cluster, spec: Mapping[str, Any]) -> list[str]:
+        """External backends' secret references that do not resolve yet (a pod would not start without them)."""
+        wanted: list[tuple[str, str, str]] = []
+        for backend in ("redis", "database"):
+            ref = ((spec.get(backend) or {}).get("external") or {}).get("secretRef")
+            if ref:
+                wanted.append((f"spec.{backend}.external.secretRef", ref["name"], ref["key"]))
+        store = (spec.get("objectStore") or {}).get("external") or {}
+        for field in ("accessKeyRef", "secretKeyRef"):
+            if store.get(field):
+                wanted.append((f"spec.objectStore.external.{field}", store[field]["name"], store[field]["key"]))
+        missing = []
+        for where, name, key in wanted:
+            secret = await self.kube.get(Ref("v1", "Secret", cluster.namespace, name))
+            if secret is None:
+                missing.append(f"Secret/{name} ({where})")
+            elif key not in (secret.get("data") or {}):
+                missing.append(f"key {key} in Secret/{name} ({where})")
+        return missing
+
+    async def _apply(
+        self, cluster: Cluster, imcluster: Mapping[str, Any], manifests: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        existing: dict[tuple[str, str], dict[str, Any]] = {}
+        selector = f"{CLUSTER_LABEL}={cluster.name}"
+        for api_version, kind in CHILD_KINDS:
+            for obj in await self.kube.list_objects(api_version, kind, cluster.namespace, selector=selector):
+                existing[(kind, obj["metadata"]["name"])] = obj
+        created: list[str] = []
+        updated: list[str] = []
+        applied: list[dict[str, Any]] = []
+        for manifest in manifests:
+            ref = Ref.of(manifest)
+            before = existing.get((ref.kind, ref.name))
+            if before is None:
+                before = await self.kube.get(ref)  # unlabelled, so not listed: someone else's object?
+            if before is not None and not cluster.owns(before):
+                raise NameTaken(f"{ref} already exists and does not belong to this IMCluster; rename or delete it")
+            after = await self.kube.apply(manifest)
+            applied.append(after)
+            if before is None:
+                created.append(str(ref))
+            elif _changed(before, after):
+                updated.append(str(ref))
+        rendered = {(m["kind"], m["metadata"]["name"]) for m in manifests} | {("ConfigMap", cluster.ring_config_map)}
+        deleted: list[str] = []
+        for (kind, name), obj in sorted(existing.items()):
+            if (kind, name) not in rendered and cluster.owns(obj):
+                ref = Ref(obj["apiVersion"], kind, cluster.namespace, name)
+                await self.kube.delete(ref, uid=obj["metadata"]["uid"])
+                deleted.append(str(ref))
+        for reason, names in (("Created", created), ("Updated", updated), ("Deleted", deleted)):
+            if names:
+                log.info("%s/%s: %s %s", cluster.namespace, cluster.name, reason.lower(), ", ".join(names))
+                self._event(imcluster, "Normal", reason, f"{reason.lower()} {', '.join(names)}")
+        return applied
+
+    async def _publish_ring(
+        self, cluster: Cluster, imcluster: Mapping[str, Any]
+    ) -> tuple[ring.PublishedRing | None, tuple[str, ...]]:
+        slices = await self.kube.list_objects(
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            cluster.namespace,
+            selector=f"kubernetes.io/service-name={cluster.child('delivery')}",
+        )
+        members = ring.ready_members(slices)
+        ref = Ref("v1", "ConfigMap", cluster.namespace, cluster.ring_config_map)
+        current = await self.kube.get(ref)
+        if current is not None and not cluster.owns(current):
+            raise NameTaken(f"{ref} already exists and does not belong to this IMCluster; rename or delete it")
+        previous = ring.PublishedRing.from_config_map(current)
+        status_ring = (imcluster.get("status") or {}).get("ring") or {}
+        vnodes = ((imcluster.get("spec") or {}).get("config") or {}).get("ring", {}).get("vnodes") or DEFAULT_VNODES
+        wanted = ring.next_ring(
+            previous,
+            members,
+            vnodes=int(vnodes),
+            template=ring.url_template(cluster),
+            floor_version=int(status_ring.get("version") or 0),
+        )
+        if wanted is None:
+            return previous, members
+        await self.kube.apply(ring.config_map(cluster, wanted))
+        joined = ", ".join(wanted.members) or "no members yet"
+        log.info("%s/%s: ring version %d: %s", cluster.namespace, cluster.name, wanted.version, joined)
+        self._event(imcluster, "Normal", "RingPublished", f"ring version {wanted.version}: {joined}")
+        return wanted, members
+
+
+def _changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether an apply changed the object. Workloads count spec changes only (their generation): controllers
+    write their status all the time, between the listing and the apply too."""
+    old, new = before["metadata"], after["metadata"]
+    if "generation" in old and "generation" in new:
+        return bool(old["generation"] != new["generation"])
+    return bool(old.get("resourceVersion") != new.get("resourceVersion"))

@@ -1,0 +1,599 @@
+"""Every child of an IMCluster as a manifest, from the IMCluster alone: ``render(imcluster) -> list[manifest]``.
+
+Pure and deterministic (same input, same output, no I/O, no randomness), so applying the result twice changes
+nothing. The generated Secret and the ring ConfigMap depend on more than the spec and live in ``credentials``
+and ``ring``; the pod templates here only refer to them by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from im_operator import credentials
+from im_operator.model import (
+    HTTP_PORT,
+    RING_DIR,
+    RING_FILE,
+    RING_READERS,
+    SERVICES,
+    SQL_SERVICES,
+    Cluster,
+    InvalidSpec,
+)
+from services.common.settings import Settings
+
+Manifest = dict[str, Any]
+
+# Images of the managed backends: repository and the default tag (spec.<backend>.managed.version overrides the
+# tag, managed.image the whole reference). Kafka's tag is the release the integration tests run against.
+BACKEND_IMAGES = {
+    "redis": ("redis", "7.4"),
+    "kafka": ("apache/kafka", "4.4.0"),
+    "objectStore": ("quay.io/minio/minio", "RELEASE.2025-09-07T16-13-09Z"),
+    "mysql": ("mysql", "8.4"),
+    "mariadb": ("mariadb", "11.4"),
+    "postgresql": ("postgres", "17"),
+}
+# The uid each backend image runs its server as; the volume is made group-writable for it (fsGroup).
+BACKEND_UIDS = {"redis": 999, "kafka": 1000, "objectStore": 1000, "mysql": 999, "mariadb": 999, "postgresql": 999}
+COURIER_UID = 10001  # the non-root user of the Courier image (Dockerfile)
+
+# spec.config path -> Settings path; the environment variable is COURIER_ + the Settings path joined by "__".
+CONFIG_FIELDS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("largeGroupThreshold",), ("large_group_threshold",)),
+    (("ackTimeoutSeconds",), ("ack_timeout_s",)),
+    (("maxRedeliveries",), ("max_redeliveries",)),
+    (("presenceTtlSeconds",), ("presence_ttl_s",)),
+    (("maxTextLength",), ("max_text_length",)),
+    (("recallWindowSeconds",), ("recall_window_s",)),
+    (("editWindowSeconds",), ("edit_window_s",)),
+    (("limits", "maxBodyBytes"), ("limits", "max_body_bytes")),
+    *(
+        (("limits", bucket, field), ("limits", bucket, field))
+        for bucket in ("global", "ip", "user")
+        for field in ("rate", "burst")
+    ),
+    (("jwt", "issuer"), ("jwt", "issuer")),
+    (("jwt", "accessTtlSeconds"), ("jwt", "access_ttl_s")),
+    (("jwt", "refreshTtlSeconds"), ("jwt", "refresh_ttl_s")),
+    (("delivery", "sendQueueSize"), ("delivery", "send_queue_size")),
+    (("delivery", "idleTimeoutSeconds"), ("delivery", "idle_timeout_s")),
+    (("delivery", "syncPageLimit"), ("delivery", "sync_page_limit")),
+    (("delivery", "retransmitTickSeconds"), ("delivery", "retransmit_tick_s")),
+    (("file", "maxSizeBytes"), ("file", "max_size")),
+    (("file", "partSizeBytes"), ("file", "part_size")),
+    (("file", "urlTtlSeconds"), ("file", "url_ttl_s")),
+    (("file", "downloadTtlSeconds"), ("file", "download_ttl_s")),
+    (("kafka", "messagesPartitions"), ("kafka", "messages_partitions")),
+    (("kafka", "dlqPartitions"), ("kafka", "dlq_partitions")),
+    (("kafka", "replicationFactor"), ("kafka", "replication_factor")),
+    (("ring", "vnodes"), ("ring", "vnodes")),
+    (("ring", "reloadSeconds"), ("ring", "reload_s")),
+)
+DATABASE_DRIVERS = {"mysql": "mysql+asyncmy", "mariadb": "mysql+asyncmy", "postgresql": "postgresql+asyncpg"}
+DATABASE_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432}
+
+
+def render(imcluster: Mapping[str, Any], *, default_image: str = "") -> list[Manifest]:
+    """The ConfigMap, Deployments, StatefulSets and Services of one IMCluster, in a fixed order.
+
+    Raises ``InvalidSpec`` for a spec the CRD schema let through but Courier cannot run.
+    """
+    cluster = Cluster.of(imcluster)
+    spec: Mapping[str, Any] = imcluster.get("spec") or {}
+    image = str(spec.get("image") or default_image)
+    if not image:
+        raise InvalidSpec(
+            "spec.image is not set and the operator has no default image (COURIER_OPERATOR_DEFAULT_IMAGE)"
+        )
+    _check_external_urls(spec)
+    config = config_map(cluster, spec)
+    config_hash = hashlib.sha256(json.dumps(config["data"], sort_keys=True).encode()).hexdigest()[:16]
+    pod = _CourierPods(cluster, spec, image, config_hash)
+    children: list[Manifest] = [config]
+    gateway = spec.get("gateway") or {}
+    children.append(pod.deployment("gateway", "gateway", int(gateway.get("replicas", 2)), gateway.get("resources")))
+    children.append(gateway_service(cluster, gateway.get("service") or {}))
+    for service in SERVICES:
+        settings = (spec.get("services") or {}).get(service) or {}
+        children.append(pod.deployment(service, service, int(settings.get("replicas", 1)), settings.get("resources")))
+        children.append(_service(cluster, service, [_port("http", HTTP_PORT)]))
+    delivery = spec.get("delivery") or {}
+    children.append(pod.delivery(int(delivery.get("replicas", 2)), delivery.get("resources")))
+    children.append(_service(cluster, "delivery", [_port("http", HTTP_PORT)], headless=True))
+    for backend in ("redis", "kafka", "database", "objectStore"):
+        managed = (spec.get(backend) or {}).get("managed")
+        if managed is not None:
+            children.extend(_managed_backend(cluster, spec, backend, managed))
+    return children
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+
+
+def settings_values(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """spec.config as the nested values of ``services.common.settings.Settings``."""
+    config = spec.get("config") or {}
+    nested: dict[str, Any] = {}
+    for crd_path, settings_path in CONFIG_FIELDS:
+        value = _dig(config, crd_path)
+        if value is None:
+            continue
+        target = nested
+        for key in settings_path[:-1]:
+            target = target.setdefault(key, {})
+        target[settings_path[-1]] = value
+    return nested
+
+
+class _SpecOnlySettings(Settings):
+    """Settings built from given values only: the operator's own environment must not leak into the check."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def check_settings(spec: Mapping[str, Any]) -> None:
+    """Refuse spec.config values the services themselves would refuse at start-up (their Settings decide)."""
+    try:
+        _SpecOnlySettings(**settings_values(spec))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = "spec.config." + ".".join(_crd_path(tuple(str(part) for part in error["loc"])))
+            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        raise InvalidSpec("; ".join(problems)) from exc
+
+
+def _crd_path(settings_loc: tuple[str, ...]) -> tuple[str, ...]:
+    for crd_path, settings_path in sorted(CONFIG_FIELDS, key=lambda pair: -len(pair[1])):
+        if settings_loc[: len(settings_path)] == settings_path:
+            return crd_path
+    for crd_path, settings_path in CONFIG_FIELDS:  # a whole group (a bucket's own rule): its spec.config prefix
+        if settings_path[: len(settings_loc)] == settings_loc:
+            return crd_path[: len(settings_loc)]
+    return settings_loc
+
+
+def _dig(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = tree
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def config_map(cluster: Cluster, spec: Mapping[str, Any]) -> Manifest:
+    """The COURIER_* settings every Courier process shares; nothing secret (those come from Secrets)."""
+    check_settings(spec)
+    data: dict[str, str] = {
+        "COURIER_MODE": "prod",
+        "COURIER_HOST": "0.0.0.0",  # noqa: S104 - a pod serves on its own network namespace
+        "COURIER_PORT": str(HTTP_PORT),
+    }
+    for service in SERVICES:
+        data[f"COURIER_SERVICES__{service.upper()}"] = f"http://{cluster.host(service)}:{HTTP_PORT}"
+    for crd_path, settings_path in CONFIG_FIELDS:
+        value = _dig(spec.get("config") or {}, crd_path)
+        if value is not None:
+            data["COURIER_" + "__".join(part.upper() for part in settings_path)] = _env_value(value)
+    kafka = spec.get("kafka") or {}
+    if kafka.get("managed") is not None:
+        data["COURIER_KAFKA__BOOTSTRAP"] = f"{cluster.child('kafka')}-0.{cluster.host('kafka')}:9092"
+    else:
+        data["COURIER_KAFKA__BOOTSTRAP"] = str((kafka.get("external") or {}).get("bootstrap", ""))
+    store = spec.get("objectStore") or {}
+    data["COURIER_S3__BUCKET"] = str(store.get("bucket") or "courier-files")
+    if store.get("managed") is not None:
+        data["COURIER_S3__ENDPOINT"] = f"{cluster.host('minio')}:9000"
+        data["COURIER_S3__SECURE"] = "false"
+    else:
+        external = store.get("external") or {}
+        data["COURIER_S3__ENDPOINT"] = str(external.get("endpoint", ""))
+        data["COURIER_S3__SECURE"] = _env_value(bool(external.get("secure", True)))
+        if external.get("region"):
+            data["COURIER_S3__REGION"] = str(external["region"])
+    if store.get("publicEndpoint"):
+        data["COURIER_S3__PUBLIC_ENDPOINT"] = str(store["publicEndpoint"])
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": cluster.metadata(cluster.config_map, "config"),
+        "data": dict(sorted(data.items())),
+    }
+
+
+def _check_external_urls(spec: Mapping[str, Any]) -> None:
+    database = spec.get("database") or {}
+    url = str((database.get("external") or {}).get("url") or "")
+    engine = str(database.get("engine") or "mysql")
+    driver = DATABASE_DRIVERS[engine]
+    if url and not url.startswith(f"{driver}://"):
+        scheme = url.split("://", 1)[0] if "://" in url else "no scheme"
+        raise InvalidSpec(f"spec.database.external.url: engine {engine} needs a {driver}:// URL, not {scheme}")
+    redis_url = str(((spec.get("redis") or {}).get("external") or {}).get("url") or "")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise InvalidSpec("spec.redis.external.url: must be a redis://, rediss:// or unix:// URL")
+
+
+# ---------------------------------------------------------------------------------------------------- Courier pods
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+class _CourierPods:
+    """Pod templates of the Courier processes of one IMCluster (all from the one image)."""
+
+    def __init__(self, cluster: Cluster, spec: Mapping[str, Any], image: str, config_hash: str) -> None:
+        self.cluster = cluster
+        self.spec = spec
+        self.image = image
+        self.config_hash = config_hash
+
+    def env(self, service: str) -> list[dict[str, Any]]:
+        """Secret-bearing settings, per process: each gets only the credentials its service uses."""
+        c, spec = self.cluster, self.spec
+        env = [
+            _secret_env("COURIER_SECRET", c.secret, credentials.SECRET),
+            _secret_env("COURIER_INTERNAL_TOKEN", c.secret, credentials.INTERNAL_TOKEN),
+            _secret_env("COURIER_JWT__KEYS", c.secret, credentials.JWT_KEYS),
+            _secret_env("COURIER_JWT__ACTIVE_KID", c.secret, credentials.JWT_ACTIVE_KID),
+        ]
+        redis = spec.get("redis") or {}
+        if redis.get("managed") is not None:
+            # Kubernetes expands $(VAR) from variables defined earlier in the list: the password stays in its Secret.
+            env.append(_secret_env("REDIS_PASSWORD", c.secret, credentials.REDIS_PASSWORD))
+            env.append({"name": "COURIER_REDIS__URL", "value": f"redis://:$(REDIS_PASSWORD)@{c.host('redis')}:6379/0"})
+        else:
+            env.append(_external_url_env("COURIER_REDIS__URL", redis.get("external") or {}))
+        if service in SQL_SERVICES:
+            database = spec.get("database") or {}
+            if database.get("managed") is not None:
+                engine = str(database.get("engine") or "mysql")
+                host = f"{c.host('database')}:{DATABASE_PORTS[engine]}"
+                url = f"{DATABASE_DRIVERS[engine]}://courier:$(DATABASE_PASSWORD)@{host}/courier"
+                env.append(_secret_env("DATABASE_PASSWORD", c.secret, credentials.DATABASE_PASSWORD))
+                env.append({"name": "COURIER_DATABASE_URL", "value": url})
+            else:
+                env.append(_external_url_env("COURIER_DATABASE_URL", database.get("external") or {}))
+        if service == "file":
+            store = spec.get("objectStore") or {}
+            if store.get("managed") is not None:
+                env.append(_secret_env("COURIER_S3__ACCESS_KEY", c.secret, credentials.OBJECT_STORE_ACCESS_KEY))
+                env.append(_secret_env("COURIER_S3__SECRET_KEY", c.secret, credentials.OBJECT_STORE_SECRET_KEY))
+            else:
+                external = store.get("external") or {}
+                for name, ref in (
+                    ("COURIER_S3__ACCESS_KEY", "accessKeyRef"),
+                    ("COURIER_S3__SECRET_KEY", "secretKeyRef"),
+                ):
+                    env.append(_secret_env(name, external[ref]["name"], external[ref]["key"]))
+        if service in RING_READERS:
+            env.append({"name": "COURIER_RING__FILE", "value": f"{RING_DIR}/{RING_FILE}"})
+        if service == "delivery":
+            # The pod name is the node's stable member name on the ring.
+            env.append({"name": "COURIER_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        return env
+
+    def container(self, service: str, resources: Mapping[str, Any] | None) -> dict[str, Any]:
+        mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108 - the pod's own scratch volume
+        if service in RING_READERS:
+            mounts.append({"name": "ring", "mountPath": RING_DIR, "readOnly": True})
+        container: dict[str, Any] = {
+            "name": service,
+            "image": self.image,
+            "imagePullPolicy": str(self.spec.get("imagePullPolicy") or "IfNotPresent"),
+            "command": ["courier", "run", service],
+            "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+            "envFrom": [{"configMapRef": {"name": self.cluster.config_map}}],
+            "env": self.env(service),
+            "readinessProbe": {
+                "httpGet": {"path": "/readyz", "port": "http"},
+                "periodSeconds": 5,
+                "failureThreshold": 3,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "http"},
+                "initialDelaySeconds": 10,
+                "periodSeconds": 10,
+                "failureThreshold": 6,
+            },
+            "securityContext": _container_security(),
+            "volumeMounts": mounts,
+        }
+        if resources:
+            container["resources"] = dict(resources)
+        return container
+
+    def pod_template(self, component: str, service: str, resources: Mapping[str, Any] | None) -> dict[str, Any]:
+        c = self.cluster
+        volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+        if service in RING_READERS:
+            # Optional: a pod may start before the first ring is published (the gateway stays unready until then).
+            volumes.append({"name": "ring", "configMap": {"name": c.ring_config_map, "optional": True}})
+        pod: dict[str, Any] = {
+            "automountServiceAccountToken": False,  # Courier never talks to the Kubernetes API
+            "enableServiceLinks": False,
+            "securityContext": _pod_security(COURIER_UID),
+            "terminationGracePeriodSeconds": 30,
+            "containers": [self.container(service, resources)],
+            "volumes": volumes,
+        }
+        if service in SQL_SERVICES:
+            # Every SQL service migrates before it serves; migrations take a database lock, so replicas starting
+            # together wait for one another and the later ones find the schema at head.
+            migrate = self.container(service, resources)
+            migrate.update(name="migrate", command=["courier", "migrate"])
+            for key in ("ports", "readinessProbe", "livenessProbe"):
+                del migrate[key]
+            pod["initContainers"] = [migrate]
+        pulls = self.spec.get("imagePullSecrets") or []
+        if pulls:
+            pod["imagePullSecrets"] = [{"name": str(p["name"])} for p in pulls]
+        return {
+            "metadata": {
+                "labels": c.labels(component),
+                # A changed ConfigMap rolls the pods: envFrom is read only when a container starts.
+                "annotations": {"im.courier.dev/config-hash": self.config_hash},
+            },
+            "spec": pod,
+        }
+
+    def deployment(self, component: str, service: str, replicas: int, resources: Any) -> Manifest:
+        c = self.cluster
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": c.metadata(c.child(component), component),
+            "spec": {
+                "replicas": replicas,
+                "revisionHistoryLimit": 5,
+                "selector": {"matchLabels": c.selector(component)},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": self.pod_template(component, service, resources),
+            },
+        }
+
+    def delivery(self, replicas: int, resources: Any) -> Manifest:
+        c = self.cluster
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": c.metadata(c.child("delivery"), "delivery"),
+            "spec": {
+                "replicas": replicas,
+                "serviceName": c.child("delivery"),
+                # Members join and leave the ring by readiness, not by ordinal: start and stop them all at once.
+                "podManagementPolicy": "Parallel",
+                "revisionHistoryLimit": 5,
+                "updateStrategy": {"type": "RollingUpdate"},
+                "selector": {"matchLabels": c.selector("delivery")},
+                "template": self.pod_template("delivery", "delivery", resources),
+            },
+        }
+
+
+def _external_url_env(name: str, external: Mapping[str, Any]) -> dict[str, Any]:
+    ref = external.get("secretRef")
+    if ref:
+        return _secret_env(name, str(ref["name"]), str(ref["key"]))
+    return {"name": name, "value": str(external.get("url", ""))}
+
+
+def _pod_security(uid: int) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+# ---------------------------------------------------------------------------------------------------- Services
+
+
+def _port(name: str, port: int, target: str | int | None = None) -> dict[str, Any]:
+    return {"name": name, "port": port, "targetPort": target if target is not None else name, "protocol": "TCP"}
+
+
+def _service(cluster: Cluster, component: str, ports: list[dict[str, Any]], *, headless: bool = False) -> Manifest:
+    spec: dict[str, Any] = {"type": "ClusterIP", "selector": cluster.selector(component), "ports": ports}
+    if headless:
+        # DNS names per pod (<pod>.<service>) and EndpointSlices listing every pod with its readiness.
+        spec["clusterIP"] = "None"
+        spec["publishNotReadyAddresses"] = False
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": cluster.metadata(cluster.child(component), component),
+        "spec": spec,
+    }
+
+
+def gateway_service(cluster: Cluster, service: Mapping[str, Any]) -> Manifest:
+    port = _port("http", int(service.get("port", 80)), "http")
+    if service.get("nodePort"):
+        port["nodePort"] = int(service["nodePort"])
+    manifest = _service(cluster, "gateway", [port])
+    manifest["spec"]["type"] = str(service.get("type") or "ClusterIP")
+    if service.get("annotations"):
+        manifest["metadata"]["annotations"] = dict(sorted(service["annotations"].items()))
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------- backends
+
+
+def backend_image(backend: str, managed: Mapping[str, Any]) -> str:
+    if managed.get("image"):
+        return str(managed["image"])
+    repository, tag = BACKEND_IMAGES[backend]
+    return f"{repository}:{managed.get('version') or tag}"
+
+
+def kafka_cluster_id(uid: str) -> str:
+    """KRaft's cluster id (a base64url UUID of 22 characters), fixed for the life of the IMCluster."""
+    try:
+        raw = uuid.UUID(uid).bytes
+    except ValueError:
+        raw = hashlib.sha256(uid.encode()).digest()[:16]
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _managed_backend(
+    cluster: Cluster, spec: Mapping[str, Any], backend: str, managed: Mapping[str, Any]
+) -> list[Manifest]:
+    c = cluster
+    secret = c.secret
+    if backend == "redis":
+        component, port, mount = "redis", 6379, "/data"
+        container: dict[str, Any] = {
+            "command": ["redis-server"],
+            "args": ["--requirepass", "$(REDIS_PASSWORD)", "--appendonly", "yes", "--dir", "/data"],
+            "env": [_secret_env("REDIS_PASSWORD", secret, credentials.REDIS_PASSWORD)],
+        }
+        uid_key = "redis"
+    elif backend == "kafka":
+        component, port, mount = "kafka", 9092, "/var/lib/kafka/data"
+        advertised = f"PLAINTEXT://{c.child('kafka')}-0.{c.host('kafka')}:9092"
+        settings = {
+            "KAFKA_NODE_ID": "1",
+            "KAFKA_PROCESS_ROLES": "broker,controller",
+            "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
+            "KAFKA_ADVERTISED_LISTENERS": advertised,
+            "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+            "KAFKA_INTER_BROKER_LISTENER_NAME": "PLAINTEXT",
+            "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+            "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+            # A subdirectory: the volume's root may hold lost+found, which Kafka refuses as a log directory.
+            "KAFKA_LOG_DIRS": "/var/lib/kafka/data/logs",
+            "CLUSTER_ID": kafka_cluster_id(c.uid),
+        }
+        container = {"env": [{"name": k, "value": v} for k, v in settings.items()]}
+        uid_key = "kafka"
+    elif backend == "objectStore":
+        component, port, mount = "minio", 9000, "/data"
+        container = {
+            "command": ["minio"],
+            "args": ["server", "/data", "--address", ":9000", "--console-address", ":9001"],
+            "env": [
+                _secret_env("MINIO_ROOT_USER", secret, credentials.OBJECT_STORE_ACCESS_KEY),
+                _secret_env("MINIO_ROOT_PASSWORD", secret, credentials.OBJECT_STORE_SECRET_KEY),
+            ],
+        }
+        uid_key = "objectStore"
+    else:
+        engine = str((spec.get("database") or {}).get("engine") or "mysql")
+        component, port = "database", DATABASE_PORTS[engine]
+        password = _secret_env("", secret, credentials.DATABASE_PASSWORD)
+        root = _secret_env("", secret, credentials.DATABASE_ROOT_PASSWORD)
+        if engine == "postgresql":
+            mount = "/var/lib/postgresql/data"
+            env = [
+                {"name": "POSTGRES_DB", "value": "courier"},
+                {"name": "POSTGRES_USER", "value": "courier"},
+                {**password, "name": "POSTGRES_PASSWORD"},
+                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+            ]
+        else:
+            prefix = "MARIADB" if engine == "mariadb" else "MYSQL"
+            mount = "/var/lib/mysql"
+            env = [
+                {"name": f"{prefix}_DATABASE", "value": "courier"},
+                {"name": f"{prefix}_USER", "value": "courier"},
+                {**password, "name": f"{prefix}_PASSWORD"},
+                {**root, "name": f"{prefix}_ROOT_PASSWORD"},
+            ]
+        container = {"env": env}
+        uid_key = engine
+    image_key = uid_key if backend == "database" else backend
+    storage = managed.get("storage") or {}
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(storage.get("size") or "1Gi")}},
+    }
+    if storage.get("storageClassName"):
+        claim_spec["storageClassName"] = str(storage["storageClassName"])
+    container = {
+        "name": component,
+        "image": backend_image(image_key, managed),
+        "imagePullPolicy": "IfNotPresent",
+        **container,
+        "ports": [{"name": component, "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": component}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"tcpSocket": {"port": component}, "initialDelaySeconds": 30, "periodSeconds": 10},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "data", "mountPath": mount}],
+    }
+    if managed.get("resources"):
+        container["resources"] = dict(managed["resources"])
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": c.metadata(c.child(component), component),
+        "spec": {
+            "replicas": 1,
+            "serviceName": c.child(component),
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": c.selector(component)},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": str(storage.get("whenDeleted") or "Delete"),
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {"labels": c.labels(component)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": _pod_security(BACKEND_UIDS[uid_key]),
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [container],
+                },
+            },
+            # Only the claim's name and spec: volumeClaimTemplates cannot change once the StatefulSet exists.
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": claim_spec}],
+        },
+    }
+    service = _service(c, component, [_port(component, port)], headless=True)
+    return [statefulset, service]
+
+
+def backend_component(backend: str) -> str:
+    """The component (child name suffix) of a managed backend."""
+    return {"objectStore": "minio"}.get(backend, backend)
