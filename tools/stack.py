@@ -221,6 +221,7 @@ def up(*, database: str = "mysql", extra_env: dict[str, str] | None = None) -> d
         "servers": infra.get("services", {}),
         "env": {k: v for k, v in env.items() if "SECRET" not in k and "TOKEN" not in k and "KEYS" not in k},
         "definitions": [asdict(p) for p in PROCESSES],
+        "database": database,
     }
     write_up(state)
     for p in processes:

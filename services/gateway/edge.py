@@ -7,6 +7,7 @@ limit get 413, whether announced by ``Content-Length`` or streamed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -24,6 +25,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLOSE_RATE_LIMITED = 4008
+log = logging.getLogger("courier.gateway.edge")
 UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
@@ -40,8 +42,10 @@ class EdgeMiddleware:
         tokens: AccessTokens,
         max_body_bytes: int,
         own_body_limit_prefixes: Sequence[str] = (),
+        client_ip: Callable[[tuple[str, int] | None], str | None] | None = None,
     ) -> None:
         self.app = app
+        self.client_ip = client_ip
         self.limiter = limiter
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
@@ -67,6 +71,10 @@ class EdgeMiddleware:
         if scope["type"] not in ("http", "websocket") or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
+        client = scope.get("client")
+        real = self.client_ip(client) if self.client_ip is not None else None
+        if real is not None and client is not None:
+            scope["client"] = (real, client[1])  # routes and logs see the client, not the front
         ip = scope["client"][0] if scope.get("client") else "unknown"
         try:
             await self.limiter.check(ip=ip, user_id=self._caller(scope))
@@ -76,6 +84,10 @@ class EdgeMiddleware:
             else:
                 await _respond(send, exc)
             return
+        except CourierError:
+            # The shared buckets are unreachable (Redis down): limits protect the service, they are
+            # not the service, so requests go through until the buckets are back.
+            log.warning("rate limiter unavailable; letting %s through", scope["path"], exc_info=True)
         if scope["type"] == "http" and not scope["path"].startswith(self.own_body_limit_prefixes):
             declared = _content_length(scope)
             if declared is not None and declared > self.max_body_bytes:

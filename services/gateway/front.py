@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from services.common.errors import RateLimited, Unauthorized
+from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.ring import RingSource
 from services.common.tokens import AccessTokens, bearer
 from services.gateway.edge import Limiter
@@ -104,6 +104,14 @@ class Front:
         self._http_upstream = http_upstream
         self._on_splice = on_splice or (lambda _kind: None)
         self.open_websockets = 0
+        # Local port of each upstream connection to the HTTP app -> the client's address. The app
+        # runs in this process and looks the client up here, so no header a client could forge (on
+        # a kept-alive connection, after the first request) decides its address.
+        self.clients: dict[int, str] = {}
+
+    def client_ip(self, scope_client: tuple[str, int] | None) -> str | None:
+        """The real client address of a request the HTTP app received through this front."""
+        return None if scope_client is None else self.clients.get(scope_client[1])
 
     def _user_of(self, head: RequestHead) -> str | None:
         token = bearer(head.headers.get("authorization"))
@@ -140,6 +148,8 @@ class Front:
                 await self._limiter.check(ip=ip, user_id=user_id)
             except RateLimited:
                 extra[REJECT_HEADER] = "4008"
+            except CourierError:  # the shared buckets are unreachable: let the upgrade through
+                log.warning("rate limiter unavailable; letting a WebSocket upgrade through", exc_info=True)
             ring = self._ring.ring
             if not ring.members:
                 await _error(writer, 503, "Service Unavailable", "unavailable", "no delivery node is ready")
@@ -159,6 +169,9 @@ class Front:
             writer.close()
             return
         self._on_splice(kind)
+        local = up_writer.get_extra_info("sockname")
+        if kind == "http" and local:
+            self.clients[local[1]] = ip
         up_writer.write(head.forwarded(extra))
         if kind == "websocket":
             self.open_websockets += 1
@@ -167,6 +180,8 @@ class Front:
         finally:
             if kind == "websocket":
                 self.open_websockets -= 1
+            elif local:
+                self.clients.pop(local[1], None)
             for w in (writer, up_writer):
                 with contextlib.suppress(OSError, RuntimeError):
                     w.close()
