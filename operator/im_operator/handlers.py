@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -40,18 +39,14 @@ def kopf_settings(settings: kopf.OperatorSettings) -> None:
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
-    # Events come only from the reconcile (kopf.event ignores this level); kopf would otherwise turn every log
-    # line, including each "not ready yet" retry, into an Event.
+    # Events come only from the reconcile, which posts them itself; kopf would otherwise turn every log line,
+    # including each "not ready yet" retry, into an Event.
     settings.posting.level = logging.CRITICAL
     # No watching of CRDs and namespaces for ones appearing later: that would need cluster-wide read access to
     # both. The chart installs the CRD before the operator, and startup fails loudly when it is missing.
     settings.scanning.disabled = True
     # Watch only the children of IMClusters, filtered by the API server rather than in this process.
     settings.watching.label_selectors[lambda res: (res.group, res.plural) in CHILD_KEYS] = CLUSTER_LABEL
-
-
-def post_event(imcluster: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
-    kopf.event(kopf.Body(cast(kopf.RawBody, dict(imcluster))), type=kind, reason=reason, message=message)
 
 
 def build_registry(reconciler: Reconciler, config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -121,6 +116,6 @@ async def _drift_loop(reconciler: Reconciler, config: OperatorConfig) -> None:
         await asyncio.sleep(config.drift_interval_s)
         try:
             count = await reconciler.kick_all(config.namespace_list())
-            log.debug("drift pass over %d IMClusters", count)
+            log.info("drift pass over %d IMClusters", count)
         except Exception:  # the loop must outlive any one failure; the next round retries
             log.exception("drift pass failed")

@@ -29,6 +29,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("apps/v1", "StatefulSet"): "statefulsets",
     ("discovery.k8s.io/v1", "EndpointSlice"): "endpointslices",
+    ("v1", "Event"): "events",
     (IMCLUSTER_API, IMCLUSTER_KIND): "imclusters",
 }
 
@@ -131,8 +132,9 @@ class Kube:
         )
 
     async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        ref = Ref.of(manifest)
-        path = collection_path(ref.api_version, ref.kind, ref.namespace)
+        """Create (metadata.generateName works too); Conflict when the name is taken."""
+        namespace = str(manifest["metadata"].get("namespace") or "")
+        path = collection_path(manifest["apiVersion"], manifest["kind"], namespace)
         return await self._call("POST", path, body=manifest, query=[("fieldManager", FIELD_MANAGER)])
 
     async def merge_patch(self, ref: Ref, patch: Mapping[str, Any], *, subresource: str = "") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import kopf
 
 from im_operator.config import OperatorConfig
-from im_operator.handlers import build_registry, kopf_settings, post_event
+from im_operator.handlers import build_registry, kopf_settings
 from im_operator.kube import Kube
 from im_operator.reconcile import Reconciler
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("im_operator").info("watching %s", ", ".join(config.namespace_list()) or "every namespace")
     kube = Kube.from_environment()
-    reconciler = Reconciler(kube, default_image=config.default_image, post_event=post_event)
+    reconciler = Reconciler(kube, default_image=config.default_image)
     settings = kopf.OperatorSettings()
     kopf_settings(settings)
     namespaces = config.namespace_list()

@@ -1,0 +1,89 @@
+"""The real control plane of infra/kube/courier-kube, shared by the Kubernetes tests of one session: started if
+it is not running (and stopped again at the end only then), with the cached kubectl and helm binaries."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "infra" / "kube" / "courier-kube"
+UP_TIMEOUT_S = 3 * 3600  # a cold cache builds etcd, kwok and the control plane from source
+DEADLINE_S = 240
+
+
+class CommandFailed(AssertionError):
+    def __init__(self, argv: list[str], code: int, output: str) -> None:
+        super().__init__(f"{shlex.join(argv)} exited {code}:\n{output}")
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: str
+    kubectl_bin: str
+    helm_bin: str
+    kube_dir: Path
+
+    def kubectl(self, *args: str, stdin: str | None = None, kubeconfig: str | None = None) -> str:
+        return run([self.kubectl_bin, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args], stdin=stdin)
+
+    def get(self, *args: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.kubectl("get", "-o", "json", *args))
+        return result
+
+    def find(self, *args: str) -> dict[str, Any] | None:
+        """`kubectl get` of one object, or None when it does not exist."""
+        found = json.loads(self.kubectl("get", "--ignore-not-found", "-o", "json", *args) or "null")
+        return found if found else None
+
+    def apply(self, *manifests: dict[str, Any]) -> str:
+        return self.kubectl(
+            "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+        )
+
+
+def run(argv: list[str], stdin: str | None = None, timeout: float = 120) -> str:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise CommandFailed(argv, proc.returncode, proc.stdout + proc.stderr)
+    return proc.stdout
+
+
+def script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_until(what: str, probe: Callable[[], tuple[bool, Any]], deadline_s: float = DEADLINE_S) -> float:
+    """Poll ``probe`` (returning (done, what it saw)) until done; returns the seconds it took."""
+    started = time.monotonic()
+    seen: Any = None
+    while time.monotonic() - started < deadline_s:
+        done, seen = probe()
+        if done:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    pytest.fail(f"gave up after {deadline_s}s waiting for {what}; last seen: {seen}")
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[Cluster]:
+    was_running = script("status").returncode == 0
+    up = script("up", timeout=UP_TIMEOUT_S)
+    if up.returncode != 0:
+        pytest.fail(f"courier-kube up exited {up.returncode}:\n{up.stdout}\n{up.stderr[-6000:]}")
+    env = {}
+    for line in script("env").stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0]
+    yield Cluster(env["KUBECONFIG"], env["COURIER_KUBECTL"], env["COURIER_HELM"], Path(env["COURIER_KUBE_DIR"]))
+    if not was_running:  # leave a cluster someone else started alone
+        script("down")

@@ -1,0 +1,251 @@
+"""render(): every child of an IMCluster from the manifest alone, deterministic, owned, and refusing specs the
+services would refuse."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from im_operator import credentials
+from im_operator.model import CLUSTER_LABEL, InvalidSpec
+from im_operator.render import CONFIG_FIELDS, render
+
+from services.common.settings import Settings
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = yaml.safe_load((REPO / "crds" / "imcluster.yaml").read_text())
+SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+UID = "3f1d8f2e-5b7a-4c1e-9a57-0c1f4b2d9e61"
+
+
+def sample(**spec: Any) -> dict[str, Any]:
+    manifest: dict[str, Any] = yaml.safe_load((REPO / "crds" / "examples" / "imcluster.yaml").read_text())
+    manifest["metadata"].update(namespace="team-a", uid=UID, generation=3)
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def by_name(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{c['kind']}/{c['metadata']['name']}": c for c in children}
+
+
+def container(children: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = by_name(children)[f"{kind}/{name}"]["spec"]["template"]["spec"]["containers"][0]
+    return found
+
+
+def env(children: list[dict[str, Any]], kind: str, name: str) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(children, kind, name)["env"]}
+
+
+def test_rendering_twice_gives_identical_json() -> None:
+    first = render(sample(), default_image="courier:1")
+    second = render(copy.deepcopy(sample()), default_image="courier:1")
+
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def test_sample_renders_every_service_the_delivery_tier_and_the_managed_backends() -> None:
+    names = sorted(by_name(render(sample(), default_image="courier:1")))
+
+    workloads = ["gateway", "identity", "conversation", "message", "presence", "file"]
+    assert names == sorted(
+        ["ConfigMap/chat-config"]
+        + [f"Deployment/chat-{w}" for w in workloads]
+        + [f"Service/chat-{w}" for w in [*workloads, "delivery", "redis", "kafka", "database", "minio"]]
+        + [f"StatefulSet/chat-{s}" for s in ("delivery", "redis", "kafka", "database", "minio")]
+    )
+
+
+def test_every_child_is_owned_by_the_imcluster_and_labelled_with_it() -> None:
+    for child in render(sample(), default_image="courier:1"):
+        meta = child["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["labels"][CLUSTER_LABEL] == "chat"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "im.courier.dev/v1alpha1",
+                "kind": "IMCluster",
+                "name": "chat",
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_spec_image_wins_over_the_operator_default_and_one_of_them_is_required() -> None:
+    children = render(sample(image="example.org/courier:2"), default_image="courier:1")
+    assert container(children, "Deployment", "chat-gateway")["image"] == "example.org/courier:2"
+    assert (
+        container(render(sample(), default_image="courier:1"), "StatefulSet", "chat-delivery")["image"] == "courier:1"
+    )
+
+    with pytest.raises(InvalidSpec, match="spec.image is not set"):
+        render(sample())
+
+
+def test_services_run_their_own_command_with_settings_from_the_config_map_and_generated_secret() -> None:
+    children = render(sample(), default_image="courier:1")
+
+    message = container(children, "Deployment", "chat-message")
+    assert message["command"] == ["courier", "run", "message"]
+    assert message["envFrom"] == [{"configMapRef": {"name": "chat-config"}}]
+    variables = env(children, "Deployment", "chat-message")
+    assert variables["COURIER_JWT__KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "chat-secrets", "key": "jwt-keys"}
+    assert variables["COURIER_DATABASE_URL"]["value"] == (
+        "mysql+asyncmy://courier:$(DATABASE_PASSWORD)@chat-database.team-a.svc:3306/courier"
+    )
+    names = list(variables)
+    assert names.index("DATABASE_PASSWORD") < names.index("COURIER_DATABASE_URL")  # $(VAR) needs it defined first
+    pod = by_name(children)["Deployment/chat-message"]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"] == ["courier", "migrate"]
+
+
+def test_credentials_go_only_to_the_services_that_use_them() -> None:
+    children = render(sample(), default_image="courier:1")
+
+    assert "COURIER_DATABASE_URL" not in env(children, "Deployment", "chat-gateway")
+    assert "COURIER_S3__SECRET_KEY" not in env(children, "Deployment", "chat-message")
+    assert env(children, "Deployment", "chat-file")["COURIER_S3__SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "chat-secrets",
+        "key": credentials.OBJECT_STORE_SECRET_KEY,
+    }
+    assert "COURIER_REDIS__URL" in env(children, "Deployment", "chat-gateway")  # shared rate limits
+
+
+def test_delivery_nodes_are_named_by_their_pod_and_ring_readers_mount_the_ring() -> None:
+    children = render(sample(), default_image="courier:1")
+
+    delivery = env(children, "StatefulSet", "chat-delivery")
+    assert delivery["COURIER_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    for kind, name in (
+        ("Deployment", "chat-gateway"),
+        ("Deployment", "chat-message"),
+        ("StatefulSet", "chat-delivery"),
+    ):
+        assert env(children, kind, name)["COURIER_RING__FILE"]["value"] == "/etc/courier/ring/ring.json"
+        volumes = by_name(children)[f"{kind}/{name}"]["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "ring", "configMap": {"name": "chat-ring", "optional": True}} in volumes
+    assert "COURIER_RING__FILE" not in env(children, "Deployment", "chat-identity")
+    headless = by_name(children)["Service/chat-delivery"]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert by_name(children)["StatefulSet/chat-delivery"]["spec"]["serviceName"] == "chat-delivery"
+
+
+def test_external_backends_take_their_settings_from_the_referenced_secrets_and_run_no_statefulset() -> None:
+    spec = {
+        "redis": {"external": {"url": "rediss://redis.example:6380/0"}},
+        "kafka": {"external": {"bootstrap": "k1.example:9092,k2.example:9092"}},
+        "database": {"engine": "postgresql", "external": {"secretRef": {"name": "db", "key": "url"}}},
+        "objectStore": {
+            "bucket": "chat-files",
+            "external": {
+                "endpoint": "s3.example:443",
+                "region": "eu-west-1",
+                "accessKeyRef": {"name": "s3", "key": "access"},
+                "secretKeyRef": {"name": "s3", "key": "secret"},
+            },
+        },
+    }
+    children = render(sample(**spec), default_image="courier:1")
+
+    assert [c["metadata"]["name"] for c in children if c["kind"] == "StatefulSet"] == ["chat-delivery"]
+    file_env = env(children, "Deployment", "chat-file")
+    assert file_env["COURIER_DATABASE_URL"] == {
+        "name": "COURIER_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}},
+    }
+    assert file_env["COURIER_S3__ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "access"}
+    assert file_env["COURIER_REDIS__URL"] == {"name": "COURIER_REDIS__URL", "value": "rediss://redis.example:6380/0"}
+    config = by_name(children)["ConfigMap/chat-config"]["data"]
+    assert config["COURIER_KAFKA__BOOTSTRAP"] == "k1.example:9092,k2.example:9092"
+    assert (config["COURIER_S3__ENDPOINT"], config["COURIER_S3__SECURE"], config["COURIER_S3__REGION"]) == (
+        "s3.example:443",
+        "true",
+        "eu-west-1",
+    )
+    assert config["COURIER_S3__BUCKET"] == "chat-files"
+
+
+def test_an_external_database_url_must_match_the_engine() -> None:
+    spec = {"database": {"engine": "mysql", "external": {"url": "postgresql+asyncpg://u:p@db:5432/courier"}}}
+
+    with pytest.raises(InvalidSpec, match=r"spec.database.external.url: engine mysql needs a mysql\+asyncmy://"):
+        render(sample(**spec), default_image="courier:1")
+
+
+def test_config_values_become_courier_settings_the_services_read() -> None:
+    config = {"largeGroupThreshold": 200, "ackTimeoutSeconds": 12.5, "limits": {"global": {"rate": 100}}}
+    data = by_name(render(sample(config=config), default_image="courier:1"))["ConfigMap/chat-config"]["data"]
+
+    assert data["COURIER_LARGE_GROUP_THRESHOLD"] == "200"
+    assert data["COURIER_ACK_TIMEOUT_S"] == "12.5"
+    assert data["COURIER_LIMITS__GLOBAL__RATE"] == "100"
+    assert data["COURIER_SERVICES__IDENTITY"] == "http://chat-identity.team-a.svc:8080"
+
+
+def test_config_the_services_would_refuse_is_an_invalid_spec_naming_the_field() -> None:
+    config = {"limits": {"user": {"rate": 50, "burst": 10}}}
+
+    with pytest.raises(InvalidSpec) as invalid:
+        render(sample(config=config), default_image="courier:1")
+
+    assert str(invalid.value) == "spec.config.limits.user: burst must be greater than rate"
+
+
+def test_a_config_change_rolls_the_pods_through_the_template_hash() -> None:
+    def hash_of(manifest: dict[str, Any]) -> str:
+        deployment = by_name(render(manifest, default_image="courier:1"))["Deployment/chat-gateway"]
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["im.courier.dev/config-hash"])
+
+    assert hash_of(sample()) == hash_of(sample())
+    assert hash_of(sample()) != hash_of(sample(config={"ackTimeoutSeconds": 5}))
+
+
+def test_managed_storage_becomes_claim_templates_deleted_with_the_cluster_unless_retained() -> None:
+    spec = {"redis": {"managed": {"storage": {"size": "2Gi", "storageClassName": "fast", "whenDeleted": "Retain"}}}}
+    statefulset = by_name(render(sample(**spec), default_image="courier:1"))["StatefulSet/chat-redis"]["spec"]
+
+    assert statefulset["volumeClaimTemplates"] == [
+        {
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "2Gi"}},
+                "storageClassName": "fast",
+            },
+        }
+    ]
+    assert statefulset["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_every_config_field_of_the_crd_is_rendered() -> None:
+    config = SCHEMA["properties"]["spec"]["properties"]["config"]["properties"]
+
+    def leaves(schema: dict[str, Any], prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
+        if "properties" not in schema:
+            return [prefix]
+        return [leaf for key, sub in schema["properties"].items() for leaf in leaves(sub, (*prefix, key))]
+
+    in_crd = sorted(leaf for key, sub in config.items() for leaf in leaves(sub, (key,)))
+    assert in_crd == sorted(crd_path for crd_path, _ in CONFIG_FIELDS)
+
+
+def test_crd_config_defaults_are_the_services_own_defaults() -> None:
+    config = SCHEMA["properties"]["spec"]["properties"]["config"]["properties"]
+    defaults = Settings.model_fields
+
+    assert config["largeGroupThreshold"]["default"] == defaults["large_group_threshold"].default
+    assert config["ackTimeoutSeconds"]["default"] == defaults["ack_timeout_s"].default
+
+
+def test_the_sample_manifest_satisfies_the_crd_schema() -> None:
+    manifest = yaml.safe_load((REPO / "crds" / "examples" / "imcluster.yaml").read_text())
+
+    jsonschema.Draft4Validator(SCHEMA).validate(manifest)
