@@ -245,7 +245,7 @@ def build_delivery(w: Wiring) -> Built:
     settings = w.settings
     if not settings.node_name:
         raise SystemExit("a delivery node needs COURIER_NODE_NAME (its member name on the ring)")
-    hub = Hub()
+    hub = Hub(pending=_pending_store(w.redis()))
     presence = PresenceClient(w.client("presence"))
     routes = w.routes()
     deps = SessionDeps(
@@ -312,6 +312,15 @@ async def reconnect_lost_users(
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _pending_store(redis: Any) -> Any:
+    """Devices' unacked pushes kept in Redis, so they outlive a delivery node; None without Redis."""
+    if redis is None:
+        return None
+    from services.delivery.pending import RedisPendingStore
+
+    return RedisPendingStore(redis, ttl_s=3600)
 
 
 def _limiter(settings: Settings, redis: Any) -> Any:

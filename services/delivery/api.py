@@ -111,6 +111,7 @@ def build_router(
         )
         session = Session(conn, deps)
         deps.hub.attach(conn)
+        await deps.hub.restore(conn)  # frames the device left unacked on its previous socket, any node
         if deps.routes is not None:
             await deps.routes.attach(conn.user_id, conn.device_id, deps.node_name)
         await deps.presence.connected(conn.user_id, conn.device_id)

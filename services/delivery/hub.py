@@ -1,7 +1,9 @@
 """The sockets of one delivery node: who is connected, and pushing frames to them.
 
 Each connection has one outgoing queue drained by one writer task, so a slow client never blocks a
-broadcast; a client whose queue overflows is disconnected and will catch up with ``sync``.
+broadcast; a client whose queue overflows is disconnected and will catch up with ``sync``. With a
+``PendingStore`` each device's unacked frames outlive this node: whichever node the device reconnects
+to sends them again at once.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.errors import Unavailable
+from services.common.push import ack_seq
+from services.delivery.pending import PendingStore
 from services.delivery.protocol import AckWindow, encode
 
 log = logging.getLogger("courier.delivery.hub")
@@ -64,15 +69,29 @@ class Connection:
     def queued(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def room(self) -> int:
+        """Frames that can still be queued before the client counts as too slow."""
+        return max(self._limit - self._queue.qsize(), 0)
+
 
 class Hub:
-    """Local connections by user and device; implements the ``Pusher`` port for this node."""
+    """Local connections by user and device; implements the ``Pusher`` port for this node.
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    ``pending`` (distributed mode) mirrors every device's ACK window. It is best effort: when it
+    fails the sockets carry on and the devices ``sync``, which is the ground truth anyway.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, pending: PendingStore | None = None) -> None:
         self._users: dict[str, dict[str, Connection]] = {}
         self._clock = clock
+        self._pending = pending
+        self._pending_ok = True
+        self._given_up: dict[tuple[str, str], list[tuple[str, int]]] = {}
         self.pushed = 0
         self.retransmitted = 0
+        self.restored = 0
+        self.pending_failures = 0
 
     def attach(self, conn: Connection) -> None:
         """Register a new socket; the same device's previous socket is closed with 4009."""
@@ -115,14 +134,72 @@ class Hub:
         skip_device: tuple[str, str] | None = None,
     ) -> None:
         now = self._clock()
+        tracking: list[Connection] = []
         for user_id in user_ids:
             for conn in self.devices(user_id):
                 if skip_device == (user_id, conn.device_id):
                     continue
-                if tracked and not conn.window.push(frame, now):
-                    continue
+                if tracked:
+                    if not conn.window.push(frame, now):
+                        continue
+                    tracking.append(conn)
                 if conn.offer(frame):
                     self.pushed += 1
+        # After the offers, so the store never delays a push; an ack that overtakes its frame's
+        # record is safe, as the store skips frames at or below the acked seq.
+        pending = self._pending
+        if pending is not None and tracking:
+            await asyncio.gather(
+                *(
+                    self._guarded(
+                        "recording a push", c.user_id, c.device_id, pending.add(c.user_id, c.device_id, [frame])
+                    )
+                    for c in tracking
+                )
+            )
+
+    async def ack(self, conn: Connection, conversation_id: str, seq: int) -> int:
+        """The device acked ``seq`` (cumulatively); returns how many of its frames that delivered."""
+        fresh = seq > conn.window.acked(conversation_id)
+        done = conn.window.ack(conversation_id, seq)
+        if fresh and self._pending is not None:
+            await self._guarded(
+                "acknowledging",
+                conn.user_id,
+                conn.device_id,
+                self._pending.ack(conn.user_id, conn.device_id, conversation_id, seq),
+            )
+        return done
+
+    async def restore(self, conn: Connection) -> int:
+        """Right after ``attach``: send the device's frames still unacked from its previous socket
+        (maybe on another node) again, marked ``redelivered``, and track them; returns how many.
+
+        At most half the free queue is used, so the restore itself never makes a client too slow; the
+        rest stays in the store for the next reconnect, and ``sync`` delivers it meanwhile.
+        """
+        if self._pending is None:
+            return 0
+        try:
+            frames, acked = await self._pending.load(conn.user_id, conn.device_id)
+        except Unavailable as exc:
+            self._failed("loading", conn.user_id, conn.device_id, exc)
+            return 0
+        self._recovered()
+        window, now = conn.window, self._clock()
+        for conversation_id, seq in acked.items():
+            window.ack(conversation_id, seq)
+        budget, count = conn.room // 2, 0
+        for frame in frames:
+            if count >= budget:
+                break
+            if (frame["conversation_id"], ack_seq(frame)) in window or not window.push(frame, now):
+                continue  # pushed live since attach (already on its way), or acked
+            if not conn.offer({**frame, "redelivered": True}):
+                break
+            count += 1
+        self.restored += count
+        return count
 
     def retransmit_due(self) -> int:
         now = self._clock()
@@ -132,16 +209,55 @@ class Hub:
                 if not conn.offer(frame):
                     break
                 count += 1
+            given_up = conn.window.take_given_up()
+            if given_up and self._pending is not None:
+                self._given_up.setdefault((conn.user_id, conn.device_id), []).extend(given_up)
         self.retransmitted += count
         return count
+
+    async def forget_given_up(self) -> None:
+        """Drop from the store what the windows gave up on in ``retransmit_due`` (those devices sync)."""
+        batches, self._given_up = self._given_up, {}
+        pending = self._pending
+        if pending is None:
+            return
+        for (user_id, device_id), keys in batches.items():
+            await self._guarded("forgetting", user_id, device_id, pending.forget(user_id, device_id, keys))
 
     async def run_retransmits(self, tick_s: float) -> None:
         while True:
             await asyncio.sleep(tick_s)
             try:
                 self.retransmit_due()
+                await self.forget_given_up()
             except Exception:  # keep the loop alive; one bad frame must not stop retransmission
                 log.exception("retransmit sweep failed")
+
+    async def _guarded(self, doing: str, user_id: str, device_id: str, call: Awaitable[Any]) -> None:
+        try:
+            await call
+        except Unavailable as exc:
+            self._failed(doing, user_id, device_id, exc)
+        else:
+            self._recovered()
+
+    def _failed(self, doing: str, user_id: str, device_id: str, exc: Unavailable) -> None:
+        """Counted every time, logged once per outage so a Redis outage does not flood the log."""
+        self.pending_failures += 1
+        if self._pending_ok:
+            self._pending_ok = False
+            log.warning(
+                "pending store failed %s for %s/%s (%s); carrying on, devices will sync",
+                doing,
+                user_id,
+                device_id,
+                exc.message,
+            )
+
+    def _recovered(self) -> None:
+        if not self._pending_ok:
+            self._pending_ok = True
+            log.info("pending store is back")
 
     def close_all(self, code: int, reason: str) -> None:
         for conn in self.connections():

@@ -6,6 +6,7 @@ the rules are unit-tested without a network.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -141,7 +142,8 @@ class AckWindow:
 
     ``push`` records a frame (or says it is already acked, so it need not be sent), ``ack`` clears
     everything up to a seq, ``due`` returns the frames whose ACK timed out, marked ``redelivered``,
-    and gives up on a frame after ``max_redeliveries`` (the device will ``sync`` it).
+    and gives up on a frame after ``max_redeliveries`` (the device will ``sync`` it); ``take_given_up``
+    says which, so a store mirroring the window can forget them too.
     """
 
     def __init__(self, *, timeout_s: float, max_redeliveries: int, capacity: int = 10_000) -> None:
@@ -151,9 +153,22 @@ class AckWindow:
         self._acked: dict[str, int] = {}
         self._pending: dict[tuple[str, int], _Pending] = {}
         self.given_up = 0
+        # Bounded so a window nobody drains (no store behind it) cannot grow without limit; a key lost
+        # past the bound only waits in the store for an ack, its own capacity bound or its TTL.
+        self._given_up_keys: deque[tuple[str, int]] = deque(maxlen=capacity)
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``(conversation_id, ack_seq)`` is tracked (unacked) right now."""
+        return key in self._pending
+
+    def take_given_up(self) -> list[tuple[str, int]]:
+        """The ``(conversation_id, ack_seq)`` keys given up on since the last call."""
+        keys = list(self._given_up_keys)
+        self._given_up_keys.clear()
+        return keys
 
     def acked(self, conversation_id: str) -> int:
         return self._acked.get(conversation_id, 0)
@@ -167,6 +182,7 @@ class AckWindow:
             oldest = next(iter(self._pending))
             del self._pending[oldest]
             self.given_up += 1
+            self._given_up_keys.append(oldest)
         self._pending[(conversation_id, seq)] = _Pending(frame, now)
         return True
 
@@ -189,6 +205,7 @@ class AckWindow:
             if pending.redeliveries >= self.max_redeliveries:
                 del self._pending[key]
                 self.given_up += 1
+                self._given_up_keys.append(key)
                 continue
             pending.redeliveries += 1
             pending.sent_at = now

@@ -84,7 +84,7 @@ class Session:
                     }
                 )
             case protocol.AckFrame():
-                conn.window.ack(frame.conversation_id, frame.seq)
+                await deps.hub.ack(conn, frame.conversation_id, frame.seq)
             case protocol.SyncFrame():
                 limit = min(frame.limit or deps.sync_limit, deps.sync_limit)
                 synced = await deps.messages.sync(conn.user_id, frame.cursors, limit=limit)
