@@ -86,10 +86,15 @@ class Reconciler:
         return self._locks.setdefault(key, asyncio.Lock())
 
     async def reconcile(self, imcluster: Mapping[str, Any]) -> Outcome:
-        """One full pass over the given IMCluster (kopf's handlers)."""
+        """One full pass over the IMCluster kopf handed in (its create/update/resume handlers)."""
         cluster = Cluster.of(imcluster)
         async with self._lock((cluster.namespace, cluster.name)):
-            return await self._pass(imcluster)
+            # Read it again under the lock: a pass started by a child's change may have written the status since
+            # kopf's copy was taken, and conditions must build on the status as it is.
+            fresh = await self.kube.get(Ref(API_VERSION, KIND, cluster.namespace, cluster.name))
+            if fresh is None:
+                return Outcome(ready=True, problem=None)  # deleted meanwhile: nothing left to wait for
+            return await self._pass(fresh)
 
     async def kick(self, namespace: str, name: str) -> None:
         """Something about this IMCluster's children changed: make sure a pass starts after now. A kick that
