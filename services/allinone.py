@@ -21,7 +21,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from services.common import db
-from services.common.clock import utcnow
 from services.common.errors import NotFound
 from services.common.settings import Settings
 from services.common.tokens import AccessTokens
@@ -34,7 +33,7 @@ from services.delivery.api import WebSocketSettings
 from services.delivery.api import build_router as build_ws_router
 from services.delivery.hub import Hub
 from services.delivery.session import SessionDeps, keep_presence_alive
-from services.file.main import build_files
+from services.file.main import build_files, collect_garbage_forever
 from services.gateway.edge import EdgeMiddleware
 from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
 from services.identity.main import build_identity
@@ -174,24 +173,12 @@ class AllInOne:
             "fanout": self.fanout.run(),
             "retransmit": self.hub.run_retransmits(self.settings.delivery.retransmit_tick_s),
             "presence-expiry": self.presence.tracker.run(),
-            "file-garbage": self._collect_file_garbage(),
+            "file-garbage": collect_garbage_forever(self.files),
             "presence-keepalive": keep_presence_alive(
                 self.hub, self.presence.tracker, every_s=self.settings.presence_ttl_s / 3
             ),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
-
-    async def _collect_file_garbage(self, every_s: float = 3600.0) -> None:
-        """Uploads never completed expire; their parts are removed from disk."""
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                removed = await self.files.collect_garbage(utcnow())
-            except Exception:  # the next round retries; never let one failure stop the loop
-                log.exception("file garbage collection failed")
-                continue
-            if removed:
-                log.info("removed %d expired uploads", removed)
 
     async def stop(self) -> None:
         self.hub.close_all(1012, "service restart")

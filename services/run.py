@@ -216,7 +216,7 @@ def build_presence(w: Wiring) -> Built:
 def build_file(w: Wiring) -> Built:
     from services.conversation.internal import ConversationsClient
     from services.file.internal import internal_router
-    from services.file.main import build_files
+    from services.file.main import build_files, collect_garbage_forever
 
     engine = w.engine()
     files = build_files(
@@ -227,6 +227,7 @@ def build_file(w: Wiring) -> Built:
     )
     return Built(
         [files.router, internal_router(files.shares, w.guard)],
+        loops={"file-garbage": lambda: collect_garbage_forever(files)},
         engine=engine,
         on_start=[files.start],
         on_stop=[files.close],
@@ -405,7 +406,9 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     return app
 
 
-def create_gateway_app(settings: Settings, wiring: Wiring, limiter: Any) -> FastAPI:
+def create_gateway_app(
+    settings: Settings, wiring: Wiring, limiter: Any, client_ip: Callable[[tuple[str, int] | None], str | None]
+) -> FastAPI:
     """The gateway's HTTP side (behind the front): limits, the web page, rtc, proxying."""
     from services.gateway.edge import EdgeMiddleware
     from services.gateway.proxy import Proxy
@@ -455,6 +458,7 @@ def create_gateway_app(settings: Settings, wiring: Wiring, limiter: Any) -> Fast
         tokens=wiring.tokens,
         max_body_bytes=settings.limits.max_body_bytes,
         own_body_limit_prefixes=("/v1/files/blobs/",),
+        client_ip=client_ip,
     )
     return app
 
@@ -465,16 +469,15 @@ async def serve_gateway(settings: Settings) -> None:
 
     wiring = Wiring(settings)
     limiter = _limiter(settings, wiring.redis())
-    app = create_gateway_app(settings, wiring, limiter)
     inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     inner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     inner.bind(("127.0.0.1", 0))
     inner_port = inner.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", proxy_headers=True, forwarded_allow_ips="127.0.0.1", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
     front = Front(ring=wiring.ring, tokens=wiring.tokens, limiter=limiter, http_upstream=("127.0.0.1", inner_port))
+    app = create_gateway_app(settings, wiring, limiter, front.client_ip)
+    # The client's address comes from the front (client_ip), never from a header a client could send.
+    config = uvicorn.Config(app, log_level="warning", proxy_headers=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
     listener = await front.serve(settings.host, settings.port)
     watcher = asyncio.create_task(wiring.ring.run(), name="ring-watch")
     log.info("gateway on %s:%d (http app on 127.0.0.1:%d)", settings.host, settings.port, inner_port)

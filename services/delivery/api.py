@@ -8,7 +8,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from services.common.errors import RateLimited, Unauthorized
+from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
 from services.delivery.hub import Close, Connection
 from services.delivery.ports import FrameLimiter
@@ -20,6 +20,8 @@ log = logging.getLogger("courier.delivery.ws")
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_RATE_LIMITED = 4008
 CLOSE_IDLE = 1001
+CLOSE_INTERNAL = 1011
+CLOSE_GRACE_S = 5.0
 
 
 class WebSocketSettings:
@@ -78,10 +80,36 @@ async def _read(
             except RateLimited as exc:
                 conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}")
                 return
+            except CourierError:  # the shared buckets are unreachable: limits step aside meanwhile
+                log.warning("frame rate limiter unavailable; letting frames through", exc_info=True)
         if len(data) > settings.max_frame_bytes // 4 and len(data.encode()) > settings.max_frame_bytes:
             conn.offer(error_frame(None, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes"))
             continue
         await session.on_text(data)
+
+
+async def _announce(deps: SessionDeps, conn: Connection) -> None:
+    """Record the device's route and presence (a failure ends the socket before it is used)."""
+    if deps.routes is not None:
+        await deps.routes.attach(conn.user_id, conn.device_id, deps.node_name)
+    await deps.presence.connected(conn.user_id, conn.device_id)
+
+
+async def _forget(deps: SessionDeps, conn: Connection) -> None:
+    """Undo ``_announce``; an outage here must not hide how the socket ended."""
+    try:
+        if deps.routes is not None:
+            await deps.routes.detach(conn.user_id, conn.device_id, deps.node_name)
+        await deps.presence.disconnected(conn.user_id, conn.device_id)
+        if not deps.hub.devices(conn.user_id):
+            await deps.presence.unsubscribe_all(conn.user_id)
+    except CourierError:
+        log.warning(
+            "could not record that %s/%s left; its route and presence expire",
+            conn.user_id,
+            conn.device_id,
+            exc_info=True,
+        )
 
 
 def build_router(
@@ -111,32 +139,29 @@ def build_router(
         )
         session = Session(conn, deps)
         deps.hub.attach(conn)
-        await deps.hub.restore(conn)  # frames the device left unacked on its previous socket, any node
-        if deps.routes is not None:
-            await deps.routes.attach(conn.user_id, conn.device_id, deps.node_name)
-        await deps.presence.connected(conn.user_id, conn.device_id)
-        reader = asyncio.create_task(_read(websocket, session, settings, limiter, ip))
+        reader: asyncio.Task[None] | None = None
         writer = asyncio.create_task(_write(websocket, conn))
         try:
+            await deps.hub.restore(conn)  # frames the device left unacked on its previous socket, any node
+            await _announce(deps, conn)
+            reader = asyncio.create_task(_read(websocket, session, settings, limiter, ip))
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                if conn.closing is not None:
-                    await writer  # the reader asked to close: let the writer send the close frame
-                else:
-                    writer.cancel()
-            else:
-                reader.cancel()
-            for task in (reader, writer):
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.warning("socket of %s/%s ended with %r", conn.user_id, conn.device_id, task.exception())
+            if reader in done and reader.exception() is not None:
+                log.error("socket of %s/%s failed", conn.user_id, conn.device_id, exc_info=reader.exception())
+                conn.close(CLOSE_INTERNAL, "internal error; reconnect and sync")
+            if reader in done and conn.closing is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(writer, CLOSE_GRACE_S)  # let the writer send the close frame
+        except Exception:
+            log.exception("socket of %s/%s could not start", conn.user_id, conn.device_id)
+            conn.close(CLOSE_INTERNAL, "internal error; reconnect and sync")
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(writer, CLOSE_GRACE_S)
         finally:
             for task in (reader, writer):
-                task.cancel()
+                if task is not None:
+                    task.cancel()
             if deps.hub.detach(conn):
-                if deps.routes is not None:
-                    await deps.routes.detach(conn.user_id, conn.device_id, deps.node_name)
-                await deps.presence.disconnected(conn.user_id, conn.device_id)
-                if not deps.hub.devices(conn.user_id):
-                    await deps.presence.unsubscribe_all(conn.user_id)
+                await _forget(deps, conn)
 
     return router

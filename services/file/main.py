@@ -3,6 +3,8 @@ its routers, the shares other services call, and garbage collection of abandoned
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from services.file.api import files_router
 from services.file.app import FileShares, collect_garbage, upload_layout
 from services.file.domain import PartLayout
 from services.file.ports import ConversationMembership, FileCatalog, ObjectStore
+
+log = logging.getLogger("courier.file")
 
 
 @dataclass(frozen=True)
@@ -80,3 +84,16 @@ def build_files(
 
 async def _nothing() -> None:
     return None
+
+
+async def collect_garbage_forever(files: Files, *, every_s: float = 3600.0) -> None:
+    """Uploads never completed expire; their parts are removed from the object store."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            removed = await files.collect_garbage(datetime.now(UTC))
+        except Exception:  # the next round retries; one failure must not stop the loop
+            log.exception("file garbage collection failed")
+            continue
+        if removed:
+            log.info("removed %d expired uploads", removed)

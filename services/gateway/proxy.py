@@ -58,7 +58,12 @@ class Proxy:
         if service is None:
             raise NotFound(f"no route for {request.url.path}")
         client = self._clients[service]
-        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        # A client's own X-Forwarded-For is dropped: only the gateway says who the client is.
+        headers = [
+            (k, v)
+            for k, v in request.headers.raw
+            if k.decode("latin-1").lower() not in HOP_BY_HOP | {"x-forwarded-for"}
+        ]
         if request.client is not None:
             headers.append((b"x-forwarded-for", request.client.host.encode()))
         has_body = request.method not in ("GET", "HEAD", "DELETE", "OPTIONS")
