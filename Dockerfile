@@ -1,6 +1,6 @@
-# syntax=docker/dockerfile:1
 # One image for every Courier process: `courier run <service>`, `courier migrate`, `courier dev`, and the
-# operator (`python -m im_operator`). Build: `make image` (or `docker build -t courier:dev .`).
+# operator (`python -m im_operator`). Build: `make image` (or `docker build -t courier:0.1.0 .`, the tag the chart
+# defaults to). The cache mounts need BuildKit, Docker's default builder since 23.0.
 
 # Exact tag: the same interpreter in both stages, so the venv's python links stay valid. Pin by digest too
 # (python:3.11.13-slim-bookworm@sha256:...) where the registry can be asked for it.
