@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
 .PHONY: help setup dev test test-unit test-system test-browser test-integration lint fmt typecheck check \
-	browser-deps clean infra-up infra-down up down
+	browser-deps clean infra-up infra-down up down kube-up kube-down operator-local image chart-lint e2e
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,10 +32,11 @@ browser-deps: ## install headless Chromium (Debian package) for the browser test
 
 # Each tier in its own pytest run: the browser tier drives Chromium through Playwright's sync API,
 # whose loop must not share a process with the asyncio tests.
-test: setup browser-deps ## every test: unit, integration (real servers), system (dev and make up, faults), browser
+test: setup browser-deps ## every test: unit, integration, system (dev, make up, faults), k8s (real control plane), browser
 	$(BIN)/pytest -q tests/unit
 	$(BIN)/pytest -q tests/integration
 	$(BIN)/pytest -q tests/system
+	$(BIN)/pytest -q tests/k8s
 	$(BIN)/pytest -q tests/browser
 
 test-unit: setup ## unit tests only
@@ -61,6 +62,28 @@ down: setup ## stop everything make up started, servers included
 
 test-integration: setup ## adapters and harness against the real servers (starts them)
 	$(BIN)/pytest -q tests/integration
+
+kube-up: ## a real Kubernetes control plane on loopback (etcd, apiserver, controllers, kwok); kubeconfig in .courier/
+	infra/kube/courier-kube up
+
+kube-down: ## stop the control plane kube-up started
+	infra/kube/courier-kube down
+
+operator-local: setup ## run the operator on this machine against .courier/kubeconfig (after make kube-up)
+	KUBECONFIG=$(CURDIR)/.courier/kubeconfig $$(infra/kube/courier-kube env | sed -n 's/^export COURIER_KUBECTL=//p') \
+		apply --server-side -f crds/imcluster.yaml
+	KUBECONFIG=$(CURDIR)/.courier/kubeconfig $(BIN)/courier-operator --all-namespaces
+
+IMAGE ?= courier:0.1.0
+image: ## build the one image of every service and the operator (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here (docker info failed); build the image where Docker runs"; exit 1; }
+	docker build -t $(IMAGE) .
+
+chart-lint: setup ## helm lint and strict schema validation of the rendered chart and the samples
+	$(BIN)/pytest -q tests/unit/chart
+
+e2e: setup ## kind + Docker: build, load, helm install, sample, protocol smoke (skipped with the reason without them)
+	$(BIN)/pytest -q -rs tests/e2e
 
 lint: setup ## ruff lint and format check, import contracts
 	$(BIN)/ruff check .
