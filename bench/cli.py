@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -129,6 +130,7 @@ async def run_target(
                 result = Result(name, target.name, dataclasses.asdict(options))
                 result.errors[f"scenario failed: {exc!r}"[:160]] += 1
                 result.notes.append(f"the scenario stopped: {exc!r}")
+            result.parameters["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
             result.parameters["target_kind"] = target.kind
             result.parameters["target_url"] = target.base_url
             results.append(result)

@@ -114,6 +114,8 @@ def environment(repo: Path) -> dict[str, Any]:
             "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         },
         "courier_commit": git_commit(repo),
+        # Other work on the machine steals CPU from both the server and the load tool.
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
     }
 
 

@@ -118,6 +118,10 @@ async def run(ctx: Context) -> Result:
         per = (total_after - total_before) / held if held else None
         result.add("rss_per_connection_kib", "delivery RSS per connection", per, "KiB", "< 50 KiB")
         result.parameters["rss_kib"] = {"before": before, "after": after}
+        if total_after < total_before:
+            result.notes.append(
+                "server RSS fell while sockets were added: it reused memory freed earlier; measure on a fresh server"
+            )
     else:
         result.notes.append("no delivery pid known (pass --pid): resident memory per connection not measured")
     if own_before and own_after and held:

@@ -179,6 +179,7 @@ def summarize(step: Step, options_duration: float, readings: list[Reading], lag:
         "acked_in_window": step.acked_in_window,
         "received_of_window": len(of_window),
         "undelivered": max(0, step.acked_in_window - len(of_window)),
+        "unacknowledged": max(0, sent_in_window - step.acked_in_window),
         "latency_ms": latency.as_dict(),
         "send_ack_ms": Summary.of(step.ack_rtts).scaled(1000.0).as_dict(),
         "duplicates": step.duplicates,
@@ -195,12 +196,13 @@ def summarize(step: Step, options_duration: float, readings: list[Reading], lag:
 
 
 def sustainable(summary: dict[str, Any], slo_p99_ms: float) -> bool:
-    """Every acked message arrived, the rate was really offered and delivered, and P99 held."""
+    """Every send was acknowledged and arrived, the rate was really offered and delivered, and P99 held."""
     p99 = summary["latency_ms"]["p99"]
     return (
         p99 is not None
         and p99 <= slo_p99_ms
         and summary["undelivered"] == 0
+        and summary.get("unacknowledged", 0) == 0
         and summary["offered"] >= 0.95 * summary["target_rate"]
         and summary["delivered"] >= 0.95 * summary["target_rate"]
     )
@@ -291,7 +293,8 @@ def _line(summary: dict[str, Any]) -> str:
     p99 = "-" if latency["p99"] is None else f"{latency['p99']:.1f} ms"
     return (
         f"throughput @ {summary['target_rate']:,.0f}/s: offered {summary['offered']:,.0f}/s, "
-        f"delivered {summary['delivered']:,.0f}/s, P99 {p99}, undelivered {summary['undelivered']}, "
+        f"delivered {summary['delivered']:,.0f}/s, P99 {p99}, unacknowledged {summary['unacknowledged']}, "
+        f"undelivered {summary['undelivered']}, "
         f"{'sustainable' if summary['sustainable'] else 'NOT sustainable'}"
     )
 
@@ -308,7 +311,8 @@ def _figures(result: Result, steps: list[dict[str, Any]], slo_p99_ms: float, *, 
         else:
             result.add_latency("latency", "latency", latency, goal_p99=f"< {slo_p99_ms:.0f} ms")
             result.add("send_ack_p99_ms", "send_ack round trip P99", summary["send_ack_ms"]["p99"], "ms")
-        result.add(f"undelivered{key}", f"undelivered after drain{at}", summary["undelivered"])
+        result.add(f"unacknowledged{key}", f"sends without send_ack after drain{at}", summary["unacknowledged"])
+        result.add(f"undelivered{key}", f"acknowledged but undelivered{at}", summary["undelivered"])
         for name, share in sorted(summary["cpu_percent"].items()):
             if share >= 5.0:
                 result.add(f"cpu_{name}{key}", f"CPU {name}{at}", share, "%")
