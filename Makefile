@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
 .PHONY: help setup dev test test-unit test-system test-browser test-integration lint fmt typecheck check \
-	browser-deps clean infra-up infra-down up down kube-up kube-down operator-local image chart-lint e2e
+	browser-deps clean infra-up infra-down up down kube-up kube-down operator-local image chart-lint e2e bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,11 +79,17 @@ image: ## build the one image of every service and the operator (needs a Docker 
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here (docker info failed); build the image where Docker runs"; exit 1; }
 	docker build -t $(IMAGE) .
 
-chart-lint: setup ## helm lint and strict schema validation of the rendered chart and the samples
+chart-bench: setup ## short run of every load scenario against courier dev (and make up when it runs), one table
+	$(BIN)/python -m bench all --short --dev --up
+
+lint: setup ## helm lint and strict schema validation of the rendered chart and the samples
 	$(BIN)/pytest -q tests/unit/chart
 
 e2e: setup ## kind + Docker: build, load, helm install, sample, protocol smoke (skipped with the reason without them)
 	$(BIN)/pytest -q -rs tests/e2e
+
+bench: setup ## short run of every load scenario against courier dev (and make up when it runs), one table
+	$(BIN)/python -m bench all --short --dev --up
 
 lint: setup ## ruff lint and format check, import contracts
 	$(BIN)/ruff check .
