@@ -79,10 +79,7 @@ image: ## build the one image of every service and the operator (needs a Docker 
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here (docker info failed); build the image where Docker runs"; exit 1; }
 	docker build -t $(IMAGE) .
 
-chart-bench: setup ## short run of every load scenario against courier dev (and make up when it runs), one table
-	$(BIN)/python -m bench all --short --dev --up
-
-lint: setup ## helm lint and strict schema validation of the rendered chart and the samples
+chart-lint: setup ## helm lint and strict schema validation of the rendered chart and the samples
 	$(BIN)/pytest -q tests/unit/chart
 
 e2e: setup ## kind + Docker: build, load, helm install, sample, protocol smoke (skipped with the reason without them)
