@@ -6,15 +6,18 @@ uses SQLite (aiosqlite); the distributed mode MySQL/MariaDB or PostgreSQL throug
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.types import TypeDecorator
@@ -53,12 +56,12 @@ class UtcDateTime(TypeDecorator[datetime]):
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite, WAL journal and a busy timeout so readers never block writers."""
     if url.startswith("sqlite"):
+        _use_wal(make_url(url).database)
         engine = create_async_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
@@ -72,6 +75,26 @@ def create_engine(url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _use_wal(database: str | None, wait_s: float = 30.0) -> None:
+    """Put a SQLite file in WAL mode before any pooled connection opens it. The mode is stored in
+    the file, and switching it needs an exclusive lock that SQLite refuses at once (no busy wait)
+    while another connection holds one, so it is done here, once, and retried."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    if not Path(database).parent.is_dir():
+        return  # the first connection reports the missing directory
+    deadline = time.monotonic() + wait_s
+    with closing(sqlite3.connect(database, timeout=wait_s)) as conn:
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
