@@ -6,7 +6,9 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from services.common.db import create_engine
 
@@ -49,8 +51,12 @@ async def test_many_engines_opening_one_new_file_at_once_all_write(tmp_path: Pat
             await engine.dispose()
 
 
-def test_a_missing_directory_is_left_for_the_first_connection_to_report(tmp_path: Path) -> None:
+async def test_a_missing_directory_is_left_for_the_first_connection_to_report(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'absent' / 'x.db'}")
-
-    assert not (tmp_path / "absent").exists()
-    asyncio.run(engine.dispose())
+    try:
+        with pytest.raises(OperationalError, match="unable to open database file"):
+            async with engine.connect():
+                pass
+        assert not (tmp_path / "absent").exists()
+    finally:
+        await engine.dispose()
