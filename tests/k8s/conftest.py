@@ -36,6 +36,9 @@ class Cluster:
     def kubectl(self, *args: str, stdin: str | None = None, kubeconfig: str | None = None) -> str:
         return run([self.kubectl_bin, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args], stdin=stdin)
 
+    def helm(self, *args: str, timeout: float = 300) -> str:
+        return run([self.helm_bin, "--kubeconfig", self.kubeconfig, *args], timeout=timeout)
+
     def get(self, *args: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.kubectl("get", "-o", "json", *args))
         return result

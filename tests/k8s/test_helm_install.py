@@ -4,7 +4,6 @@ removes what the release created."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -13,22 +12,9 @@ from tests.k8s.conftest import Cluster, wait_until
 CHART = Path(__file__).resolve().parents[2] / "charts" / "courier"
 
 
-def _helm(kube: Cluster, *args: str) -> str:
-    done = subprocess.run(
-        [kube.helm_bin, "--kubeconfig", kube.kubeconfig, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, f"helm {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
 def test_helm_install_deploys_the_operator_and_the_crd_and_uninstall_removes_them(kube: Cluster) -> None:
     release, namespace = f"c{uuid.uuid4().hex[:8]}", f"helm-{uuid.uuid4().hex[:8]}"
-    _helm(
-        kube,
+    kube.helm(
         "install",
         release,
         str(CHART),
@@ -40,7 +26,7 @@ def test_helm_install_deploys_the_operator_and_the_crd_and_uninstall_removes_the
         "180s",
     )
     try:
-        assert "STATUS: deployed" in _helm(kube, "status", release, "--namespace", namespace)
+        assert "STATUS: deployed" in kube.helm("status", release, "--namespace", namespace)
         kube.kubectl("wait", "--for=condition=Established", "crd/imclusters.im.courier.dev", "--timeout=60s")
         [deployment] = kube.get("deployments", "-n", namespace)["items"]
         assert deployment["spec"]["replicas"] == 1
@@ -64,6 +50,6 @@ def test_helm_install_deploys_the_operator_and_the_crd_and_uninstall_removes_the
             ),
         )
     finally:
-        _helm(kube, "uninstall", release, "--namespace", namespace, "--wait", "--timeout", "120s")
+        kube.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "120s")
     assert kube.get("deployments", "-n", namespace)["items"] == []
     kube.kubectl("delete", "namespace", namespace, "--wait=false")

@@ -1,8 +1,9 @@
 """The real operator process (``python -m im_operator``) against the real control plane, driven with kubectl.
 
-The operator runs as a ServiceAccount bound to exactly operator/im_operator/rbac.yaml, watching one namespace of
-its own. kwok plays the kubelet, so pods turn Running and Ready without containers, and kube-controller-manager
-runs the Deployment, StatefulSet, EndpointSlice and garbage-collector controllers the operator relies on.
+Each module starts with `helm install` of charts/courier into a namespace of its own: the CRD and the RBAC the
+tests run on are the chart's, and the operator process runs as the chart's ServiceAccount, watching that namespace.
+kwok plays the kubelet, so pods turn Running and Ready without containers, and kube-controller-manager runs the
+Deployment, StatefulSet, EndpointSlice and garbage-collector controllers the operator relies on.
 Static PersistentVolumes of a test StorageClass back the managed backends' claims (nothing provisions here).
 """
 
@@ -26,8 +27,8 @@ import yaml
 from tests.k8s.conftest import REPO, Cluster, CommandFailed, wait_until
 
 SAMPLE = REPO / "crds" / "examples" / "imcluster.yaml"
-CRD = REPO / "crds" / "imcluster.yaml"
-RBAC = REPO / "operator" / "im_operator" / "rbac.yaml"
+CHART = REPO / "charts" / "courier"
+CHART_CRD = CHART / "crds" / "imcluster.yaml"
 CLUSTER_LABEL = "im.courier.dev/cluster"
 IMAGE = "registry.courier.invalid/courier:1"  # kwok never pulls it
 PVS = 12
@@ -130,37 +131,38 @@ def storage_class(kube: Cluster, namespace: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def crd(kube: Cluster) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=courier-tests", "-f", str(CRD))
+def release(kube: Cluster, namespace: str) -> Iterator[str]:
+    """charts/courier installed by the real helm into the test namespace, watching only it: the CRD, the
+    ClusterRole and the operator's ServiceAccount every test here runs on. kwok only pretends to run the
+    chart's operator pod, so the process that reconciles is the local one, under that ServiceAccount."""
+    if kube.find("crd", "imclusters.im.courier.dev"):
+        # Helm installs a chart's CRDs only when absent and never upgrades them; bring an older one up to
+        # this checkout the way docs/operations.md tells operators to on upgrade.
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=helm", "-f", str(CHART_CRD))
+    name = f"c-{namespace}"
+    kube.helm(
+        "install",
+        name,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--set",
+        f"operator.watchNamespaces={{{namespace}}}",
+        "--wait",
+        "--timeout",
+        "180s",
+    )
     kube.kubectl("wait", "--for=condition=Established", "crd/imclusters.im.courier.dev", "--timeout=60s")
+    yield name
+    kube.helm("uninstall", name, "--namespace", namespace, "--wait", "--timeout", "120s")
 
 
 @pytest.fixture(scope="module")
-def operator_kubeconfig(kube: Cluster, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A kubeconfig of a ServiceAccount granted exactly the rules of operator/im_operator/rbac.yaml."""
-    role = f"courier-operator-{namespace}"
-    rules = yaml.safe_load(RBAC.read_text())["rules"]
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "courier-operator", "namespace": namespace},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": role},
-            "rules": rules,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": "courier-operator", "namespace": namespace}],
-        },
-    )
-    token = kube.kubectl("create", "token", "courier-operator", "-n", namespace, "--duration=2h").strip()
+def operator_kubeconfig(kube: Cluster, namespace: str, release: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig of the ServiceAccount the chart made for its operator, bound to the chart's ClusterRole."""
+    [deployment] = kube.get("deployments", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}")["items"]
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    token = kube.kubectl("create", "token", account, "-n", namespace, "--duration=2h").strip()
     admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
     server = admin["clusters"][0]["cluster"]
     config = {
@@ -174,13 +176,12 @@ def operator_kubeconfig(kube: Cluster, namespace: str, tmp_path_factory: pytest.
     path = tmp_path_factory.mktemp("operator") / "kubeconfig"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
-    yield path
-    kube.kubectl("delete", f"clusterrolebinding/{role}", f"clusterrole/{role}", "--wait=false")
+    return path
 
 
 @pytest.fixture(scope="module")
 def operator(
-    kube: Cluster, namespace: str, crd: None, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+    kube: Cluster, namespace: str, operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Operator]:
     log = tmp_path_factory.mktemp("operator-log") / "operator.log"
     process = Operator(kube, namespace, operator_kubeconfig, log)
@@ -409,7 +410,7 @@ def test_an_operator_restart_changes_nothing(kube: Cluster, namespace: str, chat
     assert imc_after["metadata"]["generation"] == imc_before["metadata"]["generation"]
 
 
-def test_the_api_server_refuses_specs_its_rules_forbid(kube: Cluster, namespace: str, crd: None) -> None:
+def test_the_api_server_refuses_specs_its_rules_forbid(kube: Cluster, namespace: str, release: str) -> None:
     both = sample(namespace, "unused", name="both")
     both["spec"]["redis"]["external"] = {"url": "redis://redis.example:6379/0"}
     with pytest.raises(CommandFailed) as refused:
