@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -16,6 +17,9 @@ from pathlib import Path
 import httpx
 
 READY_DEADLINE_S = 60.0
+# The `make up` stack has fixed ports and shares the infra servers' databases and topics, so two test
+# runs on one machine (two checkouts) must not run it at the same time: they take turns on this lock.
+STACK_LOCK = Path("/tmp/courier-stack.lock")
 
 
 def free_port() -> int:
@@ -105,17 +109,19 @@ def run_stack(env: Mapping[str, str]) -> Iterator[RunningServer]:
     restarted with ``env`` for the tests and stopped afterwards (the servers keep running)."""
     from tools import stack
 
-    stack.down(infra=False)
-    state = stack.up(extra_env=dict(env))
-    try:
-        yield RunningServer(
-            state["gateway"],
-            state["gateway"].replace("http", "ws", 1) + "/v1/ws",
-            stack.STATE,
-            None,
-            stack.LOGS / "gateway.log",
-            "up",
-            5 << 20,
-        )
-    finally:
+    with STACK_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         stack.down(infra=False)
+        state = stack.up(extra_env=dict(env))
+        try:
+            yield RunningServer(
+                state["gateway"],
+                state["gateway"].replace("http", "ws", 1) + "/v1/ws",
+                stack.STATE,
+                None,
+                stack.LOGS / "gateway.log",
+                "up",
+                5 << 20,
+            )
+        finally:
+            stack.down(infra=False)
