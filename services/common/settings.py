@@ -26,6 +26,21 @@ class JwtSettings(BaseModel):
     refresh_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="Lifetime of a refresh token.")
 
 
+class PasswordSettings(BaseModel):
+    """argon2id cost of password hashes (the argon2-cffi defaults). Each login and registration pays it in
+    CPU and memory; a hash made with other parameters is upgraded at the user's next login."""
+
+    time_cost: int = Field(3, ge=1, description="argon2 iterations.")
+    memory_kib: int = Field(65536, ge=8, description="argon2 memory per hash, in KiB.")
+    parallelism: int = Field(4, ge=1, description="argon2 lanes.")
+
+    @model_validator(mode="after")
+    def _memory_covers_lanes(self) -> PasswordSettings:
+        if self.memory_kib < 8 * self.parallelism:
+            raise ValueError("memory_kib must be at least 8 x parallelism")
+        return self
+
+
 class Bucket(BaseModel):
     rate: float = Field(gt=0, description="Tokens refilled per second.")
     burst: float = Field(0.0, ge=0, description="Bucket capacity; must exceed the rate (default: 4 x rate).")
@@ -142,6 +157,7 @@ class Settings(BaseSettings):
     max_redeliveries: int = Field(5, ge=0, description="Retransmissions before a device is left to sync.")
     presence_ttl_s: float = Field(60.0, gt=0, description="A device without heartbeat for this long is offline.")
     jwt: JwtSettings = Field(default_factory=JwtSettings)
+    passwords: PasswordSettings = Field(default_factory=PasswordSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     file: FileSettings = Field(default_factory=FileSettings)

@@ -16,7 +16,7 @@ from services.identity.adapters.memory import MemorySessionStore, MemoryUserStor
 from services.identity.adapters.sql import SqlSessionStore, SqlUserStore
 from services.identity.api import create_router
 from services.identity.app import UserDirectory
-from services.identity.passwords import Passwords
+from services.identity.passwords import Passwords, password_hasher
 from services.identity.ports import SessionStore, UserStore
 
 
@@ -44,7 +44,7 @@ def build_identity(
     router = create_router(
         users=users,
         sessions=device_sessions,
-        passwords=Passwords(hasher),
+        passwords=Passwords(hasher or password_hasher(settings.passwords)),
         tokens=tokens,
         auth=auth,
         refresh_ttl=timedelta(seconds=settings.jwt.refresh_ttl_s),

@@ -8,6 +8,15 @@ import os
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from services.common.settings import PasswordSettings
+
+
+def password_hasher(settings: PasswordSettings) -> PasswordHasher:
+    """The argon2id hasher with the configured cost."""
+    return PasswordHasher(
+        time_cost=settings.time_cost, memory_cost=settings.memory_kib, parallelism=settings.parallelism
+    )
+
 
 class Passwords:
     """Hash and verify in worker threads; each argon2 call holds ``memory_cost`` KiB for its
