@@ -34,6 +34,13 @@ GENEROUS_LIMITS = {
     "COURIER_LIMITS__USER__RATE": "1000000",
     "COURIER_LIMITS__USER__BURST": "2000000",
 }
+# A cheap argon2 cost for a spawned ``courier dev``: preparing 10,000 logins at the default cost takes
+# most of an hour of CPU, and password hashing is not what these scenarios measure.
+CHEAP_PASSWORDS = {
+    "COURIER_PASSWORDS__TIME_COST": "1",
+    "COURIER_PASSWORDS__MEMORY_KIB": "1024",
+    "COURIER_PASSWORDS__PARALLELISM": "1",
+}
 
 
 class TargetError(Exception):
@@ -209,12 +216,12 @@ def wait_ready(base_url: str, *, deadline_s: float = 60.0, process: subprocess.P
 
 @contextlib.contextmanager
 def spawned_dev(data_dir: Path, *, env: Mapping[str, str] | None = None) -> Iterator[Target]:
-    """A ``courier dev`` of our own on a free loopback port, with generous rate limits; its data
-    (and so the user pool) is kept in ``data_dir`` between runs. Stopped on exit."""
+    """A ``courier dev`` of our own on a free loopback port, with generous rate limits and a cheap
+    password hash; its data (and so the user pool) is kept in ``data_dir`` between runs. Stopped on exit."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "server.log"
-    full_env = {**os.environ, **GENEROUS_LIMITS, "COURIER_MODE": "dev", **(env or {})}
+    full_env = {**os.environ, **GENEROUS_LIMITS, **CHEAP_PASSWORDS, "COURIER_MODE": "dev", **(env or {})}
     command = [sys.executable, "-m", "services.cli", "dev", "--port", str(port), "--data-dir", str(data_dir)]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
