@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
@@ -136,19 +137,27 @@ def test_dashboards_become_configmaps_labelled_for_grafana(helm: Helm, chart_cop
     assert not [d for d in off if "-dashboard-" in d["metadata"]["name"]]
 
 
-def test_every_shipped_dashboard_is_rendered(helm: Helm) -> None:
-    shipped = sorted(p.name for p in (CHART / "dashboards").glob("*.json"))
-    rendered = sorted(
-        key
-        for d in by_kind(helm.template(), "ConfigMap")
-        if "-dashboard-" in d["metadata"]["name"]
-        for key in d["data"]
-    )
-    assert rendered == shipped
+def test_every_shipped_dashboard_is_rendered_byte_for_byte_for_grafanas_sidecar(helm: Helm) -> None:
+    shipped = {p.name: p.read_text() for p in sorted((CHART / "dashboards").glob("*.json"))}
+    assert len(shipped) == 4
+    configs = [d for d in by_kind(helm.template(), "ConfigMap") if "-dashboard-" in d["metadata"]["name"]]
+    rendered = {key: text for d in configs for key, text in d["data"].items()}
+    assert sorted(rendered) == sorted(shipped)
+    for name, text in shipped.items():
+        assert rendered[name] == text.rstrip("\n"), f"{name} changed on its way into the ConfigMap"
+    for config in configs:
+        assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config["metadata"]["namespace"] == "courier"
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, got {[d['metadata']['name'] for d in by_kind(docs, kind)]}"
+    return found[0]
 
 
 def test_service_monitor_scrapes_the_courier_services_metrics(helm: Helm) -> None:
-    monitor = one(helm.template("-f", str(ALL_ENABLED)), "ServiceMonitor")
+    monitor = named(helm.template("-f", str(ALL_ENABLED)), "ServiceMonitor", "courier")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"] == [
@@ -158,13 +167,77 @@ def test_service_monitor_scrapes_the_courier_services_metrics(helm: Helm) -> Non
     assert monitor["spec"]["selector"]["matchLabels"]
 
 
-def test_prometheus_rule_carries_the_given_groups(helm: Helm) -> None:
+def test_operator_serves_metrics_on_its_port_and_a_service_monitor_scrapes_it(helm: Helm) -> None:
+    docs = helm.template("-f", str(ALL_ENABLED), "--set", "operator.metricsPort=9191", namespace="ops")
+    container = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "COURIER_OPERATOR_METRICS_PORT", "value": "9191"} in container["env"]
+    assert {"name": "metrics", "containerPort": 9191, "protocol": "TCP"} in container["ports"]
+    service = named(docs, "Service", "courier-operator-metrics")
+    pod_labels = one(docs, "Deployment", "-operator")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9191, "targetPort": "metrics", "protocol": "TCP"}]
+    monitor = named(docs, "ServiceMonitor", "courier-operator")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    # The Service lives in the release's namespace wherever the ServiceMonitor itself is put.
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    # The Courier services' monitor must not select the operator's Service (it is not managed by the operator).
+    courier = named(docs, "ServiceMonitor", "courier")["spec"]["selector"]["matchLabels"]
+    assert not courier.items() <= service["metadata"]["labels"].items()
+    default = one(helm.template(), "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "COURIER_OPERATOR_METRICS_PORT", "value": "9090"} in default["env"]
+
+
+SHIPPED_ALERTS = [
+    "CourierNoMessagesFlowing",
+    "CourierDLQGrowing",
+    "CourierOutboxStale",
+    "CourierPushLatencyHigh",
+    "CourierGateway5xx",
+    "CourierRingNotPublished",
+]
+
+
+def alerts(rule: dict[str, Any]) -> list[str]:
+    return [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_prometheus_rule_carries_couriers_alerts_and_the_given_groups(helm: Helm) -> None:
     rule = one(helm.template("-f", str(ALL_ENABLED)), "PrometheusRule")
-    assert [g["name"] for g in rule["spec"]["groups"]] == ["courier-availability"]
+    shipped = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())["groups"]
+    assert [g["name"] for g in rule["spec"]["groups"]] == [g["name"] for g in shipped] + ["courier-availability"]
+    assert alerts(rule) == [*SHIPPED_ALERTS, "CourierTargetDown"]
+    # Prometheus's own templates ({{ $labels.x }}) reach the object untouched: Helm must not have rendered them.
+    described = [r["annotations"]["description"] for g in rule["spec"]["groups"][:-1] for r in g["rules"]]
+    assert all("{{ $labels." in text for text in described)
+
+
+def test_runbook_links_point_into_the_operations_guide_under_the_given_base_url(helm: Helm) -> None:
+    def links(*args: str) -> list[str]:
+        rule = one(helm.template("--set", "metrics.prometheusRule.enabled=true", *args), "PrometheusRule")
+        return [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+
+    assert links() == [f"docs/operations.md#{name.lower()}" for name in SHIPPED_ALERTS]
+    based = links("--set", "metrics.prometheusRule.runbookBaseUrl=https://git.example.com/courier/blob/main/")
+    assert based == [
+        f"https://git.example.com/courier/blob/main/docs/operations.md#{a.lower()}" for a in SHIPPED_ALERTS
+    ]
+
+
+def test_courier_alerts_can_be_left_out(helm: Helm) -> None:
+    rule = one(
+        helm.template("-f", str(ALL_ENABLED), "--set", "metrics.prometheusRule.courierRules=false"), "PrometheusRule"
+    )
+    assert alerts(rule) == ["CourierTargetDown"]
 
 
 def test_prometheus_rule_without_any_rule_is_refused_with_a_clear_message(helm: Helm) -> None:
-    error = helm.template_error("--set", "metrics.prometheusRule.enabled=true")
+    error = helm.template_error(
+        "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.courierRules=false"
+    )
     assert "metrics.prometheusRule.enabled is true but there are no rules" in error
 
 
@@ -244,7 +317,7 @@ def test_operator_command_lines_are_ones_the_operator_accepts(helm: Helm) -> Non
 
 
 def test_service_monitor_selects_exactly_the_services_the_operator_renders_with_metrics(helm: Helm) -> None:
-    monitor = one(helm.template("-f", str(ALL_ENABLED)), "ServiceMonitor")
+    monitor = named(helm.template("-f", str(ALL_ENABLED)), "ServiceMonitor", "courier")
     # The operator's own renderer, on the sample IMCluster: which Services it makes, labelled how, on which ports.
     probe = (
         "import json, sys, yaml; sys.path.insert(0, 'operator'); from im_operator.render import render; "
