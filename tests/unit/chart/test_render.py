@@ -182,7 +182,7 @@ def test_operator_serves_metrics_on_its_port_and_a_service_monitor_scrapes_it(he
     # The Service lives in the release's namespace wherever the ServiceMonitor itself is put.
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s", "honorLabels": True}
     ]
     # The Courier services' monitor must not select the operator's Service (it is not managed by the operator).
     courier = named(docs, "ServiceMonitor", "courier")["spec"]["selector"]["matchLabels"]
