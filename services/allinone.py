@@ -20,8 +20,9 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from services.common import db
+from services.common import db, telemetry
 from services.common.errors import NotFound
+from services.common.observe import observe
 from services.common.settings import Settings
 from services.common.tokens import AccessTokens
 from services.common.web import Authenticate, install_error_handlers
@@ -29,6 +30,8 @@ from services.conversation.directory import ConversationDirectory
 from services.conversation.domain import Activity as ConversationActivity
 from services.conversation.domain import Conversation as ConversationRecord
 from services.conversation.main import build_conversations
+from services.delivery import hub as delivery_hub
+from services.delivery import session as delivery_session
 from services.delivery.api import WebSocketSettings
 from services.delivery.api import build_router as build_ws_router
 from services.delivery.hub import Hub
@@ -43,7 +46,16 @@ from services.message.adapters.sql import SqlMessageStore
 from services.message.api import build_router as build_message_router
 from services.message.ports import Conversation
 from services.message.service import MessageService
-from services.message.workers import DLQ_TOPIC, MESSAGES_TOPIC, FanoutWorker, OutboxRelay
+from services.message.workers import (
+    DLQ_TOPIC,
+    MESSAGES_TOPIC,
+    FanoutWorker,
+    OutboxRelay,
+    prime_metrics,
+    sample_forever,
+    sample_log,
+    sample_outbox,
+)
 from services.migrate import upgrade
 from services.presence.main import build_presence
 from services.rtc.main import build_rtc
@@ -52,6 +64,8 @@ log = logging.getLogger("courier.allinone")
 
 STATIC_DIR = Path(__file__).parent / "gateway" / "static"
 FANOUT_GROUP = "courier-fanout"
+LOCAL_NODE = "local"
+"""The WebSocket metrics' node label in one process, where there is no ring."""
 
 
 class ConversationsForMessages:
@@ -119,7 +133,7 @@ class AllInOne:
         self.presence = build_presence(settings, auth=auth, pusher=self.hub)
 
         self.event_log = MemoryEventLog()
-        store = SqlMessageStore(self.engine)
+        self.store = store = SqlMessageStore(self.engine)
         self.relay = OutboxRelay(store, self.event_log)
         deps = message_app.MessageDeps(
             store=store,
@@ -168,7 +182,12 @@ class AllInOne:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await upgrade(self.engine)
         await self.files.start()
+        prime_metrics(group=FANOUT_GROUP)
+        delivery_hub.prime_metrics(LOCAL_NODE)
+        delivery_session.prime_metrics()
         loops = {
+            "outbox-gauges": sample_forever(lambda: sample_outbox(self.store), what="the outbox"),
+            "log-gauges": sample_forever(lambda: sample_log(self.event_log, group=FANOUT_GROUP), what="the event log"),
             "outbox-relay": self.relay.run(),
             "fanout": self.fanout.run(),
             "retransmit": self.hub.run_retransmits(self.settings.delivery.retransmit_tick_s),
@@ -206,7 +225,9 @@ class AllInOne:
 
 def create_app(settings: Settings) -> FastAPI:
     settings.refuse_insecure_defaults()
+    telemetry.configure("all")
     system = AllInOne(settings)
+    telemetry.instrument_engine(system.engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -215,6 +236,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await system.stop()
+            telemetry.shutdown()
 
     app = FastAPI(
         title="Courier",
@@ -251,4 +273,6 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.limits.max_body_bytes,
         own_body_limit_prefixes=("/v1/files/blobs/",),
     )
+    observe(app, "all")  # outside the edge, so its 429s and 413s are counted too
+    telemetry.instrument_app(app)
     return app

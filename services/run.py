@@ -27,8 +27,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import db
+from services.common import db, telemetry
 from services.common.internal import InternalClient, RequireInternal
+from services.common.metrics import RING_HANDOFFS
+from services.common.observe import observe
 from services.common.ring import Ring, RingSource
 from services.common.settings import Settings
 from services.common.tokens import AccessTokens
@@ -92,6 +94,7 @@ class Wiring:
         if not self.settings.database_url:
             raise SystemExit("courier run needs COURIER_DATABASE_URL (MySQL/MariaDB or PostgreSQL)")
         engine = db.create_engine(self.settings.database_url)
+        telemetry.instrument_engine(engine)
         self.closers.append(engine.dispose)
         return engine
 
@@ -148,8 +151,18 @@ def build_message(w: Wiring) -> Built:
     from services.message.api import build_router
     from services.message.internal import internal_router
     from services.message.service import MessageService
-    from services.message.workers import MESSAGES_TOPIC, FanoutWorker, OutboxRelay
+    from services.message.workers import (
+        FANOUT_GROUP,
+        MESSAGES_TOPIC,
+        FanoutWorker,
+        OutboxRelay,
+        prime_metrics,
+        sample_forever,
+        sample_log,
+        sample_outbox,
+    )
 
+    prime_metrics()
     settings = w.settings
     engine = w.engine()
     store = SqlMessageStore(engine)
@@ -169,14 +182,15 @@ def build_message(w: Wiring) -> Built:
         counter, inbox, timeline = MemorySeqCounter(), MemoryInbox(), MemoryTimeline()
     on_stop: list[Callable[[], Awaitable[None]]] = []
     if settings.kafka.bootstrap:
-        from services.message.adapters.kafka import KafkaConsumer, KafkaEventLog
+        from services.message.adapters.kafka import KafkaConsumer, KafkaEventLog, KafkaLogMonitor
 
         event_log: Any = KafkaEventLog(settings.kafka)
-        consumer: Any = KafkaConsumer(settings.kafka, MESSAGES_TOPIC, "courier-fanout")
-        on_stop += [consumer.stop, event_log.stop]
+        consumer: Any = KafkaConsumer(settings.kafka, MESSAGES_TOPIC, FANOUT_GROUP)
+        monitor: Any = KafkaLogMonitor(settings.kafka)
+        on_stop += [consumer.stop, event_log.stop, monitor.stop]
     else:
-        event_log = MemoryEventLog()
-        consumer = event_log.consumer(MESSAGES_TOPIC, "courier-fanout")
+        event_log = monitor = MemoryEventLog()
+        consumer = event_log.consumer(MESSAGES_TOPIC, FANOUT_GROUP)
     relay = OutboxRelay(store, event_log)
     deps = message_app.MessageDeps(
         store=store,
@@ -191,7 +205,12 @@ def build_message(w: Wiring) -> Built:
     fanout = FanoutWorker(consumer, event_log, service.handle_record)
     return Built(
         [build_router(service, w.auth), internal_router(service, w.guard)],
-        loops={"outbox-relay": relay.run, "fanout": fanout.run},
+        loops={
+            "outbox-relay": relay.run,
+            "fanout": fanout.run,
+            "outbox-gauges": lambda: sample_forever(lambda: sample_outbox(store), what="the outbox"),
+            "log-gauges": lambda: sample_forever(lambda: sample_log(monitor), what="the event log"),
+        },
         on_stop=on_stop,
         engine=engine,
     )
@@ -236,6 +255,8 @@ def build_file(w: Wiring) -> Built:
 
 def build_delivery(w: Wiring) -> Built:
     from services.conversation.internal import ConversationsClient
+    from services.delivery import hub as delivery_hub
+    from services.delivery import session
     from services.delivery.api import WebSocketSettings, build_router
     from services.delivery.hub import Hub
     from services.delivery.internal import internal_router
@@ -246,6 +267,8 @@ def build_delivery(w: Wiring) -> Built:
     settings = w.settings
     if not settings.node_name:
         raise SystemExit("a delivery node needs COURIER_NODE_NAME (its member name on the ring)")
+    delivery_hub.prime_metrics(settings.node_name)
+    session.prime_metrics()
     hub = Hub(pending=_pending_store(w.redis()))
     presence = PresenceClient(w.client("presence"))
     routes = w.routes()
@@ -297,13 +320,14 @@ async def reconnect_lost_users(
     owner) after a jittered delay, so a ring change causes no reconnect storm; close what remains."""
     moved = [u for u in hub.user_ids() if ring.members and ring.node_for(u) != node_name]
     conns = [c for u in moved for c in hub.devices(u)]
+    RING_HANDOFFS.inc(len(moved))
     for conn in conns:
         conn.offer({"type": "reconnect", "after_ms": random.randint(0, jitter_ms)})
 
     async def close_later() -> None:
         await asyncio.sleep(grace_s + jitter_ms / 1000)
         for conn in conns:
-            conn.close(1012, "moved to another delivery node")
+            conn.close(1012, "moved to another delivery node", cause="reconnect")
 
     if conns:
         task = asyncio.create_task(close_later())
@@ -365,6 +389,7 @@ def _ops_routes(app: FastAPI, ready: Callable[[], Awaitable[bool]]) -> None:
 
 
 def create_service_app(name: str, settings: Settings) -> FastAPI:
+    telemetry.configure(name)
     wiring = Wiring(settings)
     built = BUILDERS[name](wiring)
     tasks: list[asyncio.Task[None]] = []
@@ -397,12 +422,15 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
                     await task
             for close in reversed(wiring.closers):
                 await close()
+            telemetry.shutdown()
 
     app = FastAPI(title=f"Courier {name}", version="1", lifespan=lifespan, default_response_class=ORJSONResponse)
     install_error_handlers(app)
     for router in built.routers:
         app.include_router(router)
     _ops_routes(app, ready)
+    observe(app, name)
+    telemetry.instrument_app(app)
     return app
 
 
@@ -460,6 +488,8 @@ def create_gateway_app(
         own_body_limit_prefixes=("/v1/files/blobs/",),
         client_ip=client_ip,
     )
+    observe(app, "gateway")  # outside the edge, so its 429s and 413s are counted too
+    telemetry.instrument_app(app)
     return app
 
 
@@ -467,6 +497,7 @@ async def serve_gateway(settings: Settings) -> None:
     """The front on ``settings.host:port``; the HTTP app on a private loopback port behind it."""
     from services.gateway.front import Front
 
+    telemetry.configure("gateway")
     wiring = Wiring(settings)
     limiter = _limiter(settings, wiring.redis())
     inner = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -476,7 +507,8 @@ async def serve_gateway(settings: Settings) -> None:
     front = Front(ring=wiring.ring, tokens=wiring.tokens, limiter=limiter, http_upstream=("127.0.0.1", inner_port))
     app = create_gateway_app(settings, wiring, limiter, front.client_ip)
     # The client's address comes from the front (client_ip), never from a header a client could send.
-    config = uvicorn.Config(app, log_level="warning", proxy_headers=False, timeout_graceful_shutdown=5)
+    # log_config=None: uvicorn's loggers go to the process's (JSON) root handler.
+    config = uvicorn.Config(app, log_level="warning", log_config=None, proxy_headers=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     listener = await front.serve(settings.host, settings.port)
     watcher = asyncio.create_task(wiring.ring.run(), name="ring-watch")
@@ -488,3 +520,4 @@ async def serve_gateway(settings: Settings) -> None:
         listener.close()
         for close in reversed(wiring.closers):
             await close()
+        telemetry.shutdown()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from services.common import metrics
 from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
 from services.delivery.hub import Close, Connection
@@ -50,12 +52,24 @@ def _authenticate(websocket: WebSocket, tokens: AccessTokens) -> Principal:
 
 async def _write(websocket: WebSocket, conn: Connection) -> None:
     while True:
-        item = await conn.next_outgoing()
+        item = await conn.next_item()
         if isinstance(item, Close):
             with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
                 await websocket.close(item.code, item.reason)
             return
-        await websocket.send_text(item)
+        await websocket.send_text(item.text)
+        metrics.WS_FRAMES_SENT.labels(item.kind).inc()
+        if item.kind == "message":
+            metrics.MESSAGES_PUSHED.inc()
+            # Retransmits are counted apart; their ACK-timeout wait is not push latency.
+            if item.created_at is not None and not item.redelivered:
+                metrics.SEND_TO_PUSH.observe(max(0.0, time.time() - item.created_at))
+
+
+def _invalid_frame(conn: Connection, code: str, message: str) -> None:
+    """A frame refused before the session saw it: counted as type ``invalid``."""
+    metrics.WS_FRAMES_RECEIVED.labels("invalid", "error").inc()
+    conn.offer(error_frame(None, code, message))
 
 
 async def _read(
@@ -72,7 +86,7 @@ async def _read(
             return
         data = message.get("text")
         if data is None:
-            conn.offer(error_frame(None, "invalid_request", "binary frames are not supported; send JSON text"))
+            _invalid_frame(conn, "invalid_request", "binary frames are not supported; send JSON text")
             continue
         if limiter is not None:
             try:
@@ -83,7 +97,7 @@ async def _read(
             except CourierError:  # the shared buckets are unreachable: limits step aside meanwhile
                 log.warning("frame rate limiter unavailable; letting frames through", exc_info=True)
         if len(data) > settings.max_frame_bytes // 4 and len(data.encode()) > settings.max_frame_bytes:
-            conn.offer(error_frame(None, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes"))
+            _invalid_frame(conn, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes")
             continue
         await session.on_text(data)
 
@@ -123,12 +137,14 @@ def build_router(
         if websocket.headers.get("x-courier-reject") == str(CLOSE_RATE_LIMITED):  # set by the gateway
             await websocket.send_text(encode(error_frame(None, "rate_limited", "too many connections; back off")))
             await websocket.close(CLOSE_RATE_LIMITED, "rate limited")
+            metrics.WS_CLOSES.labels("rate_limited").inc()
             return
         try:
             principal = _authenticate(websocket, tokens)
         except Unauthorized as exc:
             await websocket.send_text(encode(error_frame(None, exc.code, exc.message)))
             await websocket.close(CLOSE_UNAUTHORIZED, "unauthorized")
+            metrics.WS_CLOSES.labels("unauthorized").inc()
             return
         ip = websocket.client.host if websocket.client else "unknown"
         conn = Connection(
@@ -139,6 +155,8 @@ def build_router(
         )
         session = Session(conn, deps)
         deps.hub.attach(conn)
+        open_sockets = metrics.WS_CONNECTIONS.labels(deps.node_name or "local")
+        open_sockets.inc()
         reader: asyncio.Task[None] | None = None
         writer = asyncio.create_task(_write(websocket, conn))
         try:
@@ -161,6 +179,7 @@ def build_router(
             for task in (reader, writer):
                 if task is not None:
                     task.cancel()
+            open_sockets.dec()
             if deps.hub.detach(conn):
                 await _forget(deps, conn)
 

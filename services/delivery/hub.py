@@ -13,8 +13,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from services.common import metrics
 from services.common.errors import Unavailable
 from services.common.push import ack_seq
 from services.delivery.pending import PendingStore
@@ -25,11 +27,69 @@ log = logging.getLogger("courier.delivery.hub")
 CLOSE_REPLACED = 4009
 CLOSE_TOO_SLOW = 1013
 
+# Bounded label values of the WebSocket metrics, created at start-up so /metrics shows them before traffic.
+SERVER_FRAME_TYPES = (
+    "message",
+    "recalled",
+    "edited",
+    "read_receipt",
+    "typing",
+    "presence",
+    "member_added",
+    "member_removed",
+    "call",
+    "reconnect",
+    "error",
+    "send_ack",
+    "sync_result",
+    "pong",
+    "other",
+)
+CLOSE_REASONS = ("replaced", "slow_client", "idle", "reconnect", "shutdown", "rate_limited", "unauthorized", "error")
+_REASON_OF_CODE = {4009: "replaced", 1013: "slow_client", 1001: "idle", 1012: "shutdown", 4008: "rate_limited"}
+
+
+def close_reason(code: int) -> str:
+    """The ``courier_ws_closes_total`` reason of a close code (unknown codes count as errors)."""
+    return _REASON_OF_CODE.get(code, "error")
+
+
+def prime_metrics(node: str) -> None:
+    """Create this node's WebSocket series at zero (the client frame types are primed by the session)."""
+    metrics.WS_CONNECTIONS.labels(node)
+    for kind in SERVER_FRAME_TYPES:
+        metrics.WS_FRAMES_SENT.labels(kind)
+    for reason in CLOSE_REASONS:
+        metrics.WS_CLOSES.labels(reason)
+
 
 @dataclass(frozen=True)
 class Close:
     code: int
     reason: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One encoded frame on its way to the socket, with what the writer records once it is written."""
+
+    text: str
+    kind: str
+    created_at: float | None = None
+    """A message frame's stored ``created_at`` (epoch seconds): the start of its send-to-push latency."""
+    redelivered: bool = False
+
+
+def outgoing(frame: Mapping[str, Any]) -> Outgoing:
+    kind = frame.get("type")
+    label = kind if isinstance(kind, str) and kind in SERVER_FRAME_TYPES else "other"
+    created_at = None
+    if label == "message" and isinstance(frame.get("created_at"), str):
+        try:
+            created_at = datetime.fromisoformat(frame["created_at"]).timestamp()
+        except ValueError:
+            created_at = None
+    return Outgoing(encode(frame), label, created_at, bool(frame.get("redelivered")))
 
 
 class Connection:
@@ -40,7 +100,7 @@ class Connection:
         self.device_id = device_id
         self.window = window
         self._limit = queue_size
-        self._queue: asyncio.Queue[str | Close] = asyncio.Queue()
+        self._queue: asyncio.Queue[Outgoing | Close] = asyncio.Queue()
         self.closing: Close | None = None
 
     def offer(self, frame: Mapping[str, Any]) -> bool:
@@ -50,19 +110,26 @@ class Connection:
         if self._queue.qsize() >= self._limit:
             self.close(CLOSE_TOO_SLOW, "send queue overflow: client too slow, reconnect and sync")
             return False
-        self._queue.put_nowait(encode(frame))
+        self._queue.put_nowait(outgoing(frame))
         return True
 
-    def close(self, code: int, reason: str) -> None:
-        """Drop what is queued and close after nothing else (idempotent)."""
+    def close(self, code: int, reason: str, *, cause: str | None = None) -> None:
+        """Drop what is queued and close after nothing else (idempotent). ``cause`` is the metric's
+        reason when the close code alone does not tell it (1012 for a ring hand-off, say)."""
         if self.closing is not None:
             return
+        metrics.WS_CLOSES.labels(cause or close_reason(code)).inc()
         self.closing = Close(code, reason)
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(self.closing)
 
     async def next_outgoing(self) -> str | Close:
+        item = await self._queue.get()
+        return item if isinstance(item, Close) else item.text
+
+    async def next_item(self) -> Outgoing | Close:
+        """What the socket writer sends next, with what it records once written."""
         return await self._queue.get()
 
     @property
@@ -162,6 +229,7 @@ class Hub:
         """The device acked ``seq`` (cumulatively); returns how many of its frames that delivered."""
         fresh = seq > conn.window.acked(conversation_id)
         done = conn.window.ack(conversation_id, seq)
+        metrics.MESSAGES_ACKED.inc(done)
         if fresh and self._pending is not None:
             await self._guarded(
                 "acknowledging",
@@ -213,6 +281,7 @@ class Hub:
             if given_up and self._pending is not None:
                 self._given_up.setdefault((conn.user_id, conn.device_id), []).extend(given_up)
         self.retransmitted += count
+        metrics.MESSAGES_RETRANSMITTED.inc(count)
         return count
 
     async def forget_given_up(self) -> None:

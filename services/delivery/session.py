@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.common import metrics
 from services.common.clock import rfc3339
 from services.common.errors import CourierError, InvalidRequest
 from services.common.push import Pusher
@@ -19,6 +20,17 @@ from services.delivery.routes import RouteTable
 from services.message.app import SendMessage
 
 log = logging.getLogger("courier.delivery.session")
+
+FRAME_LABELS = (*protocol.CLIENT_FRAME_TYPES, "invalid")
+"""``type`` values of the client-frame metrics: every frame type, and ``invalid`` for what does not parse."""
+
+
+def prime_metrics() -> None:
+    """Create every client frame type's series at zero, so /metrics shows them before traffic."""
+    for kind in FRAME_LABELS:
+        metrics.WS_FRAME_DURATION.labels(kind)
+        for outcome in ("ok", "error"):
+            metrics.WS_FRAMES_RECEIVED.labels(kind, outcome)
 
 
 @dataclass(frozen=True)
@@ -49,15 +61,21 @@ class Session:
     async def on_text(self, data: str | bytes) -> None:
         """Handle one client frame; every failure becomes an ``error`` frame, the socket stays."""
         ref: protocol.FrameId = None
+        kind, outcome = "invalid", "error"
+        started = time.perf_counter()
         try:
             frame = protocol.parse_frame(data)
-            ref = frame.id
+            ref, kind = frame.id, frame.type
             await self._heartbeat()
             await self._dispatch(frame)
+            outcome = "ok"
         except protocol.FrameError as exc:
             self.conn.offer(protocol.error_frame(exc.ref, InvalidRequest.code, exc.message))
         except CourierError as exc:
             self.conn.offer(protocol.error_frame(ref, exc.code, exc.message))
+        finally:
+            metrics.WS_FRAMES_RECEIVED.labels(kind, outcome).inc()
+            metrics.WS_FRAME_DURATION.labels(kind).observe(time.perf_counter() - started)
 
     async def _heartbeat(self) -> None:
         now = self._clock()
@@ -88,6 +106,7 @@ class Session:
             case protocol.SyncFrame():
                 limit = min(frame.limit or deps.sync_limit, deps.sync_limit)
                 synced = await deps.messages.sync(conn.user_id, frame.cursors, limit=limit)
+                metrics.MESSAGES_SYNCED.inc(sum(len(s.messages) for s in synced))
                 conn.offer(
                     protocol.sync_result(
                         frame.id,

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from services.common import metrics
 from services.common.clock import utcnow
 from services.common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from services.common.ids import new_id
@@ -199,11 +200,13 @@ async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
 
     try:
         async with deps.locks(cmd.conversation_id):
-            return Sent(await _commit_event(build, cmd.conversation_id, deps), created=True)
+            stored = await _commit_event(build, cmd.conversation_id, deps)
     except ClientMsgIdTaken:
         existing = await deps.store.find_by_client_id(cmd.sender_id, client_msg_id)
         assert existing is not None
         return _resent(existing, cmd)
+    metrics.MESSAGES_SENT.labels(content["type"]).inc()
+    return Sent(stored, created=True)
 
 
 def _resent(existing: Message, cmd: SendMessage) -> Sent:
@@ -397,6 +400,21 @@ async def fan_out(
     push it to every device of every member but the one it came from."""
     if conversation is None:
         return  # the conversation is gone; members will not see the event anywhere
+    with metrics.FANOUT_DURATION.labels("timeline" if conversation.large else "inbox").time():
+        await _fan_out(
+            event, conversation, inbox=inbox, timeline=timeline, pusher=pusher, fanout_concurrency=fanout_concurrency
+        )
+
+
+async def _fan_out(
+    event: Message,
+    conversation: Conversation,
+    *,
+    inbox: Inbox,
+    timeline: Timeline,
+    pusher: Pusher,
+    fanout_concurrency: int,
+) -> None:
     members: Collection[str] = list(conversation.roles)
     wire = event.to_wire()
     if conversation.large:

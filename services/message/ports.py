@@ -179,6 +179,18 @@ class Consumer(Protocol):
         ...
 
 
+class LogMonitor(Protocol):
+    """Where consumer groups stand in the event log: what the lag and dead-letter gauges sample."""
+
+    async def lag(self, group: str, topic: str) -> dict[int, int]:
+        """Per partition of ``topic``: records not yet committed by ``group`` (end minus committed offset)."""
+        ...
+
+    async def held(self, topic: str) -> int:
+        """Records ``topic`` holds (end minus beginning offsets, summed over its partitions)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Conversation:
     """What the message service needs to know of a conversation."""

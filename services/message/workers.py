@@ -14,13 +14,30 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
-from services.message.ports import Consumer, EventLog, MessageStore, Record
+from services.common import metrics
+from services.common.clock import utcnow
+from services.message.domain import SENDABLE_TYPES
+from services.message.ports import Consumer, EventLog, LogMonitor, MessageStore, Record
 
 log = logging.getLogger("courier.message.workers")
 
 MESSAGES_TOPIC = "courier.messages.v1"
 DLQ_TOPIC = "courier.messages.dlq.v1"
+FANOUT_GROUP = "courier-fanout"
+SAMPLE_EVERY_S = 5.0
+
+
+def prime_metrics(*, group: str = FANOUT_GROUP, topic: str = MESSAGES_TOPIC) -> None:
+    """Create the message pipeline's labelled series at zero, so /metrics shows them before traffic."""
+    for content_type in SENDABLE_TYPES:
+        metrics.MESSAGES_SENT.labels(content_type)
+    metrics.CONSUMER_RECORDS.labels(group, topic)
+    metrics.CONSUMER_FAILURES.labels(group, topic)
+    metrics.DLQ_RECORDS.labels(topic)
+    for diffusion in ("inbox", "timeline"):
+        metrics.FANOUT_DURATION.labels(diffusion)
 
 
 class OutboxRelay:
@@ -43,6 +60,7 @@ class OutboxRelay:
         await self._log.publish([Record(MESSAGES_TOPIC, row.conversation_id, row.payload) for row in rows])
         await self._store.delete_outbox([row.outbox_id for row in rows])
         self.published += len(rows)
+        metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)
 
     async def run(self) -> None:
@@ -83,8 +101,10 @@ class FanoutWorker:
         *,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        group: str = FANOUT_GROUP,
     ) -> None:
         self._consumer, self._dlq, self._handle = consumer, dlq, handle
+        self._group = group
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self.processed = 0
@@ -95,6 +115,7 @@ class FanoutWorker:
             try:
                 await self._handle(record)
             except Exception as exc:  # noqa: BLE001 - any failure of one record is retried, then parked
+                metrics.CONSUMER_FAILURES.labels(self._group, record.topic).inc()
                 if attempt == self._retry.attempts:
                     log.error("record of %s failed %d times, moving it to the DLQ: %r", record.key, attempt, exc)
                     await self._dlq.publish(
@@ -113,10 +134,12 @@ class FanoutWorker:
                         ]
                     )
                     self.dead_lettered += 1
+                    metrics.DLQ_RECORDS.labels(record.topic).inc()
                     return
                 await self._sleep(self._retry.delay(attempt))
             else:
                 self.processed += 1
+                metrics.CONSUMER_RECORDS.labels(self._group, record.topic).inc()
                 return
 
     async def _process_key(self, records: list[Record]) -> None:
@@ -151,3 +174,34 @@ class FanoutWorker:
         while True:
             if not await self.step():
                 await asyncio.sleep(1.0)
+
+
+async def sample_outbox(store: MessageStore, *, now: Callable[[], datetime] = utcnow) -> None:
+    """Set the outbox gauges from one query: rows waiting, and how long the oldest has waited."""
+    backlog, oldest = await store.outbox_stats()
+    metrics.OUTBOX_BACKLOG.set(backlog)
+    metrics.OUTBOX_OLDEST_AGE.set(0.0 if oldest is None else max(0.0, (now() - oldest).total_seconds()))
+
+
+async def sample_log(
+    monitor: LogMonitor, *, group: str = FANOUT_GROUP, topic: str = MESSAGES_TOPIC, dlq_topic: str = DLQ_TOPIC
+) -> None:
+    """Set the consumer lag of ``group`` per partition of ``topic``, and the dead-letter topic's size."""
+    for partition, lag in (await monitor.lag(group, topic)).items():
+        metrics.CONSUMER_LAG.labels(group, topic, str(partition)).set(lag)
+    metrics.DLQ_SIZE.set(await monitor.held(dlq_topic))
+
+
+async def sample_forever(sample: Callable[[], Awaitable[None]], *, what: str, every_s: float = SAMPLE_EVERY_S) -> None:
+    """Run ``sample`` now and every ``every_s``; a failure (database or broker away) keeps the last values."""
+    failing = False
+    while True:
+        try:
+            await sample()
+        except Exception:  # noqa: BLE001 - a gauge sampler must outlive any outage; logged once per outage
+            if not failing:
+                log.warning("sampling %s failed; gauges keep their last values", what, exc_info=True)
+            failing = True
+        else:
+            failing = False
+        await asyncio.sleep(every_s)

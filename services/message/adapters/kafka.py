@@ -454,3 +454,80 @@ async def create_topics(settings: KafkaSettings, partitions: Mapping[str, int]) 
 async def ensure_topics(settings: KafkaSettings) -> None:
     """Create ``courier.messages.v1`` and ``courier.messages.dlq.v1`` (``courier migrate``); idempotent."""
     await create_topics(settings, {MESSAGES_TOPIC: settings.messages_partitions, DLQ_TOPIC: settings.dlq_partitions})
+
+
+class KafkaLogMonitor:
+    """LogMonitor on Kafka: end offsets from a group-less consumer, committed offsets from the admin client.
+    Every message replica reports the whole group's lag, so dashboards take the max per partition."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._consumer: Any = None
+        self._admin: Any = None
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self._consumer is not None:
+                return
+            admin = await _admin(self._settings)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=_require_bootstrap(self._settings),
+                client_id=self._settings.client_id,
+                group_id=None,
+                enable_auto_commit=False,
+            )
+            try:
+                await consumer.start()
+            except _BROKER_ERRORS as exc:
+                await consumer.stop()
+                await admin.close()
+                raise Unavailable(f"Kafka monitor cannot start: {exc}") from exc
+            self._consumer, self._admin = consumer, admin
+
+    async def stop(self) -> None:
+        async with self._starting:
+            consumer, admin, self._consumer, self._admin = self._consumer, self._admin, None, None
+            if consumer is not None:
+                await consumer.stop()
+            if admin is not None:
+                await admin.close()
+
+    async def _bounds(self, topic: str) -> tuple[dict[Any, int], dict[Any, int]]:
+        await self.start()
+        try:
+            described = await self._admin.describe_topics([topic])
+            partitions = [
+                TopicPartition(topic, p["partition"])
+                for t in described
+                if t["topic"] == topic and t["error_code"] == 0
+                for p in t["partitions"]
+            ]
+            if not partitions:
+                return {}, {}
+            return (
+                dict(await self._consumer.beginning_offsets(partitions)),
+                dict(await self._consumer.end_offsets(partitions)),
+            )
+        except _BROKER_ERRORS as exc:
+            raise Unavailable(f"Kafka offsets of {topic} cannot be read: {exc}") from exc
+
+    async def lag(self, group: str, topic: str) -> dict[int, int]:
+        beginning, end = await self._bounds(topic)
+        if not end:
+            return {}
+        try:
+            committed = await self._admin.list_consumer_group_offsets(group, partitions=list(end))
+        except _BROKER_ERRORS as exc:
+            raise Unavailable(f"Kafka offsets of group {group} cannot be read: {exc}") from exc
+        lags: dict[int, int] = {}
+        for tp, last in end.items():
+            meta = committed.get(tp)
+            # No commit yet: the group starts at the earliest record still held (auto_offset_reset=earliest).
+            start = meta.offset if meta is not None and meta.offset >= 0 else beginning.get(tp, 0)
+            lags[tp.partition] = max(0, last - start)
+        return lags
+
+    async def held(self, topic: str) -> int:
+        beginning, end = await self._bounds(topic)
+        return sum(max(0, last - beginning.get(tp, 0)) for tp, last in end.items())

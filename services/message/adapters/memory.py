@@ -132,6 +132,13 @@ class MemoryEventLog:
     def records(self, topic: str) -> list[Record]:
         return list(self._topics[topic])
 
+    async def lag(self, group: str, topic: str) -> dict[int, int]:
+        """LogMonitor: one partition, 0."""
+        return {0: len(self._topics[topic]) - self._committed[(topic, group)]}
+
+    async def held(self, topic: str) -> int:
+        return len(self._topics[topic])
+
 
 class MemoryConsumer:
     def __init__(self, log: MemoryEventLog, topic: str, group: str) -> None:
