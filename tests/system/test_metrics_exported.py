@@ -38,8 +38,15 @@ def metrics_urls(server: RunningServer) -> dict[str, str]:
 
 async def scrape(urls: dict[str, str]) -> dict[str, dict[str, float]]:
     """Process name -> {sample name: sum of its values over all label sets}."""
+
+    async def get(client: httpx.AsyncClient, name: str, url: str) -> httpx.Response:
+        try:
+            return await client.get(url)
+        except httpx.HTTPError as exc:
+            raise AssertionError(f"{name}: GET {url} failed: {exc!r}") from exc
+
     async with httpx.AsyncClient(timeout=10) as client:
-        answers = await asyncio.gather(*(client.get(url) for url in urls.values()))
+        answers = await asyncio.gather(*(get(client, name, url) for name, url in urls.items()))
     exported: dict[str, dict[str, float]] = {}
     for name, answer in zip(urls, answers, strict=True):
         assert answer.status_code == 200, f"{name}: GET /metrics answered {answer.status_code}"
