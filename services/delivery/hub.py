@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.common import metrics
+from opentelemetry import trace
+
+from services.common import metrics, telemetry
 from services.common.errors import Unavailable
 from services.common.push import ack_seq
 from services.delivery.pending import PendingStore
@@ -200,7 +202,20 @@ class Hub:
         tracked: bool = False,
         skip_device: tuple[str, str] | None = None,
     ) -> None:
+        with telemetry.tracer(__name__).start_as_current_span("push") as span:
+            await self._push(user_ids, frame, tracked=tracked, skip_device=skip_device, span=span)
+
+    async def _push(
+        self,
+        user_ids: Collection[str],
+        frame: Mapping[str, Any],
+        *,
+        tracked: bool,
+        skip_device: tuple[str, str] | None,
+        span: trace.Span,
+    ) -> None:
         now = self._clock()
+        offered = 0
         tracking: list[Connection] = []
         for user_id in user_ids:
             for conn in self.devices(user_id):
@@ -212,6 +227,9 @@ class Hub:
                     tracking.append(conn)
                 if conn.offer(frame):
                     self.pushed += 1
+                    offered += 1
+        if span.is_recording():
+            span.set_attributes({"courier.frame.type": str(frame.get("type")), "courier.push.connections": offered})
         # After the offers, so the store never delays a push; an ack that overtakes its frame's
         # record is safe, as the store skips frames at or below the acked seq.
         pending = self._pending

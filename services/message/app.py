@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from services.common import metrics
+from services.common import metrics, telemetry
 from services.common.clock import utcnow
 from services.common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from services.common.ids import new_id
@@ -122,6 +122,22 @@ def event_payload(event: Message) -> bytes:
     return orjson.dumps({"event": event.to_wire()})
 
 
+TRACE_CONTEXT_MAX = 512
+"""Size of the outbox's trace context column."""
+
+
+def trace_context() -> str | None:
+    """The current trace context as the outbox stores it (JSON), or None when tracing is off. A tracestate
+    too long for the column is dropped: the traceparent alone keeps the trace joined."""
+    carrier = telemetry.inject()
+    if not carrier:
+        return None
+    text = orjson.dumps(carrier).decode()
+    if len(text) > TRACE_CONTEXT_MAX:
+        text = orjson.dumps({k: v for k, v in carrier.items() if k == "traceparent"}).decode()
+    return text if len(text) <= TRACE_CONTEXT_MAX else None
+
+
 async def _resync_counter(conversation_id: str, deps: MessageDeps) -> None:
     """After a failed commit: put the counter back on the store's high-water mark, or drop it so
     the next draw seeds from the store. Either way the seq just drawn is not skipped."""
@@ -150,7 +166,7 @@ async def _commit_event(
             seq = await counter.next(conversation_id, seed=lambda: store.max_seq(conversation_id))
         event = event_factory(seq)
         try:
-            await store.append(event, outbox=event_payload(event), replace=replace)
+            await store.append(event, outbox=event_payload(event), replace=replace, trace_context=trace_context())
         except SeqTaken:
             retries += 1
             await counter.advance(conversation_id, await store.max_seq(conversation_id))

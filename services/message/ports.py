@@ -28,6 +28,8 @@ class OutboxRecord:
     outbox_id: int
     conversation_id: str
     payload: bytes
+    trace_context: str | None = None
+    """The sender's W3C trace context (JSON of traceparent/tracestate): the relay's publish continues it."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,11 @@ class MessageStore(Protocol):
 
     async def get(self, conversation_id: str, seq: int) -> Message | None: ...
 
-    async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
+    async def append(
+        self, event: Message, *, outbox: bytes, replace: Message | None = None, trace_context: str | None = None
+    ) -> None:
         """In ONE transaction: insert ``event``, overwrite ``replace`` (a recalled or edited target),
-        insert the outbox row and move the sender's read cursor to ``event.seq``.
+        insert the outbox row (with ``trace_context``) and move the sender's read cursor to ``event.seq``.
         ``event.seq`` must be exactly the stored maximum + 1: ``SeqTaken`` at or below it (and on
         the unique constraint), ``SeqGap`` above it; ``ClientMsgIdTaken`` when the sender already
         used the client_msg_id."""

@@ -16,10 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.common import metrics
+import orjson
+from opentelemetry import trace
+
+from services.common import metrics, telemetry
 from services.common.clock import utcnow
 from services.message.domain import SENDABLE_TYPES
-from services.message.ports import Consumer, EventLog, LogMonitor, MessageStore, Record
+from services.message.ports import Consumer, EventLog, LogMonitor, MessageStore, OutboxRecord, Record
 
 log = logging.getLogger("courier.message.workers")
 
@@ -57,7 +60,28 @@ class OutboxRelay:
         rows = await self._store.claim_outbox(limit=self._batch, lease_s=self._lease_s)
         if not rows:
             return 0
-        await self._log.publish([Record(MESSAGES_TOPIC, row.conversation_id, row.payload) for row in rows])
+        # One span per row, child of the send that wrote it; its context travels in the record's headers.
+        tracer = telemetry.tracer(__name__)
+        spans = [
+            tracer.start_span(
+                "outbox publish",
+                context=telemetry.extract(_carrier(row)),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"messaging.destination.name": MESSAGES_TOPIC},
+            )
+            for row in rows
+        ]
+        try:
+            records = [_record(row, span) for row, span in zip(rows, spans, strict=True)]
+            await self._log.publish(records)
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR)
+            raise
+        finally:
+            for span in spans:
+                span.end()
         await self._store.delete_outbox([row.outbox_id for row in rows])
         self.published += len(rows)
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
@@ -78,6 +102,27 @@ class OutboxRelay:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+
+
+def _carrier(row: OutboxRecord) -> dict[str, str]:
+    if not row.trace_context:
+        return {}
+    try:
+        carrier = orjson.loads(row.trace_context)
+    except orjson.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in carrier.items()} if isinstance(carrier, dict) else {}
+
+
+def _record(row: OutboxRecord, span: trace.Span) -> Record:
+    with trace.use_span(span, end_on_exit=False):
+        carrier = telemetry.inject()
+    return Record(MESSAGES_TOPIC, row.conversation_id, row.payload, {k: v.encode() for k, v in carrier.items()})
+
+
+def record_context(record: Record) -> dict[str, str]:
+    """The trace context a record's headers carry (none when tracing is off)."""
+    return telemetry.carrier_from_headers(record.headers.items())
 
 
 @dataclass(frozen=True)
@@ -111,6 +156,16 @@ class FanoutWorker:
         self.dead_lettered = 0
 
     async def _process(self, record: Record) -> None:
+        """Handle one record in a span ``fanout`` continuing the trace its headers carry."""
+        with telemetry.tracer(__name__).start_as_current_span(
+            "fanout",
+            context=telemetry.extract(record_context(record)),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.destination.name": record.topic, "messaging.consumer.group.name": self._group},
+        ):
+            await self._attempts(record)
+
+    async def _attempts(self, record: Record) -> None:
         for attempt in range(1, self._retry.attempts + 1):
             try:
                 await self._handle(record)

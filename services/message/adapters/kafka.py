@@ -20,7 +20,9 @@ from aiokafka import (  # type: ignore[import-untyped]
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
+from opentelemetry import context as otel_context
 
+from services.common import telemetry
 from services.common.errors import Unavailable
 from services.common.settings import KafkaSettings
 from services.message.ports import Record
@@ -134,6 +136,20 @@ class KafkaEventLog:
                     "Kafka producer did not flush within %gs; closed with records unacked", self._close_timeout_s
                 )
 
+    async def _send(self, record: Record, headers: list[tuple[str, bytes]]) -> asyncio.Future[Any]:
+        """Queue one record. Under the context its headers carry, so the traced producer's send span joins
+        that trace (and the header it adds names the same trace)."""
+        carrier = telemetry.carrier_from_headers(headers)
+        token = otel_context.attach(telemetry.extract(carrier)) if carrier else None
+        try:
+            ack: asyncio.Future[Any] = await self._producer.send(
+                record.topic, value=record.value, key=record.key.encode(), headers=headers
+            )
+            return ack
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+
     async def publish(self, records: Sequence[Record]) -> None:
         if not records:
             return
@@ -146,11 +162,7 @@ class KafkaEventLog:
             async with asyncio.timeout_at(deadline):
                 for record in records:
                     headers = [(name, value) for name, value in record.headers.items()]
-                    acks.append(
-                        await self._producer.send(
-                            record.topic, value=record.value, key=record.key.encode(), headers=headers
-                        )
-                    )
+                    acks.append(await self._send(record, headers))
             # wait() rather than gather(): on timeout the acks stay with the producer instead of being cancelled.
             _, late = await asyncio.wait(acks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
             if late:

@@ -187,7 +187,9 @@ class MemoryMessageStore:
     async def get(self, conversation_id: str, seq: int) -> Message | None:
         return self._by_seq[conversation_id].get(seq)
 
-    async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
+    async def append(
+        self, event: Message, *, outbox: bytes, replace: Message | None = None, trace_context: str | None = None
+    ) -> None:
         if self.fail_next_append is not None:
             error, self.fail_next_append = self.fail_next_append, None
             raise error
@@ -202,7 +204,8 @@ class MemoryMessageStore:
         if replace is not None:
             self._by_seq[replace.conversation_id][replace.seq] = replace
             self._by_client[(replace.sender_id, replace.client_msg_id)] = replace
-        self._outbox[self._next_outbox] = (OutboxRecord(self._next_outbox, event.conversation_id, outbox), utcnow(), 0)
+        row = OutboxRecord(self._next_outbox, event.conversation_id, outbox, trace_context)
+        self._outbox[self._next_outbox] = (row, utcnow(), 0)
         self._next_outbox += 1
         await self.set_read(event.conversation_id, event.sender_id, event.seq)
 

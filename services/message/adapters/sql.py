@@ -89,6 +89,8 @@ outbox_rows = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("leased_until", UtcDateTime, nullable=False),
     Column("lease_token", String(32), nullable=True),
+    # The sender's trace context, so the relay's publish joins the trace of the send (revision 0002).
+    Column("trace_context", String(512), nullable=True),
     Index("ix_message_outbox_leased_until", "leased_until"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
@@ -173,7 +175,9 @@ class SqlMessageStore:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)
 
-    async def append(self, event: Message, *, outbox: bytes, replace: Message | None = None) -> None:
+    async def append(
+        self, event: Message, *, outbox: bytes, replace: Message | None = None, trace_context: str | None = None
+    ) -> None:
         now = utcnow()
         try:
             async with self._write() as conn:
@@ -201,6 +205,7 @@ class SqlMessageStore:
                         payload=outbox,
                         created_at=now,
                         leased_until=now,
+                        trace_context=trace_context,
                     )
                 )
                 await _advance_read(conn, event.conversation_id, event.sender_id, event.seq)
@@ -300,13 +305,20 @@ class SqlMessageStore:
             )
             rows = (
                 await conn.execute(
-                    select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id, outbox_rows.c.payload)
+                    select(
+                        outbox_rows.c.outbox_id,
+                        outbox_rows.c.conversation_id,
+                        outbox_rows.c.payload,
+                        outbox_rows.c.trace_context,
+                    )
                     # By primary key: lease_token has no index, and the backlog may be long.
                     .where(outbox_rows.c.outbox_id.in_(ids), outbox_rows.c.lease_token == token)
                     .order_by(outbox_rows.c.outbox_id)
                 )
             ).all()
-        return [OutboxRecord(int(row.outbox_id), row.conversation_id, bytes(row.payload)) for row in rows]
+        return [
+            OutboxRecord(int(row.outbox_id), row.conversation_id, bytes(row.payload), row.trace_context) for row in rows
+        ]
 
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None:
         if outbox_ids:
