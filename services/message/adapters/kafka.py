@@ -508,7 +508,7 @@ class KafkaLogMonitor:
     async def _bounds(self, topic: str) -> tuple[dict[Any, int], dict[Any, int]]:
         await self.start()
         try:
-            described = await self._admin.describe_topics([topic])
+            described = await self._admin.describe_topics(None)  # every topic: naming one may auto-create it
             partitions = [
                 TopicPartition(topic, p["partition"])
                 for t in described
