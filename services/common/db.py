@@ -6,10 +6,12 @@ uses SQLite (aiosqlite); the distributed mode MySQL/MariaDB or PostgreSQL throug
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ from typing import Any
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.types import TypeDecorator
 
@@ -65,13 +67,15 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-            # Take the write lock when a transaction starts: a deferred transaction that reads and
-            # then writes fails at once with SQLITE_BUSY when another one did the same.
-            dbapi_connection.isolation_level = None
+            dbapi_connection.isolation_level = None  # the "begin" listener below says how
 
         @event.listens_for(engine.sync_engine, "begin")
-        def _begin_immediate(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn: Any) -> None:
+            # A transaction that may write takes the write lock when it starts: a deferred one that
+            # reads and then writes fails at once with SQLITE_BUSY when another one did the same. A
+            # read-only one (``reading``) runs deferred: in WAL mode it neither waits for nor holds it.
+            read_only = conn.get_execution_options().get(_READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -117,8 +121,48 @@ async def outage_is_unavailable(what: str) -> AsyncIterator[None]:
         raise Unavailable(f"the {what} database is unavailable; try again") from exc
 
 
+_READ_ONLY = "courier_read_only"
+# SQLite has one write lock per file, and a writer that finds it taken sleeps in SQLite's busy
+# handler (polling at up to 100 ms). This process's writers queue on an asyncio lock instead, so
+# the next one starts the moment the last one commits; the busy timeout is left for other processes.
+_WRITERS: weakref.WeakKeyDictionary[Engine, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _writer_turn(engine: AsyncEngine) -> AbstractAsyncContextManager[Any]:
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    return _WRITERS.setdefault(engine.sync_engine, asyncio.Lock())
+
+
+@asynccontextmanager
+async def reading(engine: AsyncEngine, what: str) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads only (SQLite: a deferred transaction that never blocks a writer)."""
+    async with outage_is_unavailable(what), engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            await conn.execution_options(**{_READ_ONLY: True})
+        yield conn
+
+
+@asynccontextmanager
+async def writing(engine: AsyncEngine, what: str) -> AsyncIterator[AsyncConnection]:
+    """A transaction that may write, committed on success; an outage is ``Unavailable``."""
+    async with outage_is_unavailable(what), _writer_turn(engine), engine.begin() as conn:
+        yield conn
+
+
 @asynccontextmanager
 async def transaction(sessions: async_sessionmaker[AsyncSession], what: str) -> AsyncIterator[AsyncSession]:
-    """One ORM-session transaction, committed on success; an outage is ``Unavailable``."""
-    async with outage_is_unavailable(what), sessions.begin() as session:
+    """One ORM-session transaction that may write, committed on success; an outage is ``Unavailable``."""
+    engine = sessions.kw["bind"]
+    async with outage_is_unavailable(what), _writer_turn(engine), sessions.begin() as session:
+        yield session
+
+
+@asynccontextmanager
+async def read_session(sessions: async_sessionmaker[AsyncSession], what: str) -> AsyncIterator[AsyncSession]:
+    """An ORM session for reads only, rolled back at the end (see ``reading``)."""
+    async with outage_is_unavailable(what), sessions() as session:
+        if session.bind is not None and session.bind.dialect.name == "sqlite":
+            read_only: dict[str, Any] = {_READ_ONLY: True}
+            await session.connection(execution_options=read_only)
         yield session

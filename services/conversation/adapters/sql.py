@@ -86,6 +86,9 @@ class SqlConversationStore:
     def _transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         return db.transaction(self._sessions, "conversation")
 
+    def _reading(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return db.read_session(self._sessions, "conversation")
+
     async def create(self, conversation: Conversation) -> tuple[Conversation, bool]:
         key = pair_key(conversation)
         try:
@@ -111,7 +114,7 @@ class SqlConversationStore:
         except IntegrityError as exc:
             # Another request created the same pair between our read and our insert.
             if key is not None:
-                async with self._transaction() as session:
+                async with self._reading() as session:
                     existing = await self._by_key(session, key)
                 if existing is not None:
                     return existing, False
@@ -119,7 +122,7 @@ class SqlConversationStore:
         return conversation, True
 
     async def get(self, conversation_id: str) -> Conversation | None:
-        async with self._transaction() as session:
+        async with self._reading() as session:
             row = (
                 await session.execute(
                     select(conversations_table).where(conversations_table.c.conversation_id == conversation_id)
@@ -131,7 +134,7 @@ class SqlConversationStore:
 
     async def list_for_user(self, user_id: str) -> list[Conversation]:
         mine = select(members_table.c.conversation_id).where(members_table.c.user_id == user_id)
-        async with self._transaction() as session:
+        async with self._reading() as session:
             rows = (
                 await session.execute(
                     select(conversations_table)
@@ -152,7 +155,7 @@ class SqlConversationStore:
         return [_conversation(row, by_conversation.get(row.conversation_id, ())) for row in rows]
 
     async def conversation_ids(self, user_id: str) -> list[str]:
-        async with self._transaction() as session:
+        async with self._reading() as session:
             result = await session.execute(
                 select(members_table.c.conversation_id)
                 .where(members_table.c.user_id == user_id)

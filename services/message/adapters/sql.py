@@ -7,8 +7,8 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,8 +38,9 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.common import db
 from services.common.clock import utcnow
-from services.common.db import UtcDateTime, metadata, outage_is_unavailable
+from services.common.db import UtcDateTime, metadata
 from services.message.domain import Message
 from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqGap, SeqTaken
 
@@ -153,15 +154,11 @@ class SqlMessageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with outage_is_unavailable("message"), self._engine.connect() as conn:
-            yield conn
+    def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return db.reading(self._engine, "message")
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with outage_is_unavailable("message"), self._engine.begin() as conn:
-            yield conn
+    def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return db.writing(self._engine, "message")
 
     async def find_by_client_id(self, sender_id: str, client_msg_id: str) -> Message | None:
         query = select(messages).where(messages.c.sender_id == sender_id, messages.c.client_msg_id == client_msg_id)

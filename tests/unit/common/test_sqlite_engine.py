@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from services.common.db import create_engine
+from services.common.db import create_engine, reading, writing
 
 
 def _journal_mode(path: Path) -> str:
@@ -58,5 +58,47 @@ async def test_a_missing_directory_is_left_for_the_first_connection_to_report(tm
             async with engine.connect():
                 pass
         assert not (tmp_path / "absent").exists()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_read_is_answered_while_a_write_transaction_is_open(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'rw.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (n INTEGER)"))
+            await conn.execute(text("INSERT INTO t (n) VALUES (1)"))
+        async with writing(engine, "test") as writer:
+            await writer.execute(text("INSERT INTO t (n) VALUES (2)"))
+
+            # The writer holds SQLite's write lock; a read that asked for it would wait out the
+            # 30 s busy timeout. It sees the last committed state instead, at once.
+            async def read() -> list[int]:
+                async with reading(engine, "test") as reader:
+                    return sorted((await reader.execute(text("SELECT n FROM t"))).scalars())
+
+            assert await asyncio.wait_for(read(), timeout=20) == [1]
+        async with reading(engine, "test") as reader:
+            assert sorted((await reader.execute(text("SELECT n FROM t"))).scalars()) == [1, 2]
+    finally:
+        await engine.dispose()
+
+
+async def test_writers_of_one_process_take_turns_without_sqlite_busy_errors(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE counter (n INTEGER)"))
+            await conn.execute(text("INSERT INTO counter (n) VALUES (0)"))
+
+        async def increment() -> None:
+            async with writing(engine, "test") as conn:
+                n = (await conn.execute(text("SELECT n FROM counter"))).scalar_one()
+                await conn.execute(text("UPDATE counter SET n = :n"), {"n": n + 1})
+
+        await asyncio.gather(*(increment() for _ in range(50)))
+
+        async with reading(engine, "test") as conn:
+            assert (await conn.execute(text("SELECT n FROM counter"))).scalar_one() == 50
     finally:
         await engine.dispose()
