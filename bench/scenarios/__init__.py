@@ -112,9 +112,10 @@ async def ramp(
     handler: Callable[[int], FrameHandler | None],
     *,
     what: str = "connections",
+    on_open: Callable[[Socket], None] | None = None,
 ) -> Ramp:
     """Open one socket per user at ``ramp_rate`` per second, at most ``handshakes`` at once;
-    ``handler(i)`` gives user i's frame handler."""
+    ``handler(i)`` gives user i's frame handler, ``on_open`` sees each socket as soon as it is open."""
     options = ctx.options
     sockets: list[Socket | None] = [None] * len(users)
     timings: list[tuple[float, float]] = []
@@ -129,13 +130,16 @@ async def ramp(
         async with slots:
             begun = time.monotonic()
             try:
-                sockets[index] = await Socket.open(
+                socket = await Socket.open(
                     ctx.target.ws_url, users[index].access_token, on_frame=handler(index), deflate=options.deflate
                 )
             except Exception as exc:  # noqa: BLE001 - every failure to connect is counted, by kind
                 errors[f"connect: {connect_error_kind(exc)}"] += 1
                 return
+            sockets[index] = socket
             timings.append((begun - started, time.monotonic() - begun))
+            if on_open is not None:
+                on_open(socket)
 
     async def fire(count: int) -> None:
         nonlocal next_index

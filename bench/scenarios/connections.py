@@ -20,14 +20,17 @@ SETTLE_S = 2.0
 
 async def _keep_alive(sockets: list[Socket], every_s: float, pongs: list[float]) -> None:
     """A ``ping`` frame per socket every ``every_s`` (the server closes sockets silent for 120 s),
-    spread evenly over the interval rather than in one burst."""
+    spread evenly over the interval rather than in one burst. ``sockets`` grows during the ramp:
+    a slow ramp must not let the first sockets fall silent."""
     while True:
         started = time.monotonic()
-        gap = every_s / max(1, len(sockets))
-        for index, socket in enumerate(sockets):
+        now_open = list(sockets)
+        gap = every_s / max(1, len(now_open))
+        for index, socket in enumerate(now_open):
             if not socket.closed.is_set():
                 asyncio.get_running_loop().create_task(_ping(socket, pongs))
             await asyncio.sleep(max(0.0, started + (index + 1) * gap - time.monotonic()))
+        await asyncio.sleep(max(0.0, started + every_s - time.monotonic()))
 
 
 async def _ping(socket: Socket, pongs: list[float]) -> None:
@@ -66,12 +69,13 @@ async def run(ctx: Context) -> Result:
     sampler = Sampler(target.pids)
     pongs: list[float] = []
     async with sampler.running():
-        opened = await ramp(ctx, users, lambda _i: None)
+        live: list[Socket] = []
+        pinger = asyncio.create_task(_keep_alive(live, options.ping_every_s, pongs))
+        opened = await ramp(ctx, users, lambda _i: None, on_open=live.append)
         sockets = opened.opened
         ctx.progress.note(
             f"connections: {len(sockets):,} open after {opened.elapsed_s:.1f}s; holding {options.hold_s:.0f}s"
         )
-        pinger = asyncio.create_task(_keep_alive(sockets, options.ping_every_s, pongs))
         hold_until = time.monotonic() + options.hold_s
 
         def status() -> str:
