@@ -13,6 +13,7 @@ import uvicorn
 
 def _dev(args: argparse.Namespace) -> int:
     from services.allinone import create_app
+    from services.common.logs import configure_logging
     from services.common.settings import Settings
 
     overrides: dict[str, object] = {"mode": "dev"}
@@ -23,6 +24,7 @@ def _dev(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    log_config = configure_logging("all", args.log_level)
     app = create_app(settings)
     print(f"courier dev: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}/)", flush=True)
     uvicorn.run(
@@ -30,6 +32,7 @@ def _dev(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=log_config,
         ws_max_size=4 << 20,
         ws_ping_interval=None,
         ws_per_message_deflate=False,  # compression costs ~100 KiB per socket; frames are small JSON
@@ -41,6 +44,7 @@ def _dev(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from services.common.logs import configure_logging
     from services.common.settings import Settings
     from services.run import create_service_app, serve_gateway
 
@@ -51,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides["node_name"] = args.node_name
     settings = Settings(**overrides)  # type: ignore[arg-type]
     settings.refuse_insecure_defaults()
+    log_config = configure_logging(args.service, args.log_level)
     print(f"courier run {args.service}: http://{settings.host}:{settings.port}", flush=True)
     if args.service == "gateway":
         asyncio.run(serve_gateway(settings))
@@ -61,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=log_config,
         ws_max_size=4 << 20,
         ws_ping_interval=None,
         ws_per_message_deflate=False,  # compression costs ~100 KiB per socket; frames are small JSON
@@ -151,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("bench", help="the load tool: connections, throughput, fanout, sync (see bench/README.md)")
     args = parser.parse_args(args_in)
+    # dev and run switch to JSON lines (services.common.logs) once they know their service name.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     handler = args.handler
     return int(handler(args))

@@ -21,6 +21,13 @@ class OperatorConfig(BaseSettings):
     )
     retry_delay_s: float = Field(10.0, gt=0, description="Delay of kopf's retry while an IMCluster is not ready yet.")
     liveness: str = Field("", description="kopf's liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty: none.")
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: any free port)."
+    )
+    metrics_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - scraped by Prometheus from outside the pod
+        description="Address the /metrics endpoint binds (127.0.0.1 for local runs and tests).",
+    )
 
     def namespace_list(self) -> list[str]:
         return [n.strip() for n in self.namespaces.split(",") if n.strip()]

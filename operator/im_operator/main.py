@@ -12,6 +12,7 @@ import kopf
 from im_operator.config import OperatorConfig
 from im_operator.handlers import build_registry, kopf_settings
 from im_operator.kube import Kube
+from im_operator.metrics import serve as serve_metrics
 from im_operator.reconcile import Reconciler
 
 
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = kopf.OperatorSettings()
     kopf_settings(settings)
     namespaces = config.namespace_list()
+    metrics_server = serve_metrics(config.metrics_port, config.metrics_host)
     try:
         kopf.run(
             registry=build_registry(reconciler, config),
@@ -71,5 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             liveness_endpoint=config.liveness or None,
         )
     finally:
+        metrics_server.shutdown()
         kube.close()
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from im_operator import credentials, ring
+from im_operator import credentials, metrics, ring
 from im_operator.kube import ApiError, Conflict, Kube, Ref
 from im_operator.model import API_VERSION, CLUSTER_LABEL, COMPONENT_LABEL, KIND, Cluster, InvalidSpec
 from im_operator.render import render
@@ -93,6 +93,7 @@ class Reconciler:
             # kopf's copy was taken, and conditions must build on the status as it is.
             fresh = await self.kube.get(Ref(API_VERSION, KIND, cluster.namespace, cluster.name))
             if fresh is None:
+                metrics.forget(cluster.namespace, cluster.name)
                 return Outcome(ready=True, problem=None)  # deleted meanwhile: nothing left to wait for
             return await self._pass(fresh)
 
@@ -108,6 +109,7 @@ class Reconciler:
                 self._queued.discard(key)
                 imcluster = await self.kube.get(Ref(API_VERSION, KIND, namespace, name))
                 if imcluster is None or (imcluster.get("metadata") or {}).get("deletionTimestamp"):
+                    metrics.forget(namespace, name)
                     return  # gone or going: the garbage collector removes the children
                 await self._pass(imcluster)
         except ApiError as exc:
@@ -127,6 +129,14 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------------ one pass
 
     async def _pass(self, imcluster: Mapping[str, Any]) -> Outcome:
+        """One pass, counted by its result and timed (courier_operator_reconcile*)."""
+        with metrics.timed_pass() as timed:
+            outcome = await self._pass_once(imcluster)
+            permanent = outcome.problem is not None and outcome.problem.permanent
+            timed.result = metrics.result_of(outcome.ready, permanent)
+            return outcome
+
+    async def _pass_once(self, imcluster: Mapping[str, Any]) -> Outcome:
         cluster = Cluster.of(imcluster)
         try:
             manifests = render(imcluster, default_image=self.default_image)
@@ -171,6 +181,7 @@ class Reconciler:
         cluster = Cluster.of(imcluster)
         previous: Mapping[str, Any] = imcluster.get("status") or {}
         wanted = build_status(previous, seen, now=self._now())
+        metrics.record_status(cluster.namespace, cluster.name, wanted)
         patch = status_patch(previous, wanted)
         if patch is not None:
             ref = Ref(API_VERSION, KIND, cluster.namespace, cluster.name)

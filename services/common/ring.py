@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.metrics import RING_MEMBERS, RING_VERSION
+
 DEFAULT_VNODES = 150
 log = logging.getLogger("courier.ring")
 
@@ -69,10 +71,15 @@ class RingSource:
         self._mtime: float | None = None
         self._urls: dict[str, str] = dict(nodes)
         self._template = ""
-        self.ring = Ring.of(nodes, vnodes=vnodes, version=0)
         self._listeners: list[Callable[[Ring, Ring], Awaitable[None]]] = []
+        self._set(Ring.of(nodes, vnodes=vnodes, version=0))
         if self._file is not None:
             self.reload()
+
+    def _set(self, ring: Ring) -> None:
+        self.ring = ring
+        RING_VERSION.set(ring.version)
+        RING_MEMBERS.set(len(ring.members))
 
     def url_for(self, member: str) -> str:
         if member in self._urls:
@@ -105,7 +112,7 @@ class RingSource:
             version=int(data.get("version") or 0),
         )
         changed = new.members != self.ring.members
-        self.ring = new
+        self._set(new)
         return changed
 
     async def run(self) -> None:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from services.common.errors import CourierError, RateLimited, Unauthorized
+from services.common.metrics import GATEWAY_SPLICES, GATEWAY_UPSTREAM_ERRORS
 from services.common.ring import RingSource
 from services.common.tokens import AccessTokens, bearer
 from services.gateway.edge import Limiter
@@ -29,6 +30,8 @@ HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_S = 30.0
 TRUSTED_HEADERS = (b"x-forwarded-for", b"x-courier-reject")
 REJECT_HEADER = "X-Courier-Reject"
+# The upstream label of GATEWAY_UPSTREAM_ERRORS for each kind of splice.
+UPSTREAM_OF = {"websocket": "delivery", "http": "gateway-http"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class Front:
         # runs in this process and looks the client up here, so no header a client could forge (on
         # a kept-alive connection, after the first request) decides its address.
         self.clients: dict[int, str] = {}
+        for upstream in UPSTREAM_OF.values():
+            GATEWAY_UPSTREAM_ERRORS.labels(upstream)
 
     def client_ip(self, scope_client: tuple[str, int] | None) -> str | None:
         """The real client address of a request the HTTP app received through this front."""
@@ -152,6 +157,7 @@ class Front:
                 log.warning("rate limiter unavailable; letting a WebSocket upgrade through", exc_info=True)
             ring = self._ring.ring
             if not ring.members:
+                GATEWAY_UPSTREAM_ERRORS.labels(UPSTREAM_OF["websocket"]).inc()
                 await _error(writer, 503, "Service Unavailable", "unavailable", "no delivery node is ready")
                 writer.close()
                 return
@@ -165,6 +171,7 @@ class Front:
         try:
             up_reader, up_writer = await asyncio.open_connection(*upstream)
         except OSError:
+            GATEWAY_UPSTREAM_ERRORS.labels(UPSTREAM_OF[kind]).inc()
             await _error(writer, 503, "Service Unavailable", "unavailable", f"{kind} upstream unreachable")
             writer.close()
             return
@@ -175,11 +182,13 @@ class Front:
         up_writer.write(head.forwarded(extra))
         if kind == "websocket":
             self.open_websockets += 1
+            GATEWAY_SPLICES.inc()
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             if kind == "websocket":
                 self.open_websockets -= 1
+                GATEWAY_SPLICES.dec()
             elif local:
                 self.clients.pop(local[1], None)
             for w in (writer, up_writer):

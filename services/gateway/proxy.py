@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
 from services.common.errors import NotFound, Unavailable
+from services.common.metrics import GATEWAY_UPSTREAM_ERRORS
 from services.common.settings import ServiceUrls
 
 HOP_BY_HOP = frozenset(
@@ -28,6 +29,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 MESSAGE_SUBPATHS = frozenset({"messages", "read"})
+UPSTREAMS = ("identity", "conversation", "message", "presence", "file")
 
 
 def service_for(path: str) -> str | None:
@@ -49,9 +51,10 @@ class Proxy:
         limits = httpx.Limits(max_connections=500, max_keepalive_connections=200)
         timeout = httpx.Timeout(timeout_s, connect=5.0)
         self._clients = {
-            name: httpx.AsyncClient(base_url=getattr(urls, name), timeout=timeout, limits=limits)
-            for name in ("identity", "conversation", "message", "presence", "file")
+            name: httpx.AsyncClient(base_url=getattr(urls, name), timeout=timeout, limits=limits) for name in UPSTREAMS
         }
+        for name in UPSTREAMS:
+            GATEWAY_UPSTREAM_ERRORS.labels(name)
 
     async def forward(self, request: Request) -> Response:
         service = service_for(request.url.path)
@@ -77,6 +80,7 @@ class Proxy:
         try:
             answer = await client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
+            GATEWAY_UPSTREAM_ERRORS.labels(service).inc()
             raise Unavailable(f"the {service} service is unavailable; try again") from exc
         response_headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
         return StreamingResponse(

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.common.errors import RateLimited
+from services.common.metrics import RATE_LIMIT_REJECTIONS
 from services.common.settings import Bucket, LimitSettings
 
 # Float refills land a hair short of a whole token; without the tolerance a client that waited
 # exactly retry_after seconds would be refused again with a retry_after of a few nanoseconds.
 _EPSILON = 1e-9
+LIMITS = ("global", "ip", "user")
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class RateLimiter:
         self._limits = limits
         self._store = store
         self._clock = clock
+        for limit in LIMITS:  # every limit's series exists from start-up, at 0
+            RATE_LIMIT_REJECTIONS.labels(limit)
 
     async def check(self, *, ip: str, user_id: str | None) -> None:
         now = self._clock()
@@ -110,4 +114,5 @@ class RateLimiter:
         for which, key, bucket in checks:
             wait = await self._store.take(key, bucket, now=now)
             if wait > 0:
+                RATE_LIMIT_REJECTIONS.labels(which).inc()
                 raise RateLimited(f"{which} rate limit exceeded", retry_after=wait)

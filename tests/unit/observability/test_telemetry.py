@@ -1,0 +1,204 @@
+"""Tracing: off costs nothing; on, spans cross HTTP and Kafka headers as one trace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy import text
+
+from services.common import db, telemetry
+from services.common.internal import InternalClient
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+OFF_PROBE = """
+import json, sys
+from opentelemetry import trace
+from services.common import telemetry
+on = telemetry.configure("identity")
+with telemetry.tracer("probe").start_as_current_span("x"):
+    carrier = telemetry.inject()
+print(json.dumps({
+    "on": on,
+    "inject": carrier,
+    "sdk_imported": sorted(
+        m for m in sys.modules if m.startswith(("opentelemetry.sdk", "opentelemetry.instrumentation"))
+    ),
+    "provider": type(trace.get_tracer_provider()).__name__,
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"OTEL_TRACES_EXPORTER": "none"}, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}],
+    ids=["unset", "none", "sdk-disabled"],
+)
+def test_off_installs_nothing_and_injects_nothing(env: dict[str, str]) -> None:
+    done = run_python(OFF_PROBE, env)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found == {"on": False, "inject": {}, "sdk_imported": [], "provider": "ProxyTracerProvider"}
+
+
+def test_the_environment_turns_tracing_on_with_the_default_service_name() -> None:
+    code = (
+        "from services.common import telemetry; from opentelemetry import trace; "
+        "print(telemetry.configure('message'), telemetry.configure('message'), "
+        "trace.get_tracer_provider().resource.attributes['service.name']); telemetry.shutdown()"
+    )
+    done = run_python(code, {"OTEL_TRACES_EXPORTER": "console"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "courier-message"]
+
+
+def test_otel_service_name_overrides_the_default() -> None:
+    code = (
+        "from services.common import telemetry; from opentelemetry import trace; telemetry.configure('message'); "
+        "print(trace.get_tracer_provider().resource.attributes['service.name']); telemetry.shutdown()"
+    )
+    done = run_python(code, {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "msg-eu"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "msg-eu"
+
+
+def test_configure_logging_writes_json_lines_to_stderr() -> None:
+    code = (
+        "import logging; from services.common.logs import configure_logging; configure_logging('presence'); "
+        "logging.getLogger('courier.x').info('hello')"
+    )
+    done = run_python(code, {})
+    assert done.returncode == 0, done.stderr
+    line = json.loads(done.stderr.strip().splitlines()[-1])
+    assert {k: line[k] for k in ("level", "logger", "message", "service")} == {
+        "level": "INFO",
+        "logger": "courier.x",
+        "message": "hello",
+        "service": "presence",
+    }
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    assert telemetry.configure("test", exporter=exporter)
+    try:
+        yield exporter
+    finally:
+        telemetry.reset()
+
+
+def test_inject_then_extract_continues_the_same_trace(spans: InMemorySpanExporter) -> None:
+    tracer = telemetry.tracer("test")
+    with tracer.start_as_current_span("send") as sender:
+        carrier = telemetry.inject()
+        headers = telemetry.kafka_headers(carrier)
+    assert "traceparent" in carrier
+    received = telemetry.carrier_from_headers([*headers, ("other", b"x")])
+    assert received == carrier
+    with tracer.start_as_current_span("push", context=telemetry.extract(received)) as receiver:
+        pass
+    assert receiver.get_span_context().trace_id == sender.get_span_context().trace_id
+    push = next(s for s in spans.get_finished_spans() if s.name == "push")
+    assert push.parent is not None
+    assert push.parent.span_id == sender.get_span_context().span_id
+
+
+def test_inject_outside_a_span_is_empty(spans: InMemorySpanExporter) -> None:
+    assert telemetry.inject() == {}
+    assert not trace.get_current_span(telemetry.extract({})).get_span_context().is_valid
+
+
+async def test_an_instrumented_app_traces_requests_but_not_probes(spans: InMemorySpanExporter) -> None:
+    app = FastAPI()
+
+    @app.get("/v1/users/{user_id}")
+    async def get_user(user_id: str) -> dict[str, str]:
+        return {"user_id": user_id}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    telemetry.instrument_app(app)
+    telemetry.instrument_app(app)  # idempotent
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/v1/users/u1")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+    server = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+    assert [s.attributes.get("http.route") for s in server if s.attributes] == ["/v1/users/{user_id}"]
+    assert server[0].resource.attributes["service.name"] == "courier-test"
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A loopback HTTP server answering {} to anything and remembering each request's headers."""
+    seen: list[dict[str, str]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        seen.append({k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)})
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_internal_calls_carry_the_trace_to_the_next_service(
+    spans: InMemorySpanExporter, echo_server: tuple[str, list[dict[str, str]]]
+) -> None:
+    url, seen = echo_server
+    client = InternalClient(url, "internal-token")
+    try:
+        with telemetry.tracer("test").start_as_current_span("use case") as parent:
+            assert await client.call("GET", "/internal/x") == {}
+    finally:
+        await client.close()
+    trace_id = format(parent.get_span_context().trace_id, "032x")
+    assert seen[0]["traceparent"].split("-")[1] == trace_id
+    clients = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
+    assert clients
+    assert clients[0].context.trace_id == parent.get_span_context().trace_id
+
+
+async def test_an_instrumented_engine_traces_statements(spans: InMemorySpanExporter, tmp_path: Path) -> None:
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'trace.db'}")
+    telemetry.instrument_engine(engine)
+    telemetry.instrument_engine(engine)  # idempotent
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    statements = [s for s in spans.get_finished_spans() if s.attributes and s.attributes.get("db.system") == "sqlite"]
+    assert "SELECT 1" in [s.attributes.get("db.statement") for s in statements if s.attributes]
