@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -127,7 +128,7 @@ async def test_client_frames_are_counted_by_type_and_outcome_and_synced_messages
     hub = Hub()
     conn: Connection = connect(hub, uid("u"), "phone")
     s = session(hub, conn)
-    s.deps = s.deps.__class__(**{**s.deps.__dict__, "messages": Syncing()})
+    s.deps = replace(s.deps, messages=Syncing())
     ok_ping = value("courier_ws_frames_received_total", type="ping", outcome="ok")
     invalid = value("courier_ws_frames_received_total", type="invalid", outcome="error")
     bad_sync = value("courier_ws_frames_received_total", type="sync", outcome="error")
