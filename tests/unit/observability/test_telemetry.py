@@ -100,6 +100,7 @@ def test_configure_logging_writes_json_lines_to_stderr() -> None:
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
+    telemetry.reset()  # whatever an earlier test left configured
     assert telemetry.configure("test", exporter=exporter)
     try:
         yield exporter
