@@ -201,6 +201,30 @@ async def test_concurrent_appends_of_one_client_msg_id_store_exactly_one(store: 
     assert (await store.outbox_stats())[0] == 1
 
 
+async def test_concurrent_appends_to_many_conversations_each_get_their_own_answer(store: MessageStore) -> None:
+    # Sends arriving together are committed together (group commit); one bad seq among them must
+    # refuse only itself.
+    taken, gapped = new_id(), new_id()
+    await store.append(message(taken, 1), outbox=b"first")
+    fine = [message(new_id(), 1) for _ in range(20)]
+    contenders = [*fine[:10], message(taken, 1), message(gapped, 2), *fine[10:]]
+
+    results = await asyncio.gather(
+        *(store.append(event, outbox=event.message_id.encode()) for event in contenders), return_exceptions=True
+    )
+
+    answers = dict(zip((event.message_id for event in contenders), results, strict=True))
+    assert isinstance(answers[contenders[10].message_id], SeqTaken)
+    assert isinstance(answers[contenders[11].message_id], SeqGap)
+    assert all(answers[event.message_id] is None for event in fine)
+    for event in fine:
+        assert await store.get(event.conversation_id, 1) == event
+        assert (await store.read_seqs("alice", [event.conversation_id])) == {event.conversation_id: 1}
+    assert await store.max_seq(gapped) == 0
+    claimed = await store.claim_outbox(limit=100, lease_s=60)
+    assert sorted(record.payload for record in claimed) == sorted([b"first", *(e.message_id.encode() for e in fine)])
+
+
 async def test_appending_past_the_next_seq_raises_seq_gap_and_stores_nothing(store: MessageStore) -> None:
     cid = new_id()
     await append_many(store, cid, 2)

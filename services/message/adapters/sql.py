@@ -6,9 +6,12 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections import deque
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,10 +44,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.common import db
 from services.common.clock import utcnow
 from services.common.db import UtcDateTime, metadata
+from services.common.errors import Unavailable
 from services.message.domain import Message
 from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqGap, SeqTaken
 
 ID = String(32)
+# Most appends committed in one transaction (group commit).
+GROUP_COMMIT_LIMIT = 64
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 # MySQL's TEXT and BLOB stop at 64 KiB; a long message or its outbox event must not be cut off there.
 Content = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -128,13 +134,49 @@ def _columns(message: Message) -> dict[str, Any]:
     }
 
 
+def _seq_error(event: Message, highest: int) -> Exception | None:
+    if event.seq <= highest:
+        return SeqTaken(f"{event.conversation_id}/{event.seq} is already stored")
+    if event.seq > highest + 1:
+        return SeqGap(f"{event.conversation_id}/{event.seq} would leave a gap after {highest}")
+    return None
+
+
+def _outbox_row(event: Message, payload: bytes, trace_context: str | None, now: datetime) -> dict[str, Any]:
+    return {
+        "conversation_id": event.conversation_id,
+        "payload": payload,
+        "created_at": now,
+        "leased_until": now,
+        "trace_context": trace_context,
+    }
+
+
+def _sender_cursor(event: Message) -> dict[str, Any]:
+    """The sender has read what they sent."""
+    return {"conversation_id": event.conversation_id, "user_id": event.sender_id, "read_seq": event.seq}
+
+
+async def _apply_replace(conn: AsyncConnection, replace: Message) -> None:
+    """A recall or edit rewrites the message it targets in the same transaction as its own event."""
+    changed = _columns(replace)
+    await conn.execute(
+        update(messages)
+        .where(messages.c.message_id == replace.message_id)
+        .values(content=changed["content"], recalled=replace.recalled, edited=replace.edited)
+    )
+
+
 async def _advance_read(conn: AsyncConnection, conversation_id: str, user_id: str, seq: int) -> None:
-    """Upsert the cursor, keeping the larger seq (the dialects spell upsert differently)."""
-    values = {"conversation_id": conversation_id, "user_id": user_id, "read_seq": seq}
+    await _advance_reads(conn, [{"conversation_id": conversation_id, "user_id": user_id, "read_seq": seq}])
+
+
+async def _advance_reads(conn: AsyncConnection, cursors: list[dict[str, Any]]) -> None:
+    """Upsert cursors (distinct keys), each keeping the larger seq (the dialects spell upsert differently)."""
     dialect = conn.dialect.name
     if dialect in ("sqlite", "postgresql"):
         module: Any = sqlite if dialect == "sqlite" else postgresql
-        stmt = module.insert(read_cursors).values(values)
+        stmt = module.insert(read_cursors).values(cursors)
         larger = case(
             (stmt.excluded.read_seq > read_cursors.c.read_seq, stmt.excluded.read_seq), else_=read_cursors.c.read_seq
         )
@@ -142,7 +184,7 @@ async def _advance_read(conn: AsyncConnection, conversation_id: str, user_id: st
             stmt.on_conflict_do_update(index_elements=["conversation_id", "user_id"], set_={"read_seq": larger})
         )
     elif dialect in ("mysql", "mariadb"):
-        stmt = mysql.insert(read_cursors).values(values)
+        stmt = mysql.insert(read_cursors).values(cursors)
         await conn.execute(
             stmt.on_duplicate_key_update(read_seq=func.greatest(read_cursors.c.read_seq, stmt.inserted.read_seq))
         )
@@ -150,9 +192,51 @@ async def _advance_read(conn: AsyncConnection, conversation_id: str, user_id: st
         raise NotImplementedError(f"no upsert for dialect {dialect}")
 
 
+async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) -> dict[str, int]:
+    """The highest stored seq of each conversation that has one.
+
+    One max() per conversation, each answered from the end of the (conversation_id, seq) index: a
+    GROUP BY over an IN list reads every message of those conversations on PostgreSQL."""
+    ids = list(dict.fromkeys(conversation_ids))
+    found: dict[str, int] = {}
+    for start in range(0, len(ids), 200):
+        heads = [
+            select(
+                literal(cid, ID).label("conversation_id"),
+                select(func.max(messages.c.seq))
+                .where(messages.c.conversation_id == cid)
+                .scalar_subquery()
+                .label("seq"),
+            )
+            for cid in ids[start : start + 200]
+        ]
+        rows = (await conn.execute(union_all(*heads) if len(heads) > 1 else heads[0])).all()
+        found.update((cid, int(seq)) for cid, seq in rows if seq is not None)
+    return found
+
+
+@dataclass(eq=False)
+class _Append:
+    event: Message
+    outbox: bytes
+    replace: Message | None
+    trace_context: str | None
+    done: asyncio.Future[None]
+
+    def settle(self, error: BaseException | None = None) -> None:
+        if self.done.done():  # the sender stopped waiting (cancelled); the row stands or not all the same
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+
 class SqlMessageStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._waiting: deque[_Append] = deque()
+        self._committer: asyncio.Task[None] | None = None
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return db.reading(self._engine, "message")
@@ -175,7 +259,86 @@ class SqlMessageStore:
     async def append(
         self, event: Message, *, outbox: bytes, replace: Message | None = None, trace_context: str | None = None
     ) -> None:
+        """Store ``event`` with its outbox row, if its seq is exactly the next one.
+
+        Group commit: appends that arrive while a commit is running wait for it to end and are then
+        committed together, one transaction and one multi-row statement per table for all of them,
+        so under load the database work per message shrinks with the batch instead of queueing."""
+        item = _Append(event, outbox, replace, trace_context, asyncio.get_running_loop().create_future())
+        self._waiting.append(item)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_waiting(), name="message-group-commit")
+        await item.done
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            batch = self._next_batch()
+            try:
+                if len(batch) == 1:
+                    await self._append_one(batch[0])
+                else:
+                    await self._append_batch(batch)
+            except BaseException as exc:  # whatever happens, nobody is left waiting
+                for item in batch:
+                    item.settle(exc if isinstance(exc, Exception) else Unavailable("the message store stopped"))
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _next_batch(self) -> list[_Append]:
+        """Up to ``GROUP_COMMIT_LIMIT`` waiting appends of distinct conversations, oldest first (a second
+        event of a conversation waits for the next batch: one upsert may not touch a row twice)."""
+        batch: list[_Append] = []
+        later: list[_Append] = []
+        seen: set[str] = set()
+        while self._waiting and len(batch) < GROUP_COMMIT_LIMIT:
+            item = self._waiting.popleft()
+            if item.event.conversation_id in seen:
+                later.append(item)
+            else:
+                seen.add(item.event.conversation_id)
+                batch.append(item)
+        self._waiting.extendleft(reversed(later))
+        return batch
+
+    async def _append_batch(self, batch: list[_Append]) -> None:
         now = utcnow()
+        refused: list[tuple[_Append, Exception]] = []
+        accepted: list[_Append] = []
+        try:
+            async with self._write() as conn:
+                highest = await _max_seqs(conn, [item.event.conversation_id for item in batch])
+                for item in batch:
+                    error = _seq_error(item.event, highest.get(item.event.conversation_id, 0))
+                    if error is None:
+                        accepted.append(item)
+                    else:
+                        refused.append((item, error))
+                if accepted:
+                    await conn.execute(messages.insert(), [_columns(item.event) for item in accepted])
+                    for item in accepted:
+                        if item.replace is not None:
+                            await _apply_replace(conn, item.replace)
+                    await conn.execute(
+                        outbox_rows.insert(),
+                        [_outbox_row(item.event, item.outbox, item.trace_context, now) for item in accepted],
+                    )
+                    await _advance_reads(conn, [_sender_cursor(item.event) for item in accepted])
+        except IntegrityError:
+            # A client_msg_id sent again, or a seq another replica took: the batch rolled back as a
+            # whole; commit its appends one by one so each gets its own answer.
+            for item in batch:
+                try:
+                    await self._append_one(item)
+                except Exception as exc:  # noqa: BLE001 - the sender's own error, handed to the sender
+                    item.settle(exc)
+            return
+        for item in accepted:
+            item.settle()
+        for item, error in refused:
+            item.settle(error)
+
+    async def _append_one(self, item: _Append) -> None:
+        event = item.event
         try:
             async with self._write() as conn:
                 # Exactly the next seq: one drawn by a process that died before committing must not leave
@@ -183,33 +346,21 @@ class SqlMessageStore:
                 high = await conn.execute(
                     select(func.max(messages.c.seq)).where(messages.c.conversation_id == event.conversation_id)
                 )
-                highest = high.scalar() or 0
-                if event.seq <= highest:
-                    raise SeqTaken(f"{event.conversation_id}/{event.seq} is already stored")
-                if event.seq > highest + 1:
-                    raise SeqGap(f"{event.conversation_id}/{event.seq} would leave a gap after {highest}")
+                error = _seq_error(event, high.scalar() or 0)
+                if error is not None:
+                    raise error
                 await conn.execute(messages.insert().values(_columns(event)))
-                if replace is not None:
-                    changed = _columns(replace)
-                    await conn.execute(
-                        update(messages)
-                        .where(messages.c.message_id == replace.message_id)
-                        .values(content=changed["content"], recalled=replace.recalled, edited=replace.edited)
-                    )
+                if item.replace is not None:
+                    await _apply_replace(conn, item.replace)
                 await conn.execute(
-                    outbox_rows.insert().values(
-                        conversation_id=event.conversation_id,
-                        payload=outbox,
-                        created_at=now,
-                        leased_until=now,
-                        trace_context=trace_context,
-                    )
+                    outbox_rows.insert().values(_outbox_row(event, item.outbox, item.trace_context, utcnow()))
                 )
-                await _advance_read(conn, event.conversation_id, event.sender_id, event.seq)
+                await _advance_reads(conn, [_sender_cursor(event)])
         except IntegrityError as exc:
             if await self.find_by_client_id(event.sender_id, event.client_msg_id) is not None:
                 raise ClientMsgIdTaken(event.client_msg_id) from exc
             raise SeqTaken(f"{event.conversation_id}/{event.seq}") from exc
+        item.settle()
 
     async def max_seq(self, conversation_id: str) -> int:
         query = select(func.max(messages.c.seq)).where(messages.c.conversation_id == conversation_id)
@@ -217,25 +368,8 @@ class SqlMessageStore:
             return int((await conn.execute(query)).scalar() or 0)
 
     async def max_seqs(self, conversation_ids: Collection[str]) -> dict[str, int]:
-        # One max() per conversation, each answered from the end of the (conversation_id, seq) index.
-        # A GROUP BY over an IN list reads every message of those conversations on PostgreSQL.
-        ids = list(dict.fromkeys(conversation_ids))
-        found: dict[str, int] = {}
         async with self._read() as conn:
-            for start in range(0, len(ids), 200):
-                heads = [
-                    select(
-                        literal(cid, ID).label("conversation_id"),
-                        select(func.max(messages.c.seq))
-                        .where(messages.c.conversation_id == cid)
-                        .scalar_subquery()
-                        .label("seq"),
-                    )
-                    for cid in ids[start : start + 200]
-                ]
-                rows = (await conn.execute(union_all(*heads) if len(heads) > 1 else heads[0])).all()
-                found.update((cid, int(seq)) for cid, seq in rows if seq is not None)
-        return found
+            return await _max_seqs(conn, conversation_ids)
 
     async def last_messages(self, conversation_ids: Collection[str]) -> dict[str, Message]:
         heads = await self.max_seqs(conversation_ids)
