@@ -55,11 +55,18 @@ class UtcDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+SQLITE_POOL_SIZE = 16
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; for SQLite, WAL journal and a busy timeout so readers never block writers."""
     if url.startswith("sqlite"):
         _use_wal(make_url(url).database)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        # Connections stay open: aiosqlite runs each on its own thread, and the default pool's overflow
+        # opened and closed one (a thread, a file open, the pragmas) for every burst above five.
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, pool_size=SQLITE_POOL_SIZE, max_overflow=0, pool_timeout=60
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
