@@ -413,13 +413,14 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            for stop in built.on_stop:
-                await stop()
+            # Loops first, then what they use: a loop still running would reopen a client just stopped.
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            for stop in built.on_stop:
+                await stop()
             for close in reversed(wiring.closers):
                 await close()
             telemetry.shutdown()
