@@ -12,6 +12,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from tests.unit.chart.conftest import CHART, REPO, Helm, by_kind, load_yaml, one
+from tests.unit.dashboards.queries import SHIPPED_ALERTS
 
 ALL_ENABLED = CHART / "ci" / "all-enabled-values.yaml"
 
@@ -189,16 +190,6 @@ def test_operator_serves_metrics_on_its_port_and_a_service_monitor_scrapes_it(he
     assert not courier.items() <= service["metadata"]["labels"].items()
     default = one(helm.template(), "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "COURIER_OPERATOR_METRICS_PORT", "value": "9090"} in default["env"]
-
-
-SHIPPED_ALERTS = [
-    "CourierNoMessagesFlowing",
-    "CourierDLQGrowing",
-    "CourierOutboxStale",
-    "CourierPushLatencyHigh",
-    "CourierGateway5xx",
-    "CourierRingNotPublished",
-]
 
 
 def alerts(rule: dict[str, Any]) -> list[str]:

@@ -20,6 +20,15 @@ from services.common import metrics as catalogue_module
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARDS = REPO / "dashboards"
 RULES = REPO / "charts" / "courier" / "files" / "prometheus-rules.yaml"
+# The alerts the chart ships, in the order of the rules file.
+SHIPPED_ALERTS = [
+    "CourierNoMessagesFlowing",
+    "CourierDLQGrowing",
+    "CourierOutboxStale",
+    "CourierPushLatencyHigh",
+    "CourierGateway5xx",
+    "CourierRingNotPublished",
+]
 
 # Grafana's interval variables stand where PromQL wants a duration; any value parses the same way.
 INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "${__rate_interval}": "5m"}
