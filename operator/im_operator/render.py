@@ -300,6 +300,29 @@ class _CourierPods:
         if service == "delivery":
             # The pod name is the node's stable member name on the ring.
             env.append({"name": "COURIER_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        return env + self.tracing_env(service)
+
+    def tracing_env(self, service: str) -> list[dict[str, Any]]:
+        """The standard OTEL_* variables the processes read; none when spec.tracing is absent (tracing off)."""
+        tracing = self.spec.get("tracing")
+        if not tracing:
+            return []
+        sampler = str(tracing.get("sampler") or "parentbased_traceidratio")
+        env = [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "OTEL_TRACES_EXPORTER", "value": "otlp"},
+            {"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": "http/protobuf"},
+            {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": str(tracing["endpoint"])},
+            {"name": "OTEL_SERVICE_NAME", "value": f"courier-{service}"},
+            {
+                "name": "OTEL_RESOURCE_ATTRIBUTES",
+                "value": f"k8s.namespace.name={self.cluster.namespace},k8s.pod.name=$(POD_NAME),"
+                f"service.namespace={self.cluster.name}",
+            },
+            {"name": "OTEL_TRACES_SAMPLER", "value": sampler},
+        ]
+        if sampler.endswith("traceidratio"):
+            env.append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": _env_value(tracing.get("ratio", 0.1))})
         return env
 
     def container(self, service: str, resources: Mapping[str, Any] | None) -> dict[str, Any]:

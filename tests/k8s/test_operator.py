@@ -422,6 +422,12 @@ def test_the_api_server_refuses_specs_its_rules_forbid(kube: Cluster, namespace:
         kube.apply(long_name)
     assert "at most 40 characters" in refused.value.output
 
+    not_a_url = sample(namespace, "unused", name="traced")
+    not_a_url["spec"]["tracing"] = {"endpoint": "collector:4318"}
+    with pytest.raises(CommandFailed) as refused:
+        kube.apply(not_a_url)
+    assert "tracing.endpoint must be an http:// or https:// URL" in refused.value.output
+
 
 def test_the_api_server_refuses_changing_immutable_fields(kube: Cluster, namespace: str, chat: str) -> None:
     for patch, message in (

@@ -249,3 +249,53 @@ def test_the_sample_manifest_satisfies_the_crd_schema() -> None:
     manifest = yaml.safe_load((REPO / "crds" / "examples" / "imcluster.yaml").read_text())
 
     jsonschema.Draft4Validator(SCHEMA).validate(manifest)
+
+
+def test_tracing_is_off_unless_the_spec_names_a_collector() -> None:
+    children = render(sample(), default_image="courier:1")
+
+    for kind, name in (("Deployment", "chat-message"), ("StatefulSet", "chat-delivery")):
+        assert not [n for n in env(children, kind, name) if n.startswith("OTEL_")]
+
+
+def test_tracing_gives_every_process_the_standard_otel_variables() -> None:
+    tracing = {"endpoint": "http://collector.monitoring:4318", "ratio": 0.25}
+    children = render(sample(tracing=tracing), default_image="courier:1")
+
+    for kind, name, service in (
+        ("Deployment", "chat-gateway", "gateway"),
+        ("Deployment", "chat-message", "message"),
+        ("StatefulSet", "chat-delivery", "delivery"),
+    ):
+        variables = env(children, kind, name)
+        values = {n: e.get("value") for n, e in variables.items()}
+        assert values["OTEL_TRACES_EXPORTER"] == "otlp"
+        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector.monitoring:4318"
+        assert values["OTEL_SERVICE_NAME"] == f"courier-{service}"
+        assert values["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert values["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+        assert "k8s.pod.name=$(POD_NAME)" in values["OTEL_RESOURCE_ATTRIBUTES"]
+        # Kubernetes expands $(POD_NAME) only from a variable defined before it.
+        names = [e["name"] for e in container(children, kind, name)["env"]]
+        assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+
+
+def test_a_sampler_without_a_ratio_gets_no_sampler_argument() -> None:
+    children = render(
+        sample(tracing={"endpoint": "http://collector:4318", "sampler": "always_on"}), default_image="courier:1"
+    )
+
+    variables = env(children, "Deployment", "chat-message")
+    assert variables["OTEL_TRACES_SAMPLER"]["value"] == "always_on"
+    assert "OTEL_TRACES_SAMPLER_ARG" not in variables
+
+
+def test_the_crd_refuses_an_unknown_sampler_and_a_ratio_above_one() -> None:
+    tracing = SCHEMA["properties"]["spec"]["properties"]["tracing"]
+
+    assert tracing["required"] == ["endpoint"]
+    assert "always_on" in tracing["properties"]["sampler"]["enum"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"endpoint": "http://c:4318", "sampler": "sometimes"}, tracing)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"endpoint": "http://c:4318", "ratio": 1.5}, tracing)
