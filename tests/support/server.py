@@ -103,16 +103,37 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
-@contextlib.contextmanager
-def run_stack(env: Mapping[str, str]) -> Iterator[RunningServer]:
-    """The distributed stack of ``make up`` (infra, migrations, every service, two delivery nodes),
-    restarted with ``env`` for the tests and stopped afterwards (the servers keep running)."""
-    from tools import stack
+# The environments of the run_stack blocks open in this process, innermost last: a module's fixture may
+# open one while the session's `server[up]` still holds another.
+_STACKS: list[dict[str, str]] = []
 
+
+@contextlib.contextmanager
+def _stack_turn() -> Iterator[None]:
+    """Hold the machine-wide stack lock while any run_stack of this process is open (re-entrant here:
+    flock would block on a second open of the file by the same process)."""
+    if _STACKS:
+        yield
+        return
     with STACK_LOCK.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stack.down(infra=False)
-        state = stack.up(extra_env=dict(env))
+        yield
+
+
+@contextlib.contextmanager
+def run_stack(env: Mapping[str, str]) -> Iterator[RunningServer]:
+    """The distributed stack of ``make up`` (infra, migrations, every service, two delivery nodes) with
+    ``env`` for the tests, stopped afterwards (the servers keep running). Nested in another run_stack,
+    it reuses that stack when the settings are the same, else restarts it with its own and gives the
+    outer one back its settings at the end."""
+    from tools import stack
+
+    wanted = dict(env)
+    with _stack_turn():
+        if not _STACKS or _STACKS[-1] != wanted:
+            stack.down(infra=False)
+        state = stack.up(extra_env=wanted)  # starts only what is not running
+        _STACKS.append(wanted)
         try:
             yield RunningServer(
                 state["gateway"],
@@ -124,4 +145,8 @@ def run_stack(env: Mapping[str, str]) -> Iterator[RunningServer]:
                 5 << 20,
             )
         finally:
-            stack.down(infra=False)
+            _STACKS.pop()
+            if not _STACKS or _STACKS[-1] != wanted:
+                stack.down(infra=False)
+            if _STACKS and _STACKS[-1] != wanted:
+                stack.up(extra_env=_STACKS[-1])
