@@ -121,16 +121,18 @@ def _stack_turn() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def run_stack(env: Mapping[str, str]) -> Iterator[RunningServer]:
+def run_stack(env: Mapping[str, str], *, fresh: bool = False) -> Iterator[RunningServer]:
     """The distributed stack of ``make up`` (infra, migrations, every service, two delivery nodes) with
     ``env`` for the tests, stopped afterwards (the servers keep running). Nested in another run_stack,
-    it reuses that stack when the settings are the same, else restarts it with its own and gives the
-    outer one back its settings at the end."""
+    it reuses that stack when the settings are the same and ``fresh`` is not asked for (tests that kill
+    processes or move the ring want new ones), else restarts it, and gives the outer one a stack with its
+    settings back at the end."""
     from tools import stack
 
     wanted = dict(env)
     with _stack_turn():
-        if not _STACKS or _STACKS[-1] != wanted:
+        restarted = fresh or not _STACKS or _STACKS[-1] != wanted
+        if restarted:
             stack.down(infra=False)
         state = stack.up(extra_env=wanted)  # starts only what is not running
         _STACKS.append(wanted)
@@ -146,7 +148,7 @@ def run_stack(env: Mapping[str, str]) -> Iterator[RunningServer]:
             )
         finally:
             _STACKS.pop()
-            if not _STACKS or _STACKS[-1] != wanted:
+            if not _STACKS or restarted:
                 stack.down(infra=False)
-            if _STACKS and _STACKS[-1] != wanted:
+            if _STACKS and restarted:
                 stack.up(extra_env=_STACKS[-1])

@@ -27,7 +27,7 @@ PAIRS = 4
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RunningServer]:
-    with run_stack(SYSTEM_ENV) as running:
+    with run_stack(SYSTEM_ENV, fresh=True) as running:
         yield running
 
 

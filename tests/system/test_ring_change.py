@@ -20,7 +20,7 @@ BOTH = ["delivery-0", "delivery-1"]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RunningServer]:
-    with run_stack(SYSTEM_ENV) as running:
+    with run_stack(SYSTEM_ENV, fresh=True) as running:
         yield running
 
 
