@@ -260,7 +260,7 @@ class _CourierPods:
     def env(self, service: str) -> list[dict[str, Any]]:
         """Secret-bearing settings, per process: each gets only the credentials its service uses."""
         c, spec = self.cluster, self.spec
-        env = [
+        env: list[dict[str, Any]] = [
             _secret_env("COURIER_SECRET", c.secret, credentials.SECRET),
             _secret_env("COURIER_INTERNAL_TOKEN", c.secret, credentials.INTERNAL_TOKEN),
             _secret_env("COURIER_JWT__KEYS", c.secret, credentials.JWT_KEYS),
@@ -308,7 +308,7 @@ class _CourierPods:
         if not tracing:
             return []
         sampler = str(tracing.get("sampler") or "parentbased_traceidratio")
-        env = [
+        env: list[dict[str, Any]] = [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "OTEL_TRACES_EXPORTER", "value": "otlp"},
             {"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": "http/protobuf"},
