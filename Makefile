@@ -85,7 +85,7 @@ chart-lint: setup ## helm lint and strict schema validation of the rendered char
 e2e: setup ## kind + Docker: build, load, helm install, sample, protocol smoke (skipped with the reason without them)
 	$(BIN)/pytest -q -rs tests/e2e
 
-bench: setup ## short run of every load scenario against courier dev (and make up when it runs), one table
+bench: setup ## short run of every load scenario against courier dev and make up, one table
 	$(BIN)/python -m bench all --short --dev --up
 
 lint: setup ## ruff lint and format check, import contracts

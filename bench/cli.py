@@ -21,7 +21,7 @@ from bench.progress import Progress
 from bench.report import Result, notes_of, plot, summary_table, write_json
 from bench.scenarios import Context, Options, connections, fanout, sync, throughput
 from bench.table import duration
-from bench.target import REPO, Target, TargetError, from_up, from_url, spawned_dev
+from bench.target import REPO, Target, TargetError, from_up, from_url, spawned_dev, spawned_up
 from bench.users import Pool, UserCache
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,7 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dev-data-dir", type=Path, default=REPO / ".courier" / "bench-dev", help="its data (users are kept)"
     )
-    p.add_argument("--up", action="store_true", help="also run against make up (from .courier/up.json)")
+    p.add_argument(
+        "--up", action="store_true", help="also run against make up (the running one, else one started for the run)"
+    )
     p.add_argument("--pid", type=int, action="append", default=[], help="pid holding the sockets (repeatable)")
     p.add_argument("--short", action="store_true", help="small, quick parameters (make bench)")
     p.add_argument("--rates", help="comma-separated rates to step through (throughput)")
@@ -165,7 +167,8 @@ async def _run(args: argparse.Namespace, options: Options, progress: Progress) -
             try:
                 targets.append(from_up())
             except TargetError as exc:
-                progress.note(f"skipping make up: {exc}")
+                progress.note(f"{exc}: starting one (generous limits), stopped at the end")
+                targets.append(stack.enter_context(spawned_up()))
         for target in targets:
             results[target.name] = await run_target(target, args, options, progress, several=several)
     return results

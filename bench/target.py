@@ -8,6 +8,7 @@ server. Pids (for resident memory and CPU time) come from ``--pid``, from ``.cou
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -212,6 +213,23 @@ def wait_ready(base_url: str, *, deadline_s: float = 60.0, process: subprocess.P
                 return
         time.sleep(0.2)
     raise TargetError(f"{base_url} not ready after {deadline_s:.0f}s")
+
+
+@contextlib.contextmanager
+def spawned_up() -> Iterator[Target]:
+    """``make up`` of our own when none is running: the stack with generous rate limits and a cheap
+    password hash, stopped on exit (the infra servers keep running). Waits its turn on the stack lock
+    while a test run of any checkout has the stack."""
+    from tools import stack
+
+    with stack.STACK_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stack.down(infra=False)
+        stack.up(extra_env={**GENEROUS_LIMITS, **CHEAP_PASSWORDS})
+        try:
+            yield from_up()
+        finally:
+            stack.down(infra=False)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,9 @@ STATE = REPO / ".courier"
 UP_FILE = STATE / "up.json"
 LOGS = STATE / "logs"
 READY_DEADLINE_S = 90.0
+# The stack has fixed ports and shares the infra servers' databases and topics: test runs and benchmarks
+# of any checkout on this machine take turns on this lock before they start one of their own.
+STACK_LOCK = Path("/tmp/courier-stack.lock")  # noqa: S108 - machine-wide on purpose, shared by every checkout
 # The Popen objects of processes this interpreter started: kept so they are reaped, not reported
 # as leaked while they run on purpose.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}

@@ -17,9 +17,6 @@ from pathlib import Path
 import httpx
 
 READY_DEADLINE_S = 60.0
-# The `make up` stack has fixed ports and shares the infra servers' databases and topics, so two test
-# runs on one machine (two checkouts) must not run it at the same time: they take turns on this lock.
-STACK_LOCK = Path("/tmp/courier-stack.lock")
 
 
 def free_port() -> int:
@@ -115,6 +112,8 @@ def _stack_turn() -> Iterator[None]:
     if _STACKS:
         yield
         return
+    from tools.stack import STACK_LOCK
+
     with STACK_LOCK.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
