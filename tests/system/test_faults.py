@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +69,20 @@ async def test_kill_9_of_a_delivery_node_loses_and_duplicates_nothing(cluster: R
 
 
 def _kill_kafka() -> None:
-    os.kill(int(read_infra()["services"]["kafka"]["pid"]), signal.SIGKILL)
+    pid = int(read_infra()["services"]["kafka"]["pid"])
+    os.kill(pid, signal.SIGKILL)
+    # Gone (or a zombie) means its sockets are closed too: a JVM takes a moment to exit after SIGKILL.
+    deadline = time.monotonic() + 60
+    while not _exited(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 async def test_kill_9_of_the_kafka_broker_loses_and_duplicates_nothing(cluster: RunningServer, api: Api) -> None:
