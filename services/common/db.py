@@ -7,6 +7,7 @@ uses SQLite (aiosqlite); the distributed mode MySQL/MariaDB or PostgreSQL throug
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 import weakref
@@ -25,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.types import TypeDecorator
 
 from services.common.errors import Unavailable
+
+log = logging.getLogger("courier.db")
 
 metadata = MetaData(
     naming_convention={
@@ -85,7 +88,24 @@ def create_engine(url: str) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # READ COMMITTED, as PostgreSQL has by default: MySQL's REPEATABLE READ takes gap locks on every
+    # search of an index, and two logins deleting a missing row then inserting into the same gap deadlock.
+    # Nothing here relies on repeatable reads: unique keys and SKIP LOCKED carry the guarantees.
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, isolation_level="READ COMMITTED")
+
+
+def is_deadlock(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or the database error behind an ``Unavailable``) is a deadlock or lock timeout the
+    server chose a victim for: the transaction rolled back and may simply be run again."""
+    while exc is not None and not isinstance(exc, sa_exc.DBAPIError):
+        exc = exc.__cause__
+    if exc is None:
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40P01", "40001") or getattr(orig, "pgcode", None) in ("40P01", "40001"):
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] in (1213, 1205)  # MySQL: deadlock found, lock wait timeout
 
 
 def _use_wal(database: str | None, wait_s: float = 30.0) -> None:
@@ -125,6 +145,8 @@ async def outage_is_unavailable(what: str) -> AsyncIterator[None]:
     try:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
+        # The client gets a 503 without the cause; the operator needs it.
+        log.warning("the %s database is unavailable: %s", what, exc.__class__.__name__, exc_info=exc)
         raise Unavailable(f"the {what} database is unavailable; try again") from exc
 
 

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common import db
-from services.common.db import UtcDateTime, metadata
-from services.common.errors import Conflict, NotFound
+from services.common.db import UtcDateTime, is_deadlock, metadata
+from services.common.errors import Conflict, NotFound, Unavailable
 from services.identity.domain import Session, User
 
 # Byte-wise collation: usernames sort in one order on every database (as Python sorts them), and a
@@ -181,6 +181,9 @@ class SqlSessionStore:
             except IntegrityError as exc:
                 if attempt == 2:
                     raise Conflict("another login on this device is in progress; try again") from exc
+            except Unavailable as exc:
+                if attempt == 2 or not is_deadlock(exc):
+                    raise
 
     async def by_refresh_hash(self, refresh_hash: str) -> Session | None:
         async with _transaction(self._sessions) as db:
