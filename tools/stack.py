@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,7 +152,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _port_taken(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def start(proc: Proc, env: dict[str, str]) -> dict[str, Any]:
+    if _port_taken(proc.port):
+        # Another checkout's stack (or anything else) there would pass our readiness check in our stead.
+        raise SystemExit(
+            f"{proc.name}: 127.0.0.1:{proc.port} is already in use by a process this checkout did not start "
+            "(another checkout's make up? run make down there)"
+        )
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / f"{proc.name}.log"
     process_env = {**os.environ, **env, "COURIER_PORT": str(proc.port)}
