@@ -62,13 +62,21 @@ SQLITE_POOL_SIZE = 16
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine; for SQLite, WAL journal and a busy timeout so readers never block writers."""
+    """An async engine; for SQLite, WAL journal and a busy timeout so readers never block writers.
+
+    Statement parameters are kept out of error messages: they carry message texts, password and token
+    hashes, and database errors are logged."""
     if url.startswith("sqlite"):
         _use_wal(make_url(url).database)
         # Connections stay open: aiosqlite runs each on its own thread, and the default pool's overflow
         # opened and closed one (a thread, a file open, the pragmas) for every burst above five.
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=SQLITE_POOL_SIZE, max_overflow=0, pool_timeout=60
+            url,
+            connect_args={"timeout": 30},
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=0,
+            pool_timeout=60,
+            hide_parameters=True,
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -91,7 +99,14 @@ def create_engine(url: str) -> AsyncEngine:
     # READ COMMITTED, as PostgreSQL has by default: MySQL's REPEATABLE READ takes gap locks on every
     # search of an index, and two logins deleting a missing row then inserting into the same gap deadlock.
     # Nothing here relies on repeatable reads: unique keys and SKIP LOCKED carry the guarantees.
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, isolation_level="READ COMMITTED")
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        isolation_level="READ COMMITTED",
+        hide_parameters=True,
+    )
 
 
 def is_deadlock(exc: BaseException | None) -> bool:

@@ -1,11 +1,14 @@
-"""Which database errors are a deadlock the server resolved by rolling one transaction back (safe to rerun)."""
+"""Database errors: which are deadlocks (safe to rerun), and what of them may reach a log."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 
-from services.common.db import is_deadlock, outage_is_unavailable
+from services.common.db import create_engine, is_deadlock, outage_is_unavailable
 from services.common.errors import Unavailable
 
 
@@ -41,3 +44,17 @@ async def test_a_deadlock_reported_as_unavailable_is_still_recognised() -> None:
 
     assert is_deadlock(raised.value)
     assert not is_deadlock(Unavailable("no database error behind it"))
+
+
+async def test_a_database_error_never_carries_the_statement_parameters(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hidden.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (secret TEXT UNIQUE)"))
+            await conn.execute(text("INSERT INTO t (secret) VALUES (:s)"), {"s": "hunter2-message-body"})
+        with pytest.raises(sa_exc.IntegrityError) as raised:
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO t (secret) VALUES (:s)"), {"s": "hunter2-message-body"})
+        assert "hunter2" not in str(raised.value)
+    finally:
+        await engine.dispose()
