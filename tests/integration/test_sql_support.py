@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.common.db import create_engine
@@ -98,7 +100,21 @@ def empty_database(backend: str, tmp_dir: Path) -> Iterator[str]:
         yield make_url(base).set(database=name).render_as_string(hide_password=False)
     finally:
         drop = f"DROP DATABASE {name} WITH (FORCE)" if backend == "postgres" else f"DROP DATABASE {name}"
-        run_async(lambda: _admin(base, drop))
+        _drop(base, drop)
+
+
+def _drop(base: str, drop: str, deadline_s: float = 60.0) -> None:
+    """Drop a test database. PostgreSQL's FORCE may not end an autovacuum worker that happens to be in it
+    (it runs as the superuser), and refuses; the worker is gone moments later."""
+    give_up = time.monotonic() + deadline_s
+    while True:
+        try:
+            run_async(lambda: _admin(base, drop))
+            return
+        except ProgrammingError as exc:
+            if "pg_signal_backend" not in str(exc) or time.monotonic() > give_up:
+                raise
+            time.sleep(0.5)
 
 
 async def _migrate(url: str) -> None:
