@@ -8,7 +8,6 @@ server. Pids (for resident memory and CPU time) come from ``--pid``, from ``.cou
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -222,8 +221,7 @@ def spawned_up() -> Iterator[Target]:
     while a test run of any checkout has the stack."""
     from tools import stack
 
-    with stack.STACK_LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with stack.turn():
         stack.down(infra=False)
         stack.up(extra_env={**GENEROUS_LIMITS, **CHEAP_PASSWORDS})
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,14 @@ def _alive(pid: int) -> bool:
         if done == pid:
             return False
     return True
+
+
+@contextlib.contextmanager
+def turn() -> Iterator[None]:
+    """Hold the machine-wide stack lock (blocking until whoever has it is done)."""
+    with STACK_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _port_taken(port: int) -> bool:

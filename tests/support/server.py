@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import socket
@@ -112,10 +111,9 @@ def _stack_turn() -> Iterator[None]:
     if _STACKS:
         yield
         return
-    from tools.stack import STACK_LOCK
+    from tools import stack
 
-    with STACK_LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with stack.turn():
         yield
 
 
