@@ -4,7 +4,7 @@ that guards ``/internal`` routes with the shared internal token."""
 import hmac
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from fastapi import Request
 
@@ -14,37 +14,51 @@ HEADER = "x-courier-internal"
 
 
 class InternalClient:
-    """Calls another Courier service. Connection failures are ``Unavailable``; error answers are
-    re-raised as the same ``CourierError`` the other service raised."""
+    """Calls another Courier service. Connection failures and timeouts are ``Unavailable``; error
+    answers are re-raised as the same ``CourierError`` the other service raised.
 
-    def __init__(
-        self, base_url: str, token: str, *, timeout_s: float = 10.0, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-        self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout_s, limits=limits, transport=transport, headers={HEADER: token}
-        )
-        self.base_url = base_url
+    On aiohttp: these calls are the hot path between processes (a send, a batch of pushes), and its
+    client costs about a third of httpx's CPU per request. The session is opened on the first call,
+    inside the running loop it belongs to.
+    """
+
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 10.0, max_connections: int = 200) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {HEADER: token}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+            )
+        return self._session
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         content = None if body is None else orjson.dumps(body)
         headers = {"content-type": "application/json"} if content is not None else None
         try:
-            answer = await self._http.request(method, path, content=content, headers=headers)
-        except httpx.HTTPError as exc:
+            async with self._http().request(method, self.base_url + path, data=content, headers=headers) as answer:
+                status, raw = answer.status, await answer.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(f"{self.base_url} unreachable: {exc.__class__.__name__}") from exc
-        if answer.status_code == 204:
+        if status == 204:
             return None
         try:
-            data = orjson.loads(answer.content) if answer.content else None
+            data = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError as exc:
-            raise Unavailable(f"{self.base_url}{path} answered {answer.status_code} without JSON") from exc
-        if answer.status_code >= 400:
-            raise from_body(answer.status_code, data)
+            raise Unavailable(f"{self.base_url}{path} answered {status} without JSON") from exc
+        if status >= 400:
+            raise from_body(status, data)
         return data
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class RequireInternal:

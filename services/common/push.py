@@ -12,9 +12,20 @@ Two kinds of frames:
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 Frame = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Push:
+    """One ``Pusher.push`` call as a value, for those that send several at once."""
+
+    user_ids: Collection[str]
+    frame: Frame
+    tracked: bool = False
+    skip_device: tuple[str, str] | None = None
 
 
 class Pusher(Protocol):

@@ -17,6 +17,7 @@ from opentelemetry import propagate, trace
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -107,14 +108,19 @@ def _set_global(provider: TracerProvider) -> None:
         trace.set_tracer_provider(provider)
 
 
-def _instrument_libraries(provider: TracerProvider) -> None:
+def _instrumentors() -> list[BaseInstrumentor]:
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-    # Every httpx client (InternalClient, the gateway's proxy, the ring pusher) gets client spans and sends
-    # traceparent; Kafka records carry the context in their headers.
-    for instrumentor in (HTTPXClientInstrumentor(), RedisInstrumentor(), AIOKafkaInstrumentor()):
+    return [AioHttpClientInstrumentor(), HTTPXClientInstrumentor(), RedisInstrumentor(), AIOKafkaInstrumentor()]
+
+
+def _instrument_libraries(provider: TracerProvider) -> None:
+    # Every HTTP client (aiohttp: InternalClient, so the ring pusher too; httpx: the gateway's proxy) gets
+    # client spans and sends traceparent; Kafka records carry the context in their headers.
+    for instrumentor in _instrumentors():
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument(tracer_provider=provider)
 
@@ -199,10 +205,6 @@ def reset() -> None:
     shutdown()
     if "opentelemetry.instrumentation.httpx" not in sys.modules:
         return
-    from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-    for instrumentor in (HTTPXClientInstrumentor(), RedisInstrumentor(), AIOKafkaInstrumentor()):
+    for instrumentor in _instrumentors():
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()

@@ -4,9 +4,11 @@ The client keeps answers for a short time: a membership check runs on every send
 member may keep sending for at most ``cache_s`` (the directory itself caches too).
 """
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -46,19 +48,33 @@ class ConversationsClient:
         self._cache_s = cache_s
         self._cache_size = cache_size
         self._cache: OrderedDict[str, tuple[float, Conversation | None]] = OrderedDict()
+        self._fetching: dict[str, asyncio.Future[Conversation | None]] = {}
 
     async def get(self, conversation_id: str) -> Conversation | None:
-        now = time.monotonic()
         hit = self._cache.get(conversation_id)
-        if hit is not None and now - hit[0] < self._cache_s:
+        if hit is not None and time.monotonic() - hit[0] < self._cache_s:
             self._cache.move_to_end(conversation_id)
             return hit[1]
+        # One request per conversation at a time: a burst of sends to it waits for the same answer.
+        fetch = self._fetching.get(conversation_id)
+        if fetch is None:
+            fetch = self._fetching[conversation_id] = asyncio.ensure_future(self._fetch(conversation_id))
+            fetch.add_done_callback(partial(self._fetched, conversation_id))
+        return await asyncio.shield(fetch)
+
+    def _fetched(self, conversation_id: str, done: asyncio.Future[Conversation | None]) -> None:
+        self._fetching.pop(conversation_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too, so a failure whose callers all left is not reported as lost
+
+    async def _fetch(self, conversation_id: str) -> Conversation | None:
+        asked = time.monotonic()
         try:
             data = await self._client.call("GET", f"/internal/conversations/{conversation_id}")
             found: Conversation | None = Conversation(data["conversation_id"], data["roles"], bool(data["large"]))
         except NotFound:
             found = None
-        self._cache[conversation_id] = (now, found)
+        self._cache[conversation_id] = (asked, found)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return found

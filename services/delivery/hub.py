@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from opentelemetry import trace
-
 from services.common import metrics, telemetry
 from services.common.errors import Unavailable
-from services.common.push import ack_seq
+from services.common.push import Push, ack_seq
 from services.delivery.pending import PendingStore
 from services.delivery.protocol import AckWindow, encode
 
@@ -202,46 +200,51 @@ class Hub:
         tracked: bool = False,
         skip_device: tuple[str, str] | None = None,
     ) -> None:
-        with telemetry.tracer(__name__).start_as_current_span("push") as span:
-            await self._push(user_ids, frame, tracked=tracked, skip_device=skip_device, span=span)
+        await self.push_many([Push(user_ids, frame, tracked, skip_device)])
 
-    async def _push(
-        self,
-        user_ids: Collection[str],
-        frame: Mapping[str, Any],
-        *,
-        tracked: bool,
-        skip_device: tuple[str, str] | None,
-        span: trace.Span,
-    ) -> None:
-        now = self._clock()
+    async def push_many(self, pushes: Sequence[Push]) -> None:
+        """Several pushes in their order: every frame is offered first, then each device's tracked
+        frames of the whole batch are recorded in the pending store in one call."""
+        with telemetry.tracer(__name__).start_as_current_span("push") as span:
+            now = self._clock()
+            offered = 0
+            tracking: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+            for push in pushes:
+                offered += self._offer(push, now, tracking)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "courier.frame.type": ",".join(sorted({str(p.frame.get("type")) for p in pushes})),
+                        "courier.push.frames": len(pushes),
+                        "courier.push.connections": offered,
+                    }
+                )
+            # After the offers, so the store never delays a push; an ack that overtakes its frame's
+            # record is safe, as the store skips frames at or below the acked seq.
+            pending = self._pending
+            if pending is not None and tracking:
+                await asyncio.gather(
+                    *(
+                        self._guarded("recording a push", user_id, device_id, pending.add(user_id, device_id, frames))
+                        for (user_id, device_id), frames in tracking.items()
+                    )
+                )
+
+    def _offer(self, push: Push, now: float, tracking: dict[tuple[str, str], list[Mapping[str, Any]]]) -> int:
+        """Queue one push's frame on its devices' sockets; returns how many took it."""
         offered = 0
-        tracking: list[Connection] = []
-        for user_id in user_ids:
+        for user_id in push.user_ids:
             for conn in self.devices(user_id):
-                if skip_device == (user_id, conn.device_id):
+                if push.skip_device == (user_id, conn.device_id):
                     continue
-                if tracked:
-                    if not conn.window.push(frame, now):
+                if push.tracked:
+                    if not conn.window.push(push.frame, now):
                         continue
-                    tracking.append(conn)
-                if conn.offer(frame):
+                    tracking.setdefault((user_id, conn.device_id), []).append(push.frame)
+                if conn.offer(push.frame):
                     self.pushed += 1
                     offered += 1
-        if span.is_recording():
-            span.set_attributes({"courier.frame.type": str(frame.get("type")), "courier.push.connections": offered})
-        # After the offers, so the store never delays a push; an ack that overtakes its frame's
-        # record is safe, as the store skips frames at or below the acked seq.
-        pending = self._pending
-        if pending is not None and tracking:
-            await asyncio.gather(
-                *(
-                    self._guarded(
-                        "recording a push", c.user_id, c.device_id, pending.add(c.user_id, c.device_id, [frame])
-                    )
-                    for c in tracking
-                )
-            )
+        return offered
 
     async def ack(self, conn: Connection, conversation_id: str, seq: int) -> int:
         """The device acked ``seq`` (cumulatively); returns how many of its frames that delivered."""

@@ -5,18 +5,25 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Collection, Mapping
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from services.common.batching import Batcher
 from services.common.errors import CourierError
 from services.common.internal import InternalClient, RequireInternal
-from services.common.push import Pusher
+from services.common.push import Push
 from services.common.ring import RingSource
 from services.delivery.routes import RouteTable
 
+if TYPE_CHECKING:
+    from services.delivery.hub import Hub
+
 log = logging.getLogger("courier.delivery.push")
+
+MAX_BATCH = 500
 
 
 class PushBody(BaseModel):
@@ -25,13 +32,26 @@ class PushBody(BaseModel):
     tracked: bool = False
     skip_device: tuple[str, str] | None = None
 
+    def to_push(self) -> Push:
+        return Push(self.user_ids, self.frame, self.tracked, self.skip_device)
 
-def internal_router(local: Pusher, guard: RequireInternal) -> APIRouter:
+
+class PushBatchBody(BaseModel):
+    pushes: list[PushBody] = Field(max_length=MAX_BATCH)
+
+
+def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
     router = APIRouter(prefix="/internal", dependencies=[Depends(guard)], include_in_schema=False)
 
     @router.post("/push", status_code=204)
     async def push(body: PushBody) -> Response:
-        await local.push(body.user_ids, body.frame, tracked=body.tracked, skip_device=body.skip_device)
+        await local.push_many([body.to_push()])
+        return Response(status_code=204)
+
+    @router.post("/push/batch", status_code=204)
+    async def push_batch(body: PushBatchBody) -> Response:
+        """Several pushes in their order (``RingPusher`` sends what gathered during its last request)."""
+        await local.push_many([p.to_push() for p in body.pushes])
         return Response(status_code=204)
 
     return router
@@ -39,17 +59,26 @@ def internal_router(local: Pusher, guard: RequireInternal) -> APIRouter:
 
 class RingPusher:
     """Groups recipients by owning node (ring, or the route table when a user's devices sit on
-    another node) and posts one batch per node, concurrently. Best effort: a node that cannot be
-    reached is logged; its users will ``sync``."""
+    another node) and hands each node its share through that node's ``Batcher``: one request per
+    node in flight, carrying every push that arrived while the previous one was out. Best effort: a
+    node that cannot be reached is logged; its users will ``sync``."""
 
     def __init__(
-        self, ring: RingSource, token: str, *, routes: RouteTable | None = None, timeout_s: float = 5.0
+        self,
+        ring: RingSource,
+        token: str,
+        *,
+        routes: RouteTable | None = None,
+        timeout_s: float = 5.0,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._ring = ring
         self._token = token
         self._routes = routes
         self._timeout_s = timeout_s
+        self._max_batch = max_batch
         self._clients: dict[str, InternalClient] = {}
+        self._batchers: dict[str, Batcher[dict[str, Any], None]] = {}
         self.failures = 0
 
     def _client(self, node: str) -> InternalClient:
@@ -58,6 +87,12 @@ class RingPusher:
         if client is None:
             client = self._clients[url] = InternalClient(url, self._token, timeout_s=self._timeout_s)
         return client
+
+    def _batcher(self, node: str) -> Batcher[dict[str, Any], None]:
+        batcher = self._batchers.get(node)
+        if batcher is None:
+            batcher = self._batchers[node] = Batcher(partial(self._post, node), max_batch=self._max_batch)
+        return batcher
 
     async def push(
         self,
@@ -80,15 +115,20 @@ class RingPusher:
             for node in routed.get(user_id) or {self._ring.ring.node_for(user_id)}:
                 by_node[node].append(user_id)
         body = {"frame": dict(frame), "tracked": tracked, "skip_device": skip_device}
-        await asyncio.gather(*(self._post(node, {**body, "user_ids": users}) for node, users in by_node.items()))
+        await asyncio.gather(
+            *(self._batcher(node).submit({**body, "user_ids": users}) for node, users in by_node.items())
+        )
 
-    async def _post(self, node: str, body: dict[str, Any]) -> None:
+    async def _post(self, node: str, pushes: list[dict[str, Any]]) -> list[None]:
         try:
-            await self._client(node).call("POST", "/internal/push", body)
+            await self._client(node).call("POST", "/internal/push/batch", {"pushes": pushes})
         except (CourierError, LookupError) as exc:
             self.failures += 1
-            log.warning("push to %s failed (%s); its users will sync", node, exc)
+            log.warning("push of %d frames to %s failed (%s); its users will sync", len(pushes), node, exc)
+        return [None] * len(pushes)
 
     async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
         for client in self._clients.values():
             await client.close()

@@ -1,0 +1,106 @@
+"""RingPusher against two delivery nodes' real push routes (uvicorn on loopback): each node gets
+its users' frames, in order, batched per node; an unreachable node costs only its own users."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import orjson
+from fastapi import FastAPI
+
+from services.common.internal import RequireInternal
+from services.common.push import Push
+from services.common.ring import RingSource
+from services.delivery.hub import Close, Connection, Hub
+from services.delivery.internal import RingPusher, internal_router
+from services.delivery.protocol import AckWindow
+from tests.support.loopback import serving
+
+TOKEN = "internal-token"
+NAMES = ("delivery-0", "delivery-1")
+
+
+class CountingHub(Hub):
+    """A real hub that remembers how many pushes each request handed it."""
+
+    def __init__(self) -> None:
+        super().__init__(clock=lambda: 0.0)
+        self.requests: list[int] = []
+
+    async def push_many(self, pushes: Sequence[Push]) -> None:
+        self.requests.append(len(pushes))
+        await super().push_many(pushes)
+
+
+@contextlib.asynccontextmanager
+async def nodes() -> AsyncIterator[tuple[RingSource, dict[str, CountingHub]]]:
+    hubs = {name: CountingHub() for name in NAMES}
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {}
+        for name, hub in hubs.items():
+            app = FastAPI()
+            app.include_router(internal_router(hub, RequireInternal(TOKEN)))
+            urls[name] = await stack.enter_async_context(serving(app))
+        yield RingSource(nodes=urls), hubs
+
+
+def _connect(hub: Hub, user: str) -> Connection:
+    conn = Connection(user, "d", queue_size=10_000, window=AckWindow(timeout_s=30, max_redeliveries=2))
+    hub.attach(conn)
+    return conn
+
+
+async def _seqs(conn: Connection, conversation_id: str) -> list[int]:
+    seqs = []
+    while conn.queued:
+        item = await conn.next_outgoing()
+        assert not isinstance(item, Close)
+        frame = orjson.loads(item)
+        if frame["conversation_id"] == conversation_id:
+            seqs.append(int(frame["seq"]))
+    return seqs
+
+
+def _user_on(ring: RingSource, node: str) -> str:
+    return next(f"u{i}" for i in range(10_000) if ring.ring.node_for(f"u{i}") == node)
+
+
+async def test_each_node_gets_its_users_frames_in_order_batched_per_node() -> None:
+    async with nodes() as (ring, hubs):
+        pusher = RingPusher(ring, TOKEN)
+        alice, bob = _user_on(ring, "delivery-0"), _user_on(ring, "delivery-1")
+        on_0, on_1 = _connect(hubs["delivery-0"], alice), _connect(hubs["delivery-1"], bob)
+        try:
+            # One conversation's pushes in order, as the fan-out sends them (each awaited before the next)...
+            for seq in range(1, 4):
+                await pusher.push([alice, bob], {"type": "message", "conversation_id": "c", "seq": seq}, tracked=True)
+            # ...and a burst from many conversations at once, which must share requests.
+            burst = [
+                pusher.push([alice, bob], {"type": "message", "conversation_id": f"b{i}", "seq": 1}, tracked=True)
+                for i in range(40)
+            ]
+            await asyncio.wait_for(asyncio.gather(*burst), 30)
+        finally:
+            await pusher.close()
+        assert await _seqs(on_0, "c") == [1, 2, 3]
+        assert await _seqs(on_1, "c") == [1, 2, 3]
+        for hub in hubs.values():
+            assert hub.pushed == sum(hub.requests) == 43
+            assert len(hub.requests) < 43 - 10, hub.requests
+
+
+async def test_a_node_that_cannot_be_reached_costs_only_its_own_users() -> None:
+    async with nodes() as (ring, hubs):
+        alice, bob = _user_on(ring, "delivery-0"), _user_on(ring, "delivery-1")
+        on_0 = _connect(hubs["delivery-0"], alice)
+        urls = {"delivery-0": ring.url_for("delivery-0"), "delivery-1": "http://127.0.0.1:9"}  # discard port
+        pusher = RingPusher(RingSource(nodes=urls), TOKEN, timeout_s=10)
+        try:
+            await asyncio.wait_for(pusher.push([alice, bob], {"type": "typing", "conversation_id": "c"}), 30)
+            await asyncio.wait_for(pusher.push([alice], {"type": "typing", "conversation_id": "c"}), 30)
+        finally:
+            await pusher.close()
+        assert on_0.queued == 2
+        assert pusher.failures == 1

@@ -1,0 +1,90 @@
+"""Sends from delivery nodes over message's internal route (uvicorn on loopback): a burst shares
+requests, each send gets its own answer or its own error, and idempotency holds across batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from fastapi import FastAPI, Request, Response
+
+from services.common.errors import InvalidRequest, NotFound
+from services.common.internal import InternalClient, RequireInternal
+from services.common.web import install_error_handlers
+from services.message import app
+from services.message.internal import MessagesClient, internal_router
+from tests.support.loopback import serving
+from tests.unit.message.conftest import World
+
+TOKEN = "internal-token"
+
+
+@pytest.fixture
+async def served(world: World) -> AsyncIterator[tuple[MessagesClient, list[str]]]:
+    """The message service's internal routes on loopback, a client of them, and the paths it asked."""
+    paths: list[str] = []
+    api = FastAPI()
+    install_error_handlers(api)
+    api.include_router(internal_router(world.service, RequireInternal(TOKEN)))
+
+    @api.middleware("http")
+    async def remember(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        paths.append(request.url.path)
+        return await call_next(request)
+
+    async with serving(api) as url:
+        http = InternalClient(url, TOKEN)
+        try:
+            yield MessagesClient(http), paths
+        finally:
+            await http.close()
+
+
+def _text(cid: str, sender: str, client_msg_id: str, text: str = "hi") -> app.SendMessage:
+    return app.SendMessage(cid, sender, "d1", client_msg_id, {"type": "text", "text": text})
+
+
+async def test_a_burst_of_sends_shares_requests_and_every_seq_is_answered(
+    world: World, served: tuple[MessagesClient, list[str]]
+) -> None:
+    client, paths = served
+    cids = [world.conversations.add("alice", f"friend{i}") for i in range(60)]
+    sent = await asyncio.wait_for(
+        asyncio.gather(*(client.send(_text(cid, "alice", f"m-{i}")) for i, cid in enumerate(cids))), 30
+    )
+    assert [s.message.conversation_id for s in sent] == cids
+    assert all(s.created and s.message.seq == 1 for s in sent)
+    assert set(paths) == {"/internal/messages/send/batch"}
+    assert len(paths) < 10
+
+
+async def test_each_send_of_a_batch_gets_its_own_error(world: World, served: tuple[MessagesClient, list[str]]) -> None:
+    client, _ = served
+    ours = world.conversations.add("alice", "bob")
+    theirs = world.conversations.add("carol", "dave")
+    outcomes = await asyncio.gather(
+        client.send(_text(ours, "alice", "a")),
+        client.send(_text(theirs, "alice", "b")),
+        client.send(_text(ours, "alice", "c", text="")),
+        client.send(_text(ours, "bob", "d")),
+        return_exceptions=True,
+    )
+    first, not_member, empty, fourth = outcomes
+    assert isinstance(first, app.Sent) and isinstance(fourth, app.Sent)
+    assert {first.message.seq, fourth.message.seq} == {1, 2}
+    assert isinstance(not_member, NotFound)
+    assert isinstance(empty, InvalidRequest)
+    assert await world.store.max_seq(theirs) == 0
+
+
+async def test_a_resend_in_a_later_batch_returns_the_original(
+    world: World, served: tuple[MessagesClient, list[str]]
+) -> None:
+    client, _ = served
+    cid = world.conversations.add("alice", "bob")
+    first = await client.send(_text(cid, "alice", "same"))
+    again = await client.send(_text(cid, "alice", "same", text="changed"))
+    assert first.created and not again.created
+    assert again.message.seq == first.message.seq == 1
+    assert again.message.content == first.message.content
