@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +62,25 @@ class BucketStore(Protocol):
         """Take ``cost`` tokens from the bucket of ``key``: 0.0 if taken, else seconds to wait."""
         ...
 
+    async def take_each(
+        self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
+    ) -> tuple[int, float]:
+        """``take`` from each bucket in order, stopping at the first that refuses: ``(-1, 0.0)`` when
+        every bucket gave its tokens, else ``(index of the refusing bucket, seconds to wait)``. One
+        round trip for a store that has them."""
+        ...
+
+
+async def take_one_by_one(
+    store: BucketStore, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
+) -> tuple[int, float]:
+    """``take_each`` for a store whose ``take`` costs no round trip."""
+    for index, (key, bucket) in enumerate(buckets):
+        wait = await store.take(key, bucket, now=now, cost=cost)
+        if wait > 0:
+            return index, wait
+    return -1, 0.0
+
 
 class MemoryBucketStore:
     """Buckets of one process, bounded: keys whose bucket refilled completely are forgotten (that
@@ -82,6 +101,11 @@ class MemoryBucketStore:
         self._buckets[key] = (state, bucket)  # re-inserted last: the order is least recently used first
         self._forget_idle(now)
         return wait
+
+    async def take_each(
+        self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
+    ) -> tuple[int, float]:
+        return await take_one_by_one(self, buckets, now=now, cost=cost)
 
     def _forget_idle(self, now: float) -> None:
         # Only the front is looked at, so each take costs amortized O(1); full buckets further back
@@ -111,8 +135,8 @@ class RateLimiter:
         checks = [("global", "global", self._limits.global_), ("ip", f"ip:{ip}", self._limits.ip)]
         if user_id is not None:
             checks.append(("user", f"user:{user_id}", self._limits.user))
-        for which, key, bucket in checks:
-            wait = await self._store.take(key, bucket, now=now)
-            if wait > 0:
-                RATE_LIMIT_REJECTIONS.labels(which).inc()
-                raise RateLimited(f"{which} rate limit exceeded", retry_after=wait)
+        refused, wait = await self._store.take_each([(key, bucket) for _, key, bucket in checks], now=now)
+        if refused >= 0:
+            which = checks[refused][0]
+            RATE_LIMIT_REJECTIONS.labels(which).inc()
+            raise RateLimited(f"{which} rate limit exceeded", retry_after=wait)

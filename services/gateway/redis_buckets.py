@@ -1,4 +1,5 @@
-"""Token buckets in Redis, shared by every gateway replica: one Lua script per take.
+"""Token buckets in Redis, shared by every gateway replica: one Lua script per check, however many
+buckets it draws from.
 
 The script is ``take_tokens`` of ``ratelimit.py`` transcribed operation for operation (Lua numbers are the
 same IEEE doubles as Python floats), so a Redis bucket refuses and refills exactly like an in-process one.
@@ -11,6 +12,8 @@ again: a missing bucket is a full one, so nothing is lost and idle keys cost no 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -21,30 +24,37 @@ from services.common.settings import Bucket
 
 DEFAULT_PREFIX = "courier:"
 
-# ARGV: burst, rate, now, cost, epsilon. Returns the wait in seconds as a string: Redis truncates a Lua
-# number reply to an integer. Stored numbers use %.17g, which gives back the very same double.
-_TAKE = """
-local burst, rate, now, cost, eps = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-  tonumber(ARGV[5])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens, at
-if not state[1] or not state[2] then
-  tokens, at = burst, now
-else
-  local stored_tokens, stored_at = tonumber(state[1]), tonumber(state[2])
-  tokens = math.min(burst, stored_tokens + math.max(0.0, now - stored_at) * rate)
-  at = math.max(now, stored_at)
+# KEYS: the buckets, in order. ARGV: now, cost, epsilon, then burst and rate of each bucket. Takes from each
+# bucket in turn and stops at the first that refuses, returning {its 1-based index, the wait} ({0, "0"}
+# when every bucket gave its tokens). The wait is a string: Redis truncates a Lua number reply to an
+# integer. Stored numbers use %.17g, which gives back the very same double.
+_TAKE_EACH = """
+local now, cost, eps = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i, key in ipairs(KEYS) do
+  local burst, rate = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens, at
+  if not state[1] or not state[2] then
+    tokens, at = burst, now
+  else
+    local stored_tokens, stored_at = tonumber(state[1]), tonumber(state[2])
+    tokens = math.min(burst, stored_tokens + math.max(0.0, now - stored_at) * rate)
+    at = math.max(now, stored_at)
+  end
+  local wait = 0.0
+  if tokens + eps >= cost then
+    tokens = math.max(0.0, tokens - cost)
+  else
+    wait = (cost - tokens) / rate
+  end
+  redis.call('HSET', key, 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', at))
+  local refill_ms = math.ceil(((burst - tokens) / rate + math.max(0.0, at - now)) * 1000)
+  redis.call('PEXPIRE', key, math.max(1, refill_ms))
+  if wait > 0 then
+    return {i, string.format('%.17g', wait)}
+  end
 end
-local wait = 0.0
-if tokens + eps >= cost then
-  tokens = math.max(0.0, tokens - cost)
-else
-  wait = (cost - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', at))
-local refill_ms = math.ceil(((burst - tokens) / rate + math.max(0.0, at - now)) * 1000)
-redis.call('PEXPIRE', KEYS[1], math.max(1, refill_ms))
-return string.format('%.17g', wait)
+return {0, '0'}
 """
 
 # The tolerance of ratelimit.take_tokens: a client waiting exactly retry_after is let through.
@@ -57,16 +67,25 @@ class RedisBucketStore:
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
         self._client = client
         self._prefix = prefix
-        self._take = client.register_script(_TAKE)
+        self._take_each = client.register_script(_TAKE_EACH)
 
     async def take(self, key: str, bucket: Bucket, *, now: float, cost: float = 1.0) -> float:
-        if not 0 < cost <= bucket.burst:
-            raise ValueError(f"cost must be in (0, {bucket.burst}], got {cost}")
-        args = [repr(bucket.burst), repr(bucket.rate), repr(now), repr(cost), repr(_EPSILON)]
+        return (await self.take_each([(key, bucket)], now=now, cost=cost))[1]
+
+    async def take_each(
+        self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
+    ) -> tuple[int, float]:
+        for _, bucket in buckets:
+            if not 0 < cost <= bucket.burst:
+                raise ValueError(f"cost must be in (0, {bucket.burst}], got {cost}")
+        args = [repr(now), repr(cost), repr(_EPSILON)]
+        for _, bucket in buckets:
+            args += [repr(bucket.burst), repr(bucket.rate)]
+        keys = [f"{self._prefix}bucket:{key}" for key, _ in buckets]
         try:
-            wait = await self._take(keys=[f"{self._prefix}bucket:{key}"], args=args)
+            index, wait = await self._take_each(keys=keys, args=args)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise Unavailable("redis is unreachable (rate limit)") from exc
         except RedisError as exc:
             raise Unavailable(f"redis refused a rate-limit take: {exc}") from exc
-        return float(wait)
+        return int(index) - 1, float(wait)

@@ -83,3 +83,24 @@ async def test_a_clock_behind_the_bucket_refills_nothing_twice(store: BucketStor
 async def test_cost_beyond_the_burst_is_a_programming_error(store: BucketStore) -> None:
     with pytest.raises(ValueError, match="cost"):
         await store.take(key(), BUCKET, now=NOW, cost=6.0)
+
+
+async def test_take_each_takes_from_every_bucket_in_order_and_stops_at_the_first_refusal(store: BucketStore) -> None:
+    wide, narrow, last = key(), key(), key()
+    big, small = Bucket(rate=5, burst=10), Bucket(rate=2, burst=3)
+    buckets = [(wide, big), (narrow, small), (last, big)]
+    answers = [await store.take_each(buckets, now=NOW) for _ in range(4)]
+    assert answers[:3] == [(-1, 0.0)] * 3
+    assert answers[3][0] == 1 and answers[3][1] == pytest.approx(0.5)
+    # The wide bucket gave four tokens; the last, behind the refusal, only three.
+    assert [await store.take(wide, big, now=NOW) for _ in range(6)] == [0.0] * 6
+    assert await store.take(wide, big, now=NOW) > 0
+    assert [await store.take(last, big, now=NOW) for _ in range(7)] == [0.0] * 7
+    assert await store.take(last, big, now=NOW) > 0
+
+
+async def test_take_each_of_one_bucket_answers_like_take(store: BucketStore) -> None:
+    k = key()
+    waits = [await store.take_each([(k, BUCKET)], now=NOW) for _ in range(6)]
+    assert waits[:5] == [(-1, 0.0)] * 5
+    assert waits[5][0] == 0 and waits[5][1] == pytest.approx(0.5)
