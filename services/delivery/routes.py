@@ -14,6 +14,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from services.common.batching import Batcher
 from services.common.redis import unavailable
 
 
@@ -68,6 +69,7 @@ class RedisRouteTable:
         self._ttl_s = ttl_s
         self._prefix = prefix
         self._detach = client.register_script(_DETACH)
+        self._lookups: Batcher[list[str], dict[str, set[str]]] = Batcher(self._nodes_of_each, max_batch=64)
 
     def _key(self, user_id: str) -> str:
         return f"{self._prefix}route:{user_id}"
@@ -93,16 +95,22 @@ class RedisRouteTable:
                 await pipe.execute()
 
     async def nodes_of(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        """Every push asks this; the questions asked while one pipeline is out share the next one."""
         users = list(user_ids)
         if not users:
             return {}
+        return await self._lookups.submit(users)
+
+    async def _nodes_of_each(self, asked: list[list[str]]) -> list[dict[str, set[str]]]:
+        users = list(dict.fromkeys(user for users in asked for user in users))
         with unavailable("reading routes"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for user_id in users:
                     pipe.hvals(self._key(user_id))
                 answers = await pipe.execute()
-        return {
+        found = {
             user: {v.decode() if isinstance(v, bytes) else str(v) for v in nodes}
             for user, nodes in zip(users, answers, strict=True)
             if nodes
         }
+        return [{user: found[user] for user in users if user in found} for users in asked]

@@ -194,9 +194,8 @@ async def _commit_event(
 async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
     client_msg_id = domain.validate_client_msg_id(cmd.client_msg_id)
     content = domain.validate_content(cmd.content, max_text_length=deps.limits.max_text_length)
-    existing = await deps.store.find_by_client_id(cmd.sender_id, client_msg_id)
-    if existing is not None:
-        return _resent(existing, cmd)
+    # No look-up of client_msg_id first: a resend is rare, and the store's unique key on (sender,
+    # client_msg_id) refuses it at the insert (ClientMsgIdTaken, below) at no cost to every other send.
     await member_conversation(cmd.conversation_id, cmd.sender_id, conversations=deps.conversations)
     if content["type"] == "file":
         shared = await deps.files.attach(content["file_id"], cmd.conversation_id, cmd.sender_id)

@@ -4,6 +4,7 @@ choice if no index fitted."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -241,6 +242,21 @@ async def test_idempotency_lookup_reads_the_sender_client_msg_id_index(captured:
         lambda: store.find_by_client_id(user_id(3), "cm000700003"),
         key={"uq_message_messages_sender_id_client_msg_id"},
     )
+
+
+async def test_a_batch_of_idempotency_lookups_reads_the_same_index(captured: Captured) -> None:
+    store = SqlMessageStore(captured.engine)
+    keys = [(user_id(u), f"cm{u:04d}{u + 1:05d}") for u in range(12)]
+
+    async def burst() -> None:
+        await asyncio.gather(*(store.find_by_client_id(sender, client_msg_id) for sender, client_msg_id in keys))
+
+    statements = await captured.sent_by(burst)
+    assert len(statements) < len(keys)  # the burst shared statements
+    for statement, params in statements:
+        await assert_plan_uses_index(
+            captured, statement, params, key={"uq_message_messages_sender_id_client_msg_id"}, in_index_order=False
+        )
 
 
 async def test_a_users_conversations_are_found_through_the_members_user_index(captured: Captured) -> None:

@@ -175,6 +175,18 @@ async def test_client_msg_ids_differing_only_in_case_are_different_messages(stor
     assert (upper.seq, lower.seq) == (1, 2)
 
 
+async def test_concurrent_lookups_each_get_their_own_message_or_none(store: MessageStore) -> None:
+    cid = new_id()
+    stored = [message(cid, seq, sender=f"user{seq % 3}", client_msg_id=f"burst-{seq}") for seq in range(1, 9)]
+    for event in stored:
+        await store.append(event, outbox=b"x")
+    asked = [(e.sender_id, e.client_msg_id) for e in stored] + [("user0", "burst-2"), ("nobody", "burst-1")]
+
+    found = await asyncio.gather(*(store.find_by_client_id(sender, cmid) for sender, cmid in asked))
+
+    assert found == [*stored, None, None]  # burst-2 was sent by user2, not user0
+
+
 async def test_concurrent_appends_of_one_seq_store_exactly_one(store: MessageStore) -> None:
     cid = new_id()
     contenders = [message(cid, 1, sender=f"user{i}") for i in range(6)]

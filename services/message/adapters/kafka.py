@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -472,8 +473,10 @@ class KafkaLogMonitor:
     """LogMonitor on Kafka: end offsets from a group-less consumer, committed offsets from the admin client.
     Every message replica reports the whole group's lag, so dashboards take the max per partition."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, *, partitions_ttl_s: float = 60.0) -> None:
         self._settings = settings
+        self._partitions_ttl_s = partitions_ttl_s
+        self._known: dict[str, tuple[float, list[Any]]] = {}
         self._consumer: Any = None
         self._admin: Any = None
         self._starting = asyncio.Lock()
@@ -505,16 +508,28 @@ class KafkaLogMonitor:
             if admin is not None:
                 await admin.close()
 
+    async def _partitions(self, topic: str) -> list[Any]:
+        """The topic's partitions, described again every ``partitions_ttl_s``: describing every topic of
+        the cluster (``__consumer_offsets`` has 50 partitions) on each sample cost 4% of the message process."""
+        now = time.monotonic()
+        known = self._known.get(topic)
+        if known is not None and now - known[0] < self._partitions_ttl_s:
+            return known[1]
+        described = await self._admin.describe_topics(None)  # every topic: naming one may auto-create it
+        partitions = [
+            TopicPartition(topic, p["partition"])
+            for t in described
+            if t["topic"] == topic and t["error_code"] == 0
+            for p in t["partitions"]
+        ]
+        if partitions:
+            self._known[topic] = (now, partitions)
+        return partitions
+
     async def _bounds(self, topic: str) -> tuple[dict[Any, int], dict[Any, int]]:
         await self.start()
         try:
-            described = await self._admin.describe_topics(None)  # every topic: naming one may auto-create it
-            partitions = [
-                TopicPartition(topic, p["partition"])
-                for t in described
-                if t["topic"] == topic and t["error_code"] == 0
-                for p in t["partitions"]
-            ]
+            partitions = await self._partitions(topic)
             if not partitions:
                 return {}, {}
             return (

@@ -33,6 +33,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
     union_all,
     update,
 )
@@ -42,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common import db
+from services.common.batching import Batcher
 from services.common.clock import utcnow
 from services.common.db import UtcDateTime, metadata
 from services.common.errors import Unavailable
@@ -51,6 +53,8 @@ from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqGap,
 ID = String(32)
 # Most appends committed in one transaction (group commit).
 GROUP_COMMIT_LIMIT = 64
+# Most idempotency look-ups answered by one statement.
+CLIENT_ID_BATCH = 200
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 # MySQL's TEXT and BLOB stop at 64 KiB; a long message or its outbox event must not be cut off there.
 Content = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -237,6 +241,9 @@ class SqlMessageStore:
         self._engine = engine
         self._waiting: deque[_Append] = deque()
         self._committer: asyncio.Task[None] | None = None
+        self._client_ids: Batcher[tuple[str, str], Message | None] = Batcher(
+            self._find_by_client_ids, max_batch=CLIENT_ID_BATCH
+        )
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return db.reading(self._engine, "message")
@@ -245,10 +252,17 @@ class SqlMessageStore:
         return db.writing(self._engine, "message")
 
     async def find_by_client_id(self, sender_id: str, client_msg_id: str) -> Message | None:
-        query = select(messages).where(messages.c.sender_id == sender_id, messages.c.client_msg_id == client_msg_id)
+        """Every send asks this first; the look-ups that arrive while one query runs go in the next
+        one (``Batcher``), one statement and one connection for all of them."""
+        return await self._client_ids.submit((sender_id, client_msg_id))
+
+    async def _find_by_client_ids(self, keys: list[tuple[str, str]]) -> list[Message | None]:
+        key = tuple_(messages.c.sender_id, messages.c.client_msg_id)
+        query = select(messages).where(key.in_(list(dict.fromkeys(keys))))
         async with self._read() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else _message(row)
+            rows = (await conn.execute(query)).all()
+        found = {(row.sender_id, row.client_msg_id): _message(row) for row in rows}
+        return [found.get(k) for k in keys]
 
     async def get(self, conversation_id: str, seq: int) -> Message | None:
         query = select(messages).where(messages.c.conversation_id == conversation_id, messages.c.seq == seq)

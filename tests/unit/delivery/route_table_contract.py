@@ -5,6 +5,8 @@ Runners: test_route_table.py (memory) and tests/integration/test_redis_routes.py
 
 from __future__ import annotations
 
+import asyncio
+
 from services.common.ids import new_id
 from services.delivery.routes import RouteTable
 
@@ -18,6 +20,16 @@ async def test_nodes_of_names_every_node_holding_a_users_devices(routes: RouteTa
     found = await routes.nodes_of([alice, bob, carol])
 
     assert found == {alice: {"delivery-0", "delivery-1"}, bob: {"delivery-1"}}
+
+
+async def test_concurrent_lookups_each_get_the_nodes_of_their_own_users(routes: RouteTable) -> None:
+    users = [new_id() for _ in range(20)]
+    for n, user in enumerate(users):
+        await routes.attach(user, "phone", f"delivery-{n % 3}")
+
+    found = await asyncio.gather(*(routes.nodes_of([user, new_id()]) for user in users))
+
+    assert found == [{user: {f"delivery-{n % 3}"}} for n, user in enumerate(users)]
 
 
 async def test_a_device_moving_to_another_node_is_routed_there(routes: RouteTable) -> None:

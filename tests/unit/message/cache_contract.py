@@ -150,6 +150,22 @@ async def test_bump_raises_every_member_and_marks_the_sender_read(inbox: Inbox) 
     assert entries[alice].last_activity_at == T0 + timedelta(seconds=1)
 
 
+async def test_concurrent_bumps_of_many_conversations_each_land(inbox: Inbox) -> None:
+    alice, bob = new_id(), new_id()
+    cids = [new_id() for _ in range(30)]
+
+    await asyncio.gather(
+        *(
+            inbox.bump([alice, bob], cid, seq=n + 1, last_message=message(n + 1), at=T0, reader_id=alice)
+            for n, cid in enumerate(cids)
+        )
+    )
+
+    entries = await inbox.entries(bob, cids)
+    assert [(entries[cid].max_seq, entries[cid].unread) for cid in cids] == [(n + 1, n + 1) for n in range(30)]
+    assert {e.unread for e in (await inbox.entries(alice, cids)).values()} == {0}
+
+
 async def test_late_bump_keeps_the_newer_last_message(inbox: Inbox) -> None:
     cid, alice, bob = new_id(), new_id(), new_id()
     await inbox.bump([alice, bob], cid, seq=5, last_message=message(5, "new"), at=T0, reader_id=alice)

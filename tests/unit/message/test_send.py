@@ -33,6 +33,14 @@ async def test_resend_with_same_client_msg_id_returns_original_seq(world: World)
     assert await world.store.max_seq(cid) == 2
 
 
+async def test_a_resend_costs_no_seq_the_next_send_takes_the_next_one(world: World) -> None:
+    cid = world.conversations.add("alice", "bob")
+    await world.send(cid, "alice", client_msg_id="c-1")
+    for _ in range(3):
+        assert (await world.send(cid, "alice", client_msg_id="c-1")).message.seq == 1
+    assert (await world.send(cid, "bob")).message.seq == 2
+
+
 async def test_same_client_msg_id_from_another_sender_is_a_new_message(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
     await world.send(cid, "alice", client_msg_id="shared")
