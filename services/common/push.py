@@ -11,7 +11,7 @@ Two kinds of frames:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +39,11 @@ class Pusher(Protocol):
     ) -> None:
         """Send ``frame`` to every connected device of ``user_ids`` except ``skip_device``
         (``(user_id, device_id)``, the device the event came from)."""
+        ...
+
+    async def push_frames(self, user_ids: Collection[str], frames: Sequence[Frame]) -> None:
+        """Several transient frames to the same users, in order, the recipients found once (a
+        thousand members added to a large group: a thousand ``member_added`` to every member)."""
         ...
 
 

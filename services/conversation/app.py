@@ -71,10 +71,11 @@ async def _require_registered(users: UserDirectory, user_ids: Collection[str]) -
 
 
 async def _announce_added(pusher: Pusher, conversation: Conversation, added: Collection[str], by: str) -> None:
-    recipients = list(conversation.members)
-    for user_id in added:
-        frame = {"type": "member_added", "conversation_id": conversation.conversation_id, "user_id": user_id, "by": by}
-        await pusher.push(recipients, frame)
+    frames = [
+        {"type": "member_added", "conversation_id": conversation.conversation_id, "user_id": user_id, "by": by}
+        for user_id in added
+    ]
+    await pusher.push_frames(list(conversation.members), frames)
 
 
 async def create_direct(

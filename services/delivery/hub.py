@@ -202,6 +202,9 @@ class Hub:
     ) -> None:
         await self.push_many([Push(user_ids, frame, tracked, skip_device)])
 
+    async def push_frames(self, user_ids: Collection[str], frames: Sequence[Mapping[str, Any]]) -> None:
+        await self.push_many([Push(user_ids, frame) for frame in frames])
+
     async def push_many(self, pushes: Sequence[Push]) -> None:
         """Several pushes in their order: every frame is offered first, then each device's tracked
         frames of the whole batch are recorded in the pending store in one call."""

@@ -4,7 +4,7 @@
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,11 @@ class PushBatchBody(BaseModel):
     pushes: list[PushBody] = Field(max_length=MAX_BATCH)
 
 
+class PushFramesBody(BaseModel):
+    user_ids: list[str]
+    frames: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
+
+
 def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
     router = APIRouter(prefix="/internal", dependencies=[Depends(guard)], include_in_schema=False)
 
@@ -52,6 +57,12 @@ def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
     async def push_batch(body: PushBatchBody) -> Response:
         """Several pushes in their order (``RingPusher`` sends what gathered during its last request)."""
         await local.push_many([p.to_push() for p in body.pushes])
+        return Response(status_code=204)
+
+    @router.post("/push/frames", status_code=204)
+    async def push_frames(body: PushFramesBody) -> Response:
+        """Several transient frames to the same users, in order (``RingPusher.push_frames``)."""
+        await local.push_frames(body.user_ids, body.frames)
         return Response(status_code=204)
 
     return router
@@ -94,16 +105,7 @@ class RingPusher:
             batcher = self._batchers[node] = Batcher(partial(self._post, node), max_batch=self._max_batch)
         return batcher
 
-    async def push(
-        self,
-        user_ids: Collection[str],
-        frame: Mapping[str, Any],
-        *,
-        tracked: bool = False,
-        skip_device: tuple[str, str] | None = None,
-    ) -> None:
-        if not user_ids or not self._ring.ring.members:
-            return
+    async def _by_node(self, user_ids: Collection[str]) -> dict[str, list[str]]:
         by_node: dict[str, list[str]] = defaultdict(list)
         routed: dict[str, set[str]] = {}
         if self._routes is not None:
@@ -114,18 +116,48 @@ class RingPusher:
         for user_id in user_ids:
             for node in routed.get(user_id) or {self._ring.ring.node_for(user_id)}:
                 by_node[node].append(user_id)
+        return by_node
+
+    async def push(
+        self,
+        user_ids: Collection[str],
+        frame: Mapping[str, Any],
+        *,
+        tracked: bool = False,
+        skip_device: tuple[str, str] | None = None,
+    ) -> None:
+        if not user_ids or not self._ring.ring.members:
+            return
         body = {"frame": dict(frame), "tracked": tracked, "skip_device": skip_device}
         await asyncio.gather(
-            *(self._batcher(node).submit({**body, "user_ids": users}) for node, users in by_node.items())
+            *(
+                self._batcher(node).submit({**body, "user_ids": users})
+                for node, users in (await self._by_node(user_ids)).items()
+            )
         )
 
+    async def push_frames(self, user_ids: Collection[str], frames: Sequence[Mapping[str, Any]]) -> None:
+        """One route look-up, then per node the users once and the frames in requests of ``max_batch``."""
+        if not user_ids or not frames or not self._ring.ring.members:
+            return
+
+        async def to_node(node: str, users: list[str]) -> None:
+            for start in range(0, len(frames), self._max_batch):
+                chunk = [dict(frame) for frame in frames[start : start + self._max_batch]]
+                await self._send(node, "/internal/push/frames", {"user_ids": users, "frames": chunk}, len(chunk))
+
+        await asyncio.gather(*(to_node(node, users) for node, users in (await self._by_node(user_ids)).items()))
+
     async def _post(self, node: str, pushes: list[dict[str, Any]]) -> list[None]:
+        await self._send(node, "/internal/push/batch", {"pushes": pushes}, len(pushes))
+        return [None] * len(pushes)
+
+    async def _send(self, node: str, path: str, body: dict[str, Any], frames: int) -> None:
         try:
-            await self._client(node).call("POST", "/internal/push/batch", {"pushes": pushes})
+            await self._client(node).call("POST", path, body)
         except (CourierError, LookupError) as exc:
             self.failures += 1
-            log.warning("push of %d frames to %s failed (%s); its users will sync", len(pushes), node, exc)
-        return [None] * len(pushes)
+            log.warning("push of %d frames to %s failed (%s); its users will sync", frames, node, exc)
 
     async def close(self) -> None:
         for batcher in self._batchers.values():

@@ -75,6 +75,10 @@ class RecordingPusher:
     ) -> None:
         self.pushes.append(Push(frozenset(user_ids), dict(frame), tracked, skip_device))
 
+    async def push_frames(self, user_ids: Collection[str], frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            await self.push(user_ids, frame)
+
     def of_type(self, frame_type: str) -> list[Push]:
         return [p for p in self.pushes if p.frame["type"] == frame_type]
 

@@ -104,3 +104,21 @@ async def test_a_node_that_cannot_be_reached_costs_only_its_own_users() -> None:
             await pusher.close()
         assert on_0.queued == 2
         assert pusher.failures == 1
+
+
+async def test_many_frames_to_the_same_users_name_the_users_once_per_request() -> None:
+    async with nodes() as (ring, hubs):
+        pusher = RingPusher(ring, TOKEN, max_batch=40)
+        alice, bob = _user_on(ring, "delivery-0"), _user_on(ring, "delivery-1")
+        on_0, on_1 = _connect(hubs["delivery-0"], alice), _connect(hubs["delivery-1"], bob)
+        frames = [
+            {"type": "member_added", "conversation_id": "g", "seq": n, "user_id": f"new{n}", "by": alice}
+            for n in range(1, 101)
+        ]
+        try:
+            await asyncio.wait_for(pusher.push_frames([alice, bob], frames), 30)
+        finally:
+            await pusher.close()
+        assert await _seqs(on_0, "g") == list(range(1, 101))
+        assert await _seqs(on_1, "g") == list(range(1, 101))
+        assert hubs["delivery-0"].requests == hubs["delivery-1"].requests == [40, 40, 20]

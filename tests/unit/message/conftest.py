@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,10 @@ class RecordingPusher:
         skip_device: tuple[str, str] | None = None,
     ) -> None:
         self.pushed.append(Pushed(list(user_ids), frame, tracked, skip_device))
+
+    async def push_frames(self, user_ids: Collection[str], frames: Sequence[Mapping[str, Any]]) -> None:
+        for frame in frames:
+            await self.push(user_ids, frame)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,10 @@ class RecordingPusher:
     ) -> None:
         assert tracked is False, "presence frames are transient"
         self.pushes.append((frozenset(user_ids), dict(frame)))
+
+    async def push_frames(self, user_ids: Collection[str], frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            await self.push(user_ids, frame)
 
 
 class StoppingSleep:
