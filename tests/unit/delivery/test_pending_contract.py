@@ -3,6 +3,7 @@ tests/integration/test_redis_pending.py runs these same functions over Redis."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +112,22 @@ async def test_forget_drops_the_named_frames_and_keeps_the_acked_seqs(new_store:
     await store.forget(u, "d", [])
 
     assert await store.load(u, "d") == Pending([message(c, 3)], {c: 1})
+
+
+async def test_concurrent_adds_and_acks_of_many_devices_each_keep_their_own(new_store: NewStore) -> None:
+    store, cid = new_store(), new_id()
+    devices = [(uid(f"user{n}"), f"d{n % 2}") for n in range(30)]
+    await asyncio.gather(
+        *(store.add(user, device, [message(cid, 1), message(cid, 2), message(cid, 3)]) for user, device in devices)
+    )
+
+    dropped = await asyncio.gather(
+        *(store.ack(user, device, cid, n % 3 + 1) for n, (user, device) in enumerate(devices))
+    )
+
+    assert dropped == [n % 3 + 1 for n in range(30)]
+    left = [keys(await store.load(user, device)) for user, device in devices]
+    assert left == [[(cid, seq) for seq in range(n % 3 + 2, 4)] for n in range(30)]
 
 
 async def test_devices_are_kept_apart_even_when_ids_contain_separators(new_store: NewStore) -> None:
