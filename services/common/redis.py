@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common.batching import Batcher
 from services.common.errors import Unavailable
 
 
@@ -46,3 +49,25 @@ def unavailable(what: str) -> Iterator[None]:
         raise Unavailable(f"redis is unreachable ({what})") from exc
     except RedisError as exc:
         raise Unavailable(f"redis refused {what}: {exc}") from exc
+
+
+class ScriptBatcher:
+    """Calls of one Lua script made at the same time (every device a push reaches, every frame of a
+    burst) sent together in one pipeline (``Batcher``): each caller gets its own reply, and a Redis
+    failure is ``Unavailable`` for every call of that pipeline."""
+
+    def __init__(self, client: Redis, script: AsyncScript, what: str, *, max_batch: int = 256) -> None:
+        self._client = client
+        self._script = script
+        self._what = what
+        self._calls: Batcher[tuple[list[Any], list[Any]], Any] = Batcher(self._run, max_batch=max_batch)
+
+    async def __call__(self, *, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        return await self._calls.submit((list(keys), list(args)))
+
+    async def _run(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+        with unavailable(self._what):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._script(keys=keys, args=args, client=pipe)
+                return list(await pipe.execute())

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import orjson
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
-from services.common.batching import Batcher
 from services.common.push import ack_seq
-from services.common.redis import unavailable
+from services.common.redis import ScriptBatcher, unavailable
 
 log = logging.getLogger("courier.delivery.pending")
 
@@ -153,10 +150,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-_Call = tuple[list[str], list[str | int]]
-"""One script call: its keys and its arguments."""
-
-
 class RedisPendingStore:
     """Shared by every delivery node: one Lua script per ``add`` or ``ack``, atomic per device. The
     scripts of the devices a push or a burst of acks reaches at the same time share one pipeline."""
@@ -166,21 +159,12 @@ class RedisPendingStore:
         self._ttl_s = ttl_s
         self._prefix = prefix
         self._capacity = capacity
-        self._add = client.register_script(_ADD)
-        self._ack = client.register_script(_ACK)
-        self._adds: Batcher[_Call, Any] = Batcher(partial(self._run_each, self._add, "recording pending frames"))
-        self._acks: Batcher[_Call, Any] = Batcher(partial(self._run_each, self._ack, "acknowledging pending frames"))
+        self._add = ScriptBatcher(client, client.register_script(_ADD), "recording pending frames")
+        self._ack = ScriptBatcher(client, client.register_script(_ACK), "acknowledging pending frames")
 
     def _keys(self, user_id: str, device_id: str) -> list[str]:
         base = f"{self._prefix}pending:{{{len(user_id)}:{user_id}:{device_id}}}"
         return [f"{base}:frames", f"{base}:order", f"{base}:age", f"{base}:acked"]
-
-    async def _run_each(self, script: AsyncScript, doing: str, calls: list[_Call]) -> list[Any]:
-        with unavailable(doing):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    await script(keys=keys, args=args, client=pipe)
-                return list(await pipe.execute())
 
     async def add(self, user_id: str, device_id: str, frames: Sequence[Mapping[str, Any]]) -> None:
         if not frames:
@@ -189,12 +173,12 @@ class RedisPendingStore:
         for frame in frames:
             conversation_id, seq = str(frame["conversation_id"]), ack_seq(frame)
             args += [conversation_id, seq, _field(conversation_id, seq), orjson.dumps(frame).decode()]
-        await self._adds.submit((self._keys(user_id, device_id), args))
+        await self._add(keys=self._keys(user_id, device_id), args=args)
 
     async def ack(self, user_id: str, device_id: str, conversation_id: str, seq: int) -> int:
         low, high = f"[{conversation_id}\0", f"[{_field(conversation_id, seq)}"
         args: list[str | int] = [self._ttl_s, conversation_id, seq, low, high]
-        return int(await self._acks.submit((self._keys(user_id, device_id), args)))
+        return int(await self._ack(keys=self._keys(user_id, device_id), args=args))
 
     async def load(self, user_id: str, device_id: str) -> Pending:
         frames_key, order_key, _, acked_key = self._keys(user_id, device_id)

@@ -13,15 +13,10 @@ again: a missing bucket is a full one, so nothing is lost and idle keys cost no 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.batching import Batcher
-from services.common.errors import Unavailable
+from services.common.redis import ScriptBatcher
 from services.common.settings import Bucket
 
 DEFAULT_PREFIX = "courier:"
@@ -69,8 +64,8 @@ class RedisBucketStore:
     def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
         self._client = client
         self._prefix = prefix
-        self._take_each = client.register_script(_TAKE_EACH)
-        self._checks: Batcher[tuple[list[str], list[str]], Any] = Batcher(self._run_each)
+        # The checks of every frame and request arriving at the same time share one pipeline.
+        self._take_each = ScriptBatcher(client, client.register_script(_TAKE_EACH), "rate limit")
 
     async def take(self, key: str, bucket: Bucket, *, now: float, cost: float = 1.0) -> float:
         return (await self.take_each([(key, bucket)], now=now, cost=cost))[1]
@@ -85,17 +80,5 @@ class RedisBucketStore:
         for _, bucket in buckets:
             args += [repr(bucket.burst), repr(bucket.rate)]
         keys = [f"{self._prefix}bucket:{key}" for key, _ in buckets]
-        index, wait = await self._checks.submit((keys, args))
+        index, wait = await self._take_each(keys=keys, args=args)
         return int(index) - 1, float(wait)
-
-    async def _run_each(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        """The checks of every frame and request that arrived meanwhile, in one pipeline."""
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    await self._take_each(keys=keys, args=args, client=pipe)
-                return list(await pipe.execute())
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise Unavailable("redis is unreachable (rate limit)") from exc
-        except RedisError as exc:
-            raise Unavailable(f"redis refused a rate-limit take: {exc}") from exc

@@ -23,10 +23,9 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from services.common.batching import Batcher
 from services.common.errors import Unavailable
+from services.common.redis import ScriptBatcher, unavailable
 from services.common.redis import connect as connect
-from services.common.redis import unavailable
 from services.message.ports import InboxEntry, TimelineHead
 
 DEFAULT_PREFIX = "courier:"
@@ -200,8 +199,8 @@ class RedisInbox:
         self._prefix = prefix
         # Every write refreshes the whole user's inbox; one idle that long is rebuilt from the store.
         self._ttl = idle_ttl_s
-        self._bump = client.register_script(_BUMP)
-        self._bumps: Batcher[tuple[list[str], list[str | int | bytes]], None] = Batcher(self._bump_each, max_batch=64)
+        # The bumps of every conversation being fanned out at the same time share one pipeline.
+        self._bump = ScriptBatcher(client, client.register_script(_BUMP), "updating inboxes", max_batch=64)
         self._mark_read = client.register_script(_MARK_READ)
         self._put = client.register_script(_PUT)
 
@@ -222,16 +221,7 @@ class RedisInbox:
         reader = self._key(reader_id) if reader_id is not None else ""
         args: list[str | int | bytes] = [conversation_id, seq, _json(last_message), _encode_at(at), reader, self._ttl]
         for start in range(0, len(keys), BUMP_BATCH):
-            await self._bumps.submit((keys[start : start + BUMP_BATCH], args))
-
-    async def _bump_each(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[None]:
-        """The bumps of every conversation fanned out meanwhile, in one pipeline."""
-        with unavailable("updating inboxes"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    await self._bump(keys=keys, args=args, client=pipe)
-                await pipe.execute()
-        return [None] * len(calls)
+            await self._bump(keys=keys[start : start + BUMP_BATCH], args=args)
 
     async def mark_read(self, user_id: str, conversation_id: str, seq: int) -> None:
         with unavailable("marking an inbox read"):

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.common.redis import unavailable
+from services.common.redis import ScriptBatcher, unavailable
 from services.presence.domain import PresenceStatus
 
 DEFAULT_PREFIX = "courier:"
@@ -154,7 +154,8 @@ class RedisPresenceStore:
         self._client = client
         self._prefix = prefix
         self._sweep_batch = sweep_batch
-        self._set_device = client.register_script(_SET_DEVICE)
+        # The heartbeats of a delivery node's keep-alive round share one pipeline.
+        self._set_device = ScriptBatcher(client, client.register_script(_SET_DEVICE), "recording a device")
         self._remove_device = client.register_script(_REMOVE_DEVICE)
         self._sweep = client.register_script(_SWEEP)
         self._subscribe = client.register_script(_SUBSCRIBE)
@@ -166,8 +167,7 @@ class RedisPresenceStore:
     async def set_device(self, user_id: str, device_id: str, *, now: float, expires_at: float) -> PresenceStatus | None:
         # repr() of a float reads back as the very same double, in Lua as in Python.
         args = [self._prefix, user_id, device_id, repr(now), repr(expires_at)]
-        with unavailable("recording a device"):
-            return _change(await self._set_device(args=args))
+        return _change(await self._set_device(args=args))
 
     async def remove_device(self, user_id: str, device_id: str, *, now: float) -> PresenceStatus | None:
         with unavailable("removing a device"):
