@@ -22,8 +22,6 @@ from services.message.app import SendMessage
 log = logging.getLogger("courier.delivery.session")
 
 FRAME_LABELS = (*protocol.CLIENT_FRAME_TYPES, "invalid")
-# Devices heartbeated at once by the keep-alive round.
-KEEPALIVE_CHUNK = 500
 """``type`` values of the client-frame metrics: every frame type, and ``invalid`` for what does not parse."""
 
 
@@ -170,11 +168,7 @@ async def keep_presence_alive(
                 await routes.refresh(hub.user_ids())
             except CourierError:
                 log.warning("route refresh failed; the next round retries")
-        live = [conn for conn in hub.connections() if conn.closing is None]
-        for start in range(0, len(live), KEEPALIVE_CHUNK):
-            chunk = live[start : start + KEEPALIVE_CHUNK]
-            try:  # concurrently: a remote tracker sends a chunk in a request or two (PresenceClient)
-                await asyncio.gather(*(presence.heartbeat(conn.user_id, conn.device_id) for conn in chunk))
-            except Exception:  # a presence outage must not stop the loop; the next round retries
-                log.exception("presence heartbeat failed")
-                break
+        try:
+            await presence.heartbeat_many([(c.user_id, c.device_id) for c in hub.connections() if c.closing is None])
+        except Exception:  # a presence outage must not stop the loop; the next round retries
+            log.exception("presence heartbeat failed")

@@ -46,6 +46,9 @@ class PresenceTracker:
         # Same as connecting: a heartbeat after the device expired brings the user back online.
         await self._alive(user_id, device_id)
 
+    async def heartbeat_many(self, devices: Sequence[tuple[str, str]]) -> None:
+        await asyncio.gather(*(self._alive(user_id, device_id) for user_id, device_id in devices))
+
     async def disconnected(self, user_id: str, device_id: str) -> None:
         change = await self._store.remove_device(user_id, device_id, now=self._clock())
         if change is not None:

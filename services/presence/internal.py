@@ -1,7 +1,6 @@
 """presence's internal API for the delivery nodes, and the client that implements their port."""
 
-import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -42,7 +41,7 @@ def internal_router(tracker: PresenceTracker, guard: RequireInternal) -> APIRout
     @router.post("/heartbeat/batch", status_code=204)
     async def heartbeats(body: Devices) -> None:
         """The heartbeats a delivery node gathered while its previous request was out."""
-        await asyncio.gather(*(tracker.heartbeat(d.user_id, d.device_id) for d in body.devices))
+        await tracker.heartbeat_many([(d.user_id, d.device_id) for d in body.devices])
 
     @router.post("/disconnected", status_code=204)
     async def disconnected(body: Device) -> None:
@@ -76,6 +75,11 @@ class PresenceClient:
     async def _heartbeat_each(self, devices: list[dict[str, str]]) -> list[None]:
         await self._client.call("POST", "/internal/presence/heartbeat/batch", {"devices": devices})
         return [None] * len(devices)
+
+    async def heartbeat_many(self, devices: Sequence[tuple[str, str]]) -> None:
+        for start in range(0, len(devices), MAX_HEARTBEATS):
+            chunk = [{"user_id": u, "device_id": d} for u, d in devices[start : start + MAX_HEARTBEATS]]
+            await self._client.call("POST", "/internal/presence/heartbeat/batch", {"devices": chunk})
 
     async def disconnected(self, user_id: str, device_id: str) -> None:
         await self._client.call("POST", "/internal/presence/disconnected", {"user_id": user_id, "device_id": device_id})

@@ -65,6 +65,9 @@ class Unused:
     async def heartbeat(self, user_id: str, device_id: str) -> None:
         return None
 
+    async def heartbeat_many(self, devices: Sequence[tuple[str, str]]) -> None:
+        return None
+
     async def disconnected(self, user_id: str, device_id: str) -> None:
         return None
 
