@@ -50,6 +50,7 @@ def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
 
     @router.post("/push", status_code=204)
     async def push(body: PushBody) -> Response:
+        """One push: what processes of the previous release send during a rolling upgrade."""
         await local.push_many([body.to_push()])
         return Response(status_code=204)
 

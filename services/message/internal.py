@@ -71,6 +71,7 @@ def internal_router(service: MessageService, guard: RequireInternal) -> APIRoute
 
     @router.post("/send")
     async def send(body: SendBody) -> dict[str, Any]:
+        """One send: what delivery nodes of the previous release send during a rolling upgrade."""
         return _sent(await service.send(body.to_command()))
 
     @router.post("/send/batch")

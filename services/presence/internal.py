@@ -36,6 +36,7 @@ def internal_router(tracker: PresenceTracker, guard: RequireInternal) -> APIRout
 
     @router.post("/heartbeat", status_code=204)
     async def heartbeat(body: Device) -> None:
+        """One heartbeat: what delivery nodes of the previous release send during a rolling upgrade."""
         await tracker.heartbeat(body.user_id, body.device_id)
 
     @router.post("/heartbeat/batch", status_code=204)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 from fastapi import FastAPI
 
-from services.common.internal import RequireInternal
+from services.common.internal import InternalClient, RequireInternal
 from services.common.push import Push
 from services.common.ring import RingSource
 from services.delivery.hub import Close, Connection, Hub
@@ -122,3 +122,16 @@ async def test_many_frames_to_the_same_users_name_the_users_once_per_request() -
         assert await _seqs(on_0, "g") == list(range(1, 101))
         assert await _seqs(on_1, "g") == list(range(1, 101))
         assert hubs["delivery-0"].requests == hubs["delivery-1"].requests == [40, 40, 20]
+
+
+async def test_the_single_push_route_of_the_previous_release_still_delivers() -> None:
+    async with nodes() as (ring, hubs):
+        alice = _user_on(ring, "delivery-0")
+        on_0 = _connect(hubs["delivery-0"], alice)
+        http = InternalClient(ring.url_for("delivery-0"), TOKEN)
+        try:
+            frame = {"type": "message", "conversation_id": "c", "seq": 1}
+            await http.call("POST", "/internal/push", {"user_ids": [alice], "frame": frame, "tracked": True})
+        finally:
+            await http.close()
+        assert await _seqs(on_0, "c") == [1]

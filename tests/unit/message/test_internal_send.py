@@ -88,3 +88,20 @@ async def test_a_resend_in_a_later_batch_returns_the_original(
     assert first.created and not again.created
     assert again.message.seq == first.message.seq == 1
     assert again.message.content == first.message.content
+
+
+async def test_the_single_send_route_of_the_previous_release_still_answers(world: World) -> None:
+    cid = world.conversations.add("alice", "bob")
+    api = FastAPI()
+    install_error_handlers(api)
+    api.include_router(internal_router(world.service, RequireInternal(TOKEN)))
+    async with serving(api) as url:
+        http = InternalClient(url, TOKEN)
+        try:
+            body = {"conversation_id": cid, "sender_id": "alice", "sender_device_id": "d1", "client_msg_id": "old"}
+            answer = await http.call(
+                "POST", "/internal/messages/send", {**body, "content": {"type": "text", "text": "hi"}}
+            )
+        finally:
+            await http.close()
+    assert answer["created"] is True and answer["message"]["seq"] == 1
