@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from services.common.internal import InternalClient, RequireInternal
+from services.common.web import install_error_handlers
 
 START_DEADLINE_S = 30.0
 
@@ -34,3 +38,43 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
         server.should_exit = True
         await asyncio.wait_for(task, START_DEADLINE_S)
         sock.close()
+
+
+TOKEN = "internal-token"
+GUARD = RequireInternal(TOKEN)
+
+
+@dataclass
+class Internal:
+    """An internal router being served: its URL, a client that presents the token, and the path of
+    every request it received, in order."""
+
+    url: str
+    client: InternalClient
+    paths: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def internal_service(
+    router: APIRouter, *, hold: Callable[[], Awaitable[object]] | None = None
+) -> AsyncIterator[Internal]:
+    """``router`` (built with ``GUARD``) in an app with Courier's error handlers, served on loopback.
+    ``hold``, when given, is awaited by every request after it is counted and before it is handled."""
+    paths: list[str] = []
+    api = FastAPI()
+    install_error_handlers(api)
+    api.include_router(router)
+
+    @api.middleware("http")
+    async def remember(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        paths.append(request.url.path)
+        if hold is not None:
+            await hold()
+        return await call_next(request)
+
+    async with serving(api) as url:
+        client = InternalClient(url, TOKEN)
+        try:
+            yield Internal(url, client, paths)
+        finally:
+            await client.close()

@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from conversation_support import group, uid
-from fastapi import FastAPI, Request, Response
 
-from services.common.internal import InternalClient, RequireInternal
-from services.common.web import install_error_handlers
 from services.conversation.adapters.memory import MemoryConversationStore
 from services.conversation.directory import ConversationDirectory
 from services.conversation.domain import Role
 from services.conversation.internal import ConversationsClient, internal_router
-from tests.support.loopback import serving
-
-TOKEN = "internal-token"
+from tests.support.loopback import GUARD, internal_service
 
 
 @dataclass
@@ -40,23 +35,10 @@ class Served:
 async def served() -> AsyncIterator[Served]:
     """Requests are counted, then held until ``open`` is set."""
     state = Served(ConversationDirectory(MemoryConversationStore()))
-    api = FastAPI()
-    install_error_handlers(api)
-    api.include_router(internal_router(state.directory, RequireInternal(TOKEN)))
-
-    @api.middleware("http")
-    async def hold(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        state.requests.append(request.url.path)
-        await state.open.wait()
-        return await call_next(request)
-
-    async with serving(api) as url:
-        http = InternalClient(url, TOKEN)
-        state.client = ConversationsClient(http)
-        try:
-            yield state
-        finally:
-            await http.close()
+    async with internal_service(internal_router(state.directory, GUARD), hold=state.open.wait) as internal:
+        state.requests = internal.paths
+        state.client = ConversationsClient(internal.client)
+        yield state
 
 
 async def _until(condition: Callable[[], bool]) -> None:

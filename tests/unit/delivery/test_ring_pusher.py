@@ -8,17 +8,15 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 import orjson
-from fastapi import FastAPI
 
-from services.common.internal import InternalClient, RequireInternal
+from services.common.internal import InternalClient
 from services.common.push import Push
 from services.common.ring import RingSource
 from services.delivery.hub import Close, Connection, Hub
 from services.delivery.internal import RingPusher, internal_router
 from services.delivery.protocol import AckWindow
-from tests.support.loopback import serving
+from tests.support.loopback import GUARD, TOKEN, internal_service
 
-TOKEN = "internal-token"
 NAMES = ("delivery-0", "delivery-1")
 
 
@@ -40,9 +38,7 @@ async def nodes() -> AsyncIterator[tuple[RingSource, dict[str, CountingHub]]]:
     async with contextlib.AsyncExitStack() as stack:
         urls = {}
         for name, hub in hubs.items():
-            app = FastAPI()
-            app.include_router(internal_router(hub, RequireInternal(TOKEN)))
-            urls[name] = await stack.enter_async_context(serving(app))
+            urls[name] = (await stack.enter_async_context(internal_service(internal_router(hub, GUARD)))).url
         yield RingSource(nodes=urls), hubs
 
 

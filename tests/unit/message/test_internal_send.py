@@ -4,41 +4,22 @@ requests, each send gets its own answer or its own error, and idempotency holds 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
-from fastapi import FastAPI, Request, Response
 
 from services.common.errors import InvalidRequest, NotFound
-from services.common.internal import InternalClient, RequireInternal
-from services.common.web import install_error_handlers
 from services.message import app
 from services.message.internal import MessagesClient, internal_router
-from tests.support.loopback import serving
+from tests.support.loopback import GUARD, internal_service
 from tests.unit.message.conftest import World
-
-TOKEN = "internal-token"
 
 
 @pytest.fixture
 async def served(world: World) -> AsyncIterator[tuple[MessagesClient, list[str]]]:
     """The message service's internal routes on loopback, a client of them, and the paths it asked."""
-    paths: list[str] = []
-    api = FastAPI()
-    install_error_handlers(api)
-    api.include_router(internal_router(world.service, RequireInternal(TOKEN)))
-
-    @api.middleware("http")
-    async def remember(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        paths.append(request.url.path)
-        return await call_next(request)
-
-    async with serving(api) as url:
-        http = InternalClient(url, TOKEN)
-        try:
-            yield MessagesClient(http), paths
-        finally:
-            await http.close()
+    async with internal_service(internal_router(world.service, GUARD)) as served:
+        yield MessagesClient(served.client), served.paths
 
 
 def _text(cid: str, sender: str, client_msg_id: str, text: str = "hi") -> app.SendMessage:
@@ -92,16 +73,9 @@ async def test_a_resend_in_a_later_batch_returns_the_original(
 
 async def test_the_single_send_route_of_the_previous_release_still_answers(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
-    api = FastAPI()
-    install_error_handlers(api)
-    api.include_router(internal_router(world.service, RequireInternal(TOKEN)))
-    async with serving(api) as url:
-        http = InternalClient(url, TOKEN)
-        try:
-            body = {"conversation_id": cid, "sender_id": "alice", "sender_device_id": "d1", "client_msg_id": "old"}
-            answer = await http.call(
-                "POST", "/internal/messages/send", {**body, "content": {"type": "text", "text": "hi"}}
-            )
-        finally:
-            await http.close()
+    body = {"conversation_id": cid, "sender_id": "alice", "sender_device_id": "d1", "client_msg_id": "old"}
+    async with internal_service(internal_router(world.service, GUARD)) as served:
+        answer = await served.client.call(
+            "POST", "/internal/messages/send", {**body, "content": {"type": "text", "text": "hi"}}
+        )
     assert answer["created"] is True and answer["message"]["seq"] == 1

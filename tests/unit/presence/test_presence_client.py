@@ -6,43 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
 from presence_support import FakeClock, RecordingPusher, uid
 
-from services.common.internal import InternalClient, RequireInternal
-from services.common.web import install_error_handlers
 from services.delivery.hub import Connection, Hub
 from services.delivery.protocol import AckWindow
 from services.delivery.session import keep_presence_alive
 from services.presence.adapters.memory import MemoryPresenceStore
 from services.presence.app import PresenceTracker
 from services.presence.internal import PresenceClient, internal_router
-from tests.support.loopback import serving
-
-TOKEN = "internal-token"
+from tests.support.loopback import GUARD, internal_service
 
 
 @contextlib.asynccontextmanager
 async def served() -> AsyncIterator[tuple[PresenceClient, PresenceTracker, list[str]]]:
     tracker = PresenceTracker(MemoryPresenceStore(), RecordingPusher(), ttl_s=30, clock=FakeClock())
-    paths: list[str] = []
-    api = FastAPI()
-    install_error_handlers(api)
-    api.include_router(internal_router(tracker, RequireInternal(TOKEN)))
-
-    @api.middleware("http")
-    async def remember(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        paths.append(request.url.path)
-        return await call_next(request)
-
-    async with serving(api) as url:
-        http = InternalClient(url, TOKEN)
-        try:
-            yield PresenceClient(http), tracker, paths
-        finally:
-            await http.close()
+    async with internal_service(internal_router(tracker, GUARD)) as internal:
+        yield PresenceClient(internal.client), tracker, internal.paths
 
 
 async def test_a_burst_of_heartbeats_shares_requests_and_brings_every_device_online() -> None:
