@@ -71,17 +71,6 @@ class BucketStore(Protocol):
         ...
 
 
-async def take_one_by_one(
-    store: BucketStore, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
-) -> tuple[int, float]:
-    """``take_each`` for a store whose ``take`` costs no round trip."""
-    for index, (key, bucket) in enumerate(buckets):
-        wait = await store.take(key, bucket, now=now, cost=cost)
-        if wait > 0:
-            return index, wait
-    return -1, 0.0
-
-
 class MemoryBucketStore:
     """Buckets of one process, bounded: keys whose bucket refilled completely are forgotten (that
     loses nothing), and past ``max_keys`` the least recently used key is forgotten too."""
@@ -105,7 +94,11 @@ class MemoryBucketStore:
     async def take_each(
         self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
     ) -> tuple[int, float]:
-        return await take_one_by_one(self, buckets, now=now, cost=cost)
+        for index, (key, bucket) in enumerate(buckets):
+            wait = await self.take(key, bucket, now=now, cost=cost)
+            if wait > 0:
+                return index, wait
+        return -1, 0.0
 
     def _forget_idle(self, now: float) -> None:
         # Only the front is looked at, so each take costs amortized O(1); full buckets further back

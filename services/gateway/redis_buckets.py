@@ -73,11 +73,10 @@ class RedisBucketStore:
     async def take_each(
         self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
     ) -> tuple[int, float]:
+        args = [repr(now), repr(cost), repr(_EPSILON)]
         for _, bucket in buckets:
             if not 0 < cost <= bucket.burst:
                 raise ValueError(f"cost must be in (0, {bucket.burst}], got {cost}")
-        args = [repr(now), repr(cost), repr(_EPSILON)]
-        for _, bucket in buckets:
             args += [repr(bucket.burst), repr(bucket.rate)]
         keys = [f"{self._prefix}bucket:{key}" for key, _ in buckets]
         index, wait = await self._take_each(keys=keys, args=args)

@@ -252,8 +252,9 @@ class SqlMessageStore:
         return db.writing(self._engine, "message")
 
     async def find_by_client_id(self, sender_id: str, client_msg_id: str) -> Message | None:
-        """Every send asks this first; the look-ups that arrive while one query runs go in the next
-        one (``Batcher``), one statement and one connection for all of them."""
+        """Asked after a resend was refused at the insert (``ClientMsgIdTaken``): the resends of a burst
+        (clients retrying after an outage) that arrive while one query runs go in the next one
+        (``Batcher``), one statement and one connection for all of them."""
         return await self._client_ids.submit((sender_id, client_msg_id))
 
     async def _find_by_client_ids(self, keys: list[tuple[str, str]]) -> list[Message | None]:
