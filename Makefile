@@ -12,7 +12,8 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
 .PHONY: help setup dev test test-unit test-system test-browser test-integration lint fmt typecheck check \
-	browser-deps clean infra-up infra-down up down kube-up kube-down operator-local image chart-lint e2e bench
+	browser-deps clean infra-up infra-down up down kube-up kube-down operator-local image kind-up kind-down \
+	chart-lint e2e bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,18 +73,23 @@ kube-down: ## stop the control plane kube-up started
 operator-local: setup ## run the operator on this machine against .courier/kubeconfig (after make kube-up)
 	KUBECONFIG=$(CURDIR)/.courier/kubeconfig $$(infra/kube/courier-kube env | sed -n 's/^export COURIER_KUBECTL=//p') \
 		apply --server-side -f crds/imcluster.yaml
-	KUBECONFIG=$(CURDIR)/.courier/kubeconfig $(BIN)/courier-operator --all-namespaces
+	KUBECONFIG=$(CURDIR)/.courier/kubeconfig $(BIN)/courier-operator --all-namespaces --default-image $(IMAGE)
 
 IMAGE ?= courier:0.1.0
-image: ## build the one image of every service and the operator (needs a Docker engine)
-	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine here (docker info failed); build the image where Docker runs"; exit 1; }
-	docker build -t $(IMAGE) .
+image: ## build the one image of every service and the operator on a local Debian base (starts dockerd if needed)
+	infra/images/courier-images courier $(IMAGE)
+
+kind-up: setup ## Courier on a local kind cluster: images built here, chart, sample IMCluster; gateway on :30080
+	infra/images/courier-kind up
+
+kind-down: ## delete the cluster kind-up made
+	infra/images/courier-kind down
 
 chart-lint: setup ## helm lint and strict schema validation of the rendered chart and the samples
 	$(BIN)/pytest -q tests/unit/chart
 
-e2e: setup ## kind + Docker: build, load, helm install, sample, protocol smoke (skipped with the reason without them)
-	$(BIN)/pytest -q -rs tests/e2e
+e2e: setup ## a kind cluster of real pods: images built here, helm install, the sample, protocol, rollouts
+	$(BIN)/pytest -q tests/e2e
 
 bench: setup ## short run of every load scenario against courier dev and make up, one table
 	$(BIN)/python -m bench all --short --dev --up

@@ -46,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from services.common.logs import configure_logging
     from services.common.settings import Settings
+    from services.common.shutdown import DrainingServer
     from services.run import create_service_app, serve_gateway
 
     overrides: dict[str, object] = {}
@@ -61,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(serve_gateway(settings))
         return 0
     app = create_service_app(args.service, settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -75,6 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         forwarded_allow_ips="127.0.0.1",
         backlog=4096,
     )
+    DrainingServer(config, app.state.drain).run()
     return 0
 
 

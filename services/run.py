@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common import db, telemetry
+from services.common import db, shutdown, telemetry
 from services.common.internal import InternalClient, RequireInternal
 from services.common.metrics import RING_HANDOFFS
 from services.common.observe import observe
@@ -52,6 +52,8 @@ class Built:
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     engine: AsyncEngine | None = None
+    # What to do between SIGTERM and the shutdown besides serving on (a delivery node moves its sockets away).
+    drain: Callable[[], Awaitable[Any]] | None = None
 
 
 class Wiring:
@@ -301,6 +303,9 @@ def build_delivery(w: Wiring) -> Built:
         hub.close_all(1012, "service restart")
         await asyncio.sleep(0)
 
+    async def drain() -> None:
+        await hub.drain(settings.shutdown.drain_s)
+
     return Built(
         [build_router(deps, tokens=w.tokens, settings=ws_settings, limiter=limiter), internal_router(hub, w.guard)],
         loops={
@@ -310,6 +315,7 @@ def build_delivery(w: Wiring) -> Built:
             ),
         },
         on_stop=[stop],
+        drain=drain,
     )
 
 
@@ -395,8 +401,19 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     tasks: list[asyncio.Task[None]] = []
     if wiring.settings.ring.file:
         built.loops.setdefault("ring-watch", wiring.ring.run)  # every process that pushes follows the ring
+    draining = asyncio.Event()
+
+    async def drain() -> None:
+        """SIGTERM: not ready from now on, but serving on for the lag; then the service's own drain."""
+        draining.set()
+        if built.drain is not None:
+            await asyncio.gather(shutdown.lag(settings.shutdown.lag_s), built.drain())
+        else:
+            await shutdown.lag(settings.shutdown.lag_s)
 
     async def ready() -> bool:
+        if draining.is_set():
+            return False
         if built.engine is not None:
             try:
                 async with built.engine.connect() as conn:
@@ -426,6 +443,7 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
             telemetry.shutdown()
 
     app = FastAPI(title=f"Courier {name}", version="1", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.state.drain = drain
     install_error_handlers(app)
     for router in built.routers:
         app.include_router(router)
@@ -463,8 +481,10 @@ def create_gateway_app(
     install_error_handlers(app)
     app.include_router(build_rtc(settings, auth=wiring.auth))
 
+    app.state.draining = False
+
     async def ready() -> bool:
-        return bool(wiring.ring.ring.members)
+        return bool(wiring.ring.ring.members) and not app.state.draining
 
     _ops_routes(app, ready)
 
@@ -510,7 +530,14 @@ async def serve_gateway(settings: Settings) -> None:
     # The client's address comes from the front (client_ip), never from a header a client could send.
     # log_config=None: uvicorn's loggers go to the process's (JSON) root handler.
     config = uvicorn.Config(app, log_level="warning", log_config=None, proxy_headers=False, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+
+    async def drain() -> None:
+        """SIGTERM: not ready, but accepting for the lag; then no new connection and the sockets closed spread out."""
+        app.state.draining = True
+        await shutdown.lag(settings.shutdown.lag_s)
+        await front.drain(settings.shutdown.drain_s)
+
+    server = shutdown.DrainingServer(config, drain)
     listener = await front.serve(settings.host, settings.port)
     watcher = asyncio.create_task(wiring.ring.run(), name="ring-watch")
     log.info("gateway on %s:%d (http app on 127.0.0.1:%d)", settings.host, settings.port, inner_port)

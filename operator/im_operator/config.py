@@ -16,6 +16,12 @@ class OperatorConfig(BaseSettings):
     default_image: str = Field(
         "", description="The Courier image for IMClusters whose spec.image is empty (the chart sets its own image)."
     )
+    backend_images: dict[str, str] = Field(
+        default_factory=dict,
+        description="Default images of the managed backends by key (redis, kafka, objectStore, mysql, mariadb, "
+        'postgresql), as JSON: {"redis": "my-registry/redis:7.4"}. Keys not given keep the upstream images; an '
+        "IMCluster's managed.image still wins and managed.version replaces the tag.",
+    )
     drift_interval_s: float = Field(
         300.0, gt=0, description="How often every IMCluster gets a full pass even when nothing was seen to change."
     )

@@ -14,6 +14,7 @@ from im_operator.handlers import build_registry, kopf_settings
 from im_operator.kube import Kube
 from im_operator.metrics import serve as serve_metrics
 from im_operator.reconcile import Reconciler
+from im_operator.render import BACKEND_IMAGES
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -33,6 +34,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--liveness", default=None, help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument("--default-image", default=None, help="image for IMClusters without spec.image")
+    parser.add_argument(
+        "--backend-image",
+        action="append",
+        default=[],
+        metavar="KEY=IMAGE",
+        help="default image of a managed backend (redis, kafka, objectStore, mysql, mariadb, postgresql); repeatable",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("--debug", "--verbose", action="store_true", help="log kopf's diagnostics too")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -50,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.liveness = args.liveness
     if args.default_image is not None:
         config.default_image = args.default_image
+    for pair in args.backend_image:
+        key, _, image = pair.partition("=")
+        config.backend_images[key] = image
+    unknown = sorted(set(config.backend_images) - set(BACKEND_IMAGES))
+    if unknown:
+        raise SystemExit(f"unknown backend image keys {unknown}; known: {sorted(BACKEND_IMAGES)}")
     kopf.configure(debug=args.debug, quiet=args.quiet, log_format=kopf.LogFormat.PLAIN)
     if not args.debug:
         # kopf reports every handled watch event at INFO ("Handler 'child-services' succeeded."): one line per
@@ -57,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("im_operator").info("watching %s", ", ".join(config.namespace_list()) or "every namespace")
     kube = Kube.from_environment()
-    reconciler = Reconciler(kube, default_image=config.default_image)
+    reconciler = Reconciler(kube, default_image=config.default_image, backend_images=config.backend_images)
     settings = kopf.OperatorSettings()
     kopf_settings(settings)
     namespaces = config.namespace_list()

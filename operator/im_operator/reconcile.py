@@ -72,11 +72,13 @@ class Reconciler:
         kube: Kube,
         *,
         default_image: str = "",
+        backend_images: Mapping[str, str] | None = None,
         now: Callable[[], str] = utcnow_rfc3339,
         token: Callable[[int], str] = secrets.token_hex,
     ) -> None:
         self.kube = kube
         self.default_image = default_image
+        self.backend_images = dict(backend_images or {})
         self._now = now
         self._token = token
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -139,7 +141,7 @@ class Reconciler:
     async def _pass_once(self, imcluster: Mapping[str, Any]) -> Outcome:
         cluster = Cluster.of(imcluster)
         try:
-            manifests = render(imcluster, default_image=self.default_image)
+            manifests = render(imcluster, default_image=self.default_image, backend_images=self.backend_images)
         except InvalidSpec as exc:
             return await self._finish(
                 imcluster, Observation(cluster.generation, Problem("InvalidSpec", str(exc), True))
@@ -318,10 +320,12 @@ class Reconciler:
             raise NameTaken(f"{ref} already exists and does not belong to this IMCluster; rename or delete it")
         previous = ring.PublishedRing.from_config_map(current)
         status_ring = (imcluster.get("status") or {}).get("ring") or {}
-        vnodes = ((imcluster.get("spec") or {}).get("config") or {}).get("ring", {}).get("vnodes") or DEFAULT_VNODES
+        spec = imcluster.get("spec") or {}
+        vnodes = (spec.get("config") or {}).get("ring", {}).get("vnodes") or DEFAULT_VNODES
+        replicas = int((spec.get("delivery") or {}).get("replicas", 2))
         wanted = ring.next_ring(
             previous,
-            members,
+            ring.members_to_publish(previous, members, pod_prefix=cluster.child("delivery"), replicas=replicas),
             vnodes=int(vnodes),
             template=ring.url_template(cluster),
             floor_version=int(status_ring.get("version") or 0),

@@ -77,13 +77,26 @@ CONFIG_FIELDS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("kafka", "replicationFactor"), ("kafka", "replication_factor")),
     (("ring", "vnodes"), ("ring", "vnodes")),
     (("ring", "reloadSeconds"), ("ring", "reload_s")),
+    (("shutdown", "lagSeconds"), ("shutdown", "lag_s")),
+    (("shutdown", "drainSeconds"), ("shutdown", "drain_s")),
 )
+# Between SIGTERM and exit (services.common.shutdown): serve on while the pod leaves its Services' endpoints, then
+# spread the WebSockets' reconnects over the drain window. Pods get time for both and the final shutdown.
+SHUTDOWN_LAG_S = 5
+SHUTDOWN_DRAIN_S = 20
+SHUTDOWN_MARGIN_S = 20
+SOCKET_HOLDERS = ("gateway", "delivery")
 DATABASE_DRIVERS = {"mysql": "mysql+asyncmy", "mariadb": "mysql+asyncmy", "postgresql": "postgresql+asyncpg"}
 DATABASE_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432}
 
 
-def render(imcluster: Mapping[str, Any], *, default_image: str = "") -> list[Manifest]:
+def render(
+    imcluster: Mapping[str, Any], *, default_image: str = "", backend_images: Mapping[str, str] | None = None
+) -> list[Manifest]:
     """The ConfigMap, Deployments, StatefulSets and Services of one IMCluster, in a fixed order.
+
+    ``backend_images`` replaces BACKEND_IMAGES' defaults by key (an operator installed where those registries are
+    out of reach points it at its own builds); a spec's managed.image and managed.version still win.
 
     Raises ``InvalidSpec`` for a spec the CRD schema let through but Courier cannot run.
     """
@@ -108,11 +121,11 @@ def render(imcluster: Mapping[str, Any], *, default_image: str = "") -> list[Man
         children.append(_service(cluster, service, [_port("http", HTTP_PORT)]))
     delivery = spec.get("delivery") or {}
     children.append(pod.delivery(int(delivery.get("replicas", 2)), delivery.get("resources")))
-    children.append(_service(cluster, "delivery", [_port("http", HTTP_PORT)], headless=True))
+    children.append(_service(cluster, "delivery", [_port("http", HTTP_PORT)], headless=True, publish_not_ready=True))
     for backend in ("redis", "kafka", "database", "objectStore"):
         managed = (spec.get(backend) or {}).get("managed")
         if managed is not None:
-            children.extend(_managed_backend(cluster, spec, backend, managed))
+            children.extend(_managed_backend(cluster, spec, backend, managed, backend_images or {}))
     return children
 
 
@@ -195,6 +208,8 @@ def config_map(cluster: Cluster, spec: Mapping[str, Any]) -> Manifest:
         "COURIER_MODE": "prod",
         "COURIER_HOST": "0.0.0.0",  # noqa: S104 - a pod serves on its own network namespace
         "COURIER_PORT": str(HTTP_PORT),
+        "COURIER_SHUTDOWN__LAG_S": str(SHUTDOWN_LAG_S),
+        "COURIER_SHUTDOWN__DRAIN_S": str(SHUTDOWN_DRAIN_S),
     }
     for service in SERVICES:
         data[f"COURIER_SERVICES__{service.upper()}"] = f"http://{cluster.host(service)}:{HTTP_PORT}"
@@ -365,7 +380,7 @@ class _CourierPods:
             "automountServiceAccountToken": False,  # Courier never talks to the Kubernetes API
             "enableServiceLinks": False,
             "securityContext": _pod_security(COURIER_UID),
-            "terminationGracePeriodSeconds": 30,
+            "terminationGracePeriodSeconds": self.grace_period(component),
             "containers": [self.container(service, resources)],
             "volumes": volumes,
         }
@@ -388,6 +403,13 @@ class _CourierPods:
             },
             "spec": pod,
         }
+
+    def grace_period(self, component: str) -> int:
+        """Long enough for the lag, the drain of the sockets this component holds, and the final shutdown."""
+        shutdown = (self.spec.get("config") or {}).get("shutdown") or {}
+        lag = float(shutdown.get("lagSeconds", SHUTDOWN_LAG_S))
+        drain = float(shutdown.get("drainSeconds", SHUTDOWN_DRAIN_S)) if component in SOCKET_HOLDERS else 0.0
+        return int(lag + drain + SHUTDOWN_MARGIN_S + 0.999)
 
     def deployment(self, component: str, service: str, replicas: int, resources: Any) -> Manifest:
         c = self.cluster
@@ -413,7 +435,7 @@ class _CourierPods:
             "spec": {
                 "replicas": replicas,
                 "serviceName": c.child("delivery"),
-                # Members join and leave the ring by readiness, not by ordinal: start and stop them all at once.
+                # Pods start and stop all at once when scaling; a rolling update still replaces one at a time.
                 "podManagementPolicy": "Parallel",
                 "revisionHistoryLimit": 5,
                 "updateStrategy": {"type": "RollingUpdate"},
@@ -451,12 +473,20 @@ def _port(name: str, port: int, target: str | int | None = None) -> dict[str, An
     return {"name": name, "port": port, "targetPort": target if target is not None else name, "protocol": "TCP"}
 
 
-def _service(cluster: Cluster, component: str, ports: list[dict[str, Any]], *, headless: bool = False) -> Manifest:
+def _service(
+    cluster: Cluster,
+    component: str,
+    ports: list[dict[str, Any]],
+    *,
+    headless: bool = False,
+    publish_not_ready: bool = False,
+) -> Manifest:
     spec: dict[str, Any] = {"type": "ClusterIP", "selector": cluster.selector(component), "ports": ports}
     if headless:
-        # DNS names per pod (<pod>.<service>) and EndpointSlices listing every pod with its readiness.
+        # DNS names per pod (<pod>.<service>) and EndpointSlices listing every pod with its readiness. Delivery
+        # publishes not-ready pods too: a draining node's name must resolve while pushes still reach its sockets.
         spec["clusterIP"] = "None"
-        spec["publishNotReadyAddresses"] = False
+        spec["publishNotReadyAddresses"] = publish_not_ready
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -479,11 +509,25 @@ def gateway_service(cluster: Cluster, service: Mapping[str, Any]) -> Manifest:
 # ---------------------------------------------------------------------------------------------------- backends
 
 
-def backend_image(backend: str, managed: Mapping[str, Any]) -> str:
+def backend_image(backend: str, managed: Mapping[str, Any], defaults: Mapping[str, str] | None = None) -> str:
+    """managed.image; else the default (the operator's own for this key, or BACKEND_IMAGES') with managed.version as
+    its tag when set."""
     if managed.get("image"):
         return str(managed["image"])
-    repository, tag = BACKEND_IMAGES[backend]
+    configured = (defaults or {}).get(backend)
+    if configured:
+        repository, tag = split_image(configured)
+    else:
+        repository, tag = BACKEND_IMAGES[backend]
     return f"{repository}:{managed.get('version') or tag}"
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    """repository and tag of an image reference; a registry's port is not a tag, a missing tag is `latest`."""
+    repository, colon, tag = ref.rpartition(":")
+    if not colon or "/" in tag:
+        return ref, "latest"
+    return repository, tag
 
 
 def kafka_cluster_id(uid: str) -> str:
@@ -496,7 +540,11 @@ def kafka_cluster_id(uid: str) -> str:
 
 
 def _managed_backend(
-    cluster: Cluster, spec: Mapping[str, Any], backend: str, managed: Mapping[str, Any]
+    cluster: Cluster,
+    spec: Mapping[str, Any],
+    backend: str,
+    managed: Mapping[str, Any],
+    default_images: Mapping[str, str],
 ) -> list[Manifest]:
     c = cluster
     secret = c.secret
@@ -575,7 +623,7 @@ def _managed_backend(
         claim_spec["storageClassName"] = str(storage["storageClassName"])
     container = {
         "name": component,
-        "image": backend_image(image_key, managed),
+        "image": backend_image(image_key, managed, default_images),
         "imagePullPolicy": "IfNotPresent",
         **container,
         "ports": [{"name": component, "containerPort": port, "protocol": "TCP"}],

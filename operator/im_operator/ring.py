@@ -48,19 +48,43 @@ def url_template(cluster: Cluster) -> str:
 
 
 def ready_members(slices: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
-    """Names of the pods behind ready endpoints, sorted and without duplicates (a pod can sit in several slices)."""
+    """Names of the pods behind serving endpoints, sorted and without duplicates (a pod can sit in several slices).
+
+    The delivery Service publishes not-ready addresses (so that a draining node's name still resolves while its
+    sockets move away), which makes every endpoint `ready`; `serving` is the pod's own readiness. Where a cluster
+    reports no `serving`, `ready` stands in; a missing value means unknown, which the API says to read as ready."""
     members: set[str] = set()
     for endpoint_slice in slices:
         for endpoint in endpoint_slice.get("endpoints") or []:
             conditions = endpoint.get("conditions") or {}
-            # A missing `ready` means unknown, which the API says to read as ready; terminating pods are never ready.
-            if conditions.get("ready") is False or conditions.get("terminating") is True:
+            serving = conditions.get("serving", conditions.get("ready"))
+            if serving is False or conditions.get("terminating") is True:
                 continue
             target = endpoint.get("targetRef") or {}
             name = target.get("name") if target.get("kind") == "Pod" else endpoint.get("hostname")
             if name:
                 members.add(str(name))
     return tuple(sorted(members))
+
+
+def members_to_publish(
+    previous: PublishedRing | None, ready: Iterable[str], *, pod_prefix: str, replicas: int
+) -> tuple[str, ...]:
+    """The ring's members: the ready delivery pods, and the published members that are only restarting.
+
+    A delivery pod is a StatefulSet pod: one with an ordinal below the wanted replicas comes back under the same
+    name. Keeping it in the ring while it restarts (a rolling upgrade, a crash) means its clients reconnect once,
+    to the node the ring without it names (the gateway steers around a node that refuses or is gone), and stay
+    there when it returns: no ring change, so no hand-off. Only scaling changes the membership: a new pod joins
+    once ready, a pod above the replicas leaves at once (even while it still serves: it is
+    about to stop)."""
+
+    def wanted(member: str) -> bool:
+        prefix, _, ordinal = member.rpartition("-")
+        return prefix == pod_prefix and ordinal.isdigit() and int(ordinal) < replicas
+
+    kept = {member for member in (previous.members if previous else ()) if wanted(member)}
+    return tuple(sorted(kept | {member for member in ready if wanted(member)}))
 
 
 def next_ring(

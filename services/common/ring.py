@@ -11,7 +11,7 @@ import bisect
 import json
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +44,21 @@ class Ring:
     def of(cls, members: Iterable[str], *, vnodes: int = DEFAULT_VNODES, version: int = 0) -> Ring:
         return cls(tuple(members), vnodes, version)
 
-    def node_for(self, key: str) -> str:
-        """The member owning ``key``: the first virtual node clockwise from the key's hash."""
+    def node_for(self, key: str, *, avoid: Collection[str] = ()) -> str:
+        """The member owning ``key``: the first virtual node clockwise from the key's hash.
+
+        With ``avoid``, the first clockwise whose member is not avoided: exactly the owner the ring without those
+        members would give, so a key sent elsewhere while its node is away stays put once the ring drops the node."""
         if not self._points:
             raise LookupError("the ring has no members")
         index = bisect.bisect_right(self._points, _point(key)) % len(self._points)
-        return self._owners[index]
+        if not avoid:
+            return self._owners[index]
+        for step in range(len(self._owners)):
+            owner = self._owners[(index + step) % len(self._owners)]
+            if owner not in avoid:
+                return owner
+        raise LookupError("every member of the ring is avoided")
 
     def to_dict(self) -> dict[str, object]:
         return {"version": self.version, "members": list(self.members), "vnodes": self.vnodes}

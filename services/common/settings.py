@@ -140,6 +140,28 @@ class RingSettings(BaseModel):
     reload_s: float = Field(1.0, gt=0, description="How often the ring file is checked for changes.")
 
 
+class ShutdownSettings(BaseModel):
+    """What a process of the distributed mode does between SIGTERM and its exit (`courier run`; docs/design.md 7.5).
+
+    Zero for both (the default) exits at once, as a process started by hand or by `make up` should; the operator
+    sets both for pods, so that a rolling restart neither refuses requests nor drops every socket at once."""
+
+    lag_s: float = Field(
+        0.0,
+        ge=0,
+        le=120,
+        description="Keep serving this long after SIGTERM, while Service endpoints forget the pod, before anything "
+        "stops being accepted.",
+    )
+    drain_s: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="Delivery nodes and gateways: spread their WebSockets' reconnects over this window, then close "
+        "what remains.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COURIER_", env_nested_delimiter="__", extra="ignore")
 
@@ -169,6 +191,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
 
     @property
     def sqlalchemy_url(self) -> str:

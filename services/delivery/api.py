@@ -8,6 +8,7 @@ import logging
 import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import ORJSONResponse
 
 from services.common import metrics
 from services.common.errors import CourierError, RateLimited, Unauthorized
@@ -24,6 +25,8 @@ CLOSE_RATE_LIMITED = 4008
 CLOSE_IDLE = 1001
 CLOSE_INTERNAL = 1011
 CLOSE_GRACE_S = 5.0
+# On an upgrade refused because this node is draining: the gateway reads it and splices to another node.
+DRAINING_HEADER = "x-courier-draining"
 
 
 class WebSocketSettings:
@@ -133,6 +136,12 @@ def build_router(
 
     @router.websocket("/v1/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
+        if deps.hub.draining:
+            body = {"error": {"code": "unavailable", "message": "this delivery node is shutting down; reconnect"}}
+            refusal = ORJSONResponse(body, status_code=503, headers={DRAINING_HEADER: deps.node_name or "local"})
+            await websocket.send_denial_response(refusal)
+            metrics.WS_CLOSES.labels("shutdown").inc()
+            return
         await websocket.accept()
         if websocket.headers.get("x-courier-reject") == str(CLOSE_RATE_LIMITED):  # set by the gateway
             await websocket.send_text(encode(error_frame(None, "rate_limited", "too many connections; back off")))

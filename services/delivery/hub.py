@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ log = logging.getLogger("courier.delivery.hub")
 
 CLOSE_REPLACED = 4009
 CLOSE_TOO_SLOW = 1013
+CLOSE_RESTART = 1012
 
 # Bounded label values of the WebSocket metrics, created at start-up so /metrics shows them before traffic.
 SERVER_FRAME_TYPES = (
@@ -159,6 +161,7 @@ class Hub:
         self.retransmitted = 0
         self.restored = 0
         self.pending_failures = 0
+        self.draining = False
 
     def attach(self, conn: Connection) -> None:
         """Register a new socket; the same device's previous socket is closed with 4009."""
@@ -355,3 +358,31 @@ class Hub:
     def close_all(self, code: int, reason: str) -> None:
         for conn in self.connections():
             conn.close(code, reason)
+
+    async def drain(self, window_s: float, *, grace_s: float = 5.0, rng: random.Random | None = None) -> int:
+        """Move every socket off this node before it stops, spread over ``window_s``; returns how many were asked.
+
+        From now on the node takes no new socket (``draining``: the upgrade is refused, the gateway picks another
+        node). Each socket is sent ``reconnect`` with its own delay drawn from the window, and is closed with 1012
+        ``grace_s`` after that delay if its client has not left by itself: clients come back one by one, never all at
+        once, and a client that ignores the frame is closed on the same spread schedule. Frames it left unacked
+        follow it through the pending store."""
+        self.draining = True
+        rng = rng or random.Random()
+        conns = list(self.connections())
+        if not conns:
+            return 0
+        log.info("draining %d sockets over %.1f s", len(conns), window_s)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delays = sorted(rng.uniform(0, window_s) for _ in conns)
+        rng.shuffle(conns)
+        for conn, delay in zip(conns, delays, strict=True):
+            conn.offer({"type": "reconnect", "after_ms": round(delay * 1000)})
+        for conn, delay in zip(conns, delays, strict=True):
+            wait = started + delay + grace_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if conn in self.devices(conn.user_id):  # still here: its client ignored the reconnect
+                conn.close(CLOSE_RESTART, "service restart")
+        return len(conns)

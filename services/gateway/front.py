@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +34,16 @@ TRUSTED_HEADERS = (b"x-forwarded-for", b"x-courier-reject")
 REJECT_HEADER = "X-Courier-Reject"
 # The upstream label of GATEWAY_UPSTREAM_ERRORS for each kind of splice.
 UPSTREAM_OF = {"websocket": "delivery", "http": "gateway-http"}
+# A delivery node that refused an upgrade because it is shutting down says so in this response header.
+DRAINING_HEADER = b"x-courier-draining"
+# How long a node that refused (draining) or could not be reached gets no new sockets: the ring usually stops
+# naming it within this time; a node that comes back is used again after it.
+AVOID_S = 30.0
+UPSTREAM_HEAD_TIMEOUT_S = 10.0
+
+
+class Refused(Exception):
+    """The delivery node did not take the upgrade (draining, unreachable): try the next one on the ring."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,9 @@ class Front:
         self._limiter = limiter
         self._http_upstream = http_upstream
         self._on_splice = on_splice or (lambda _kind: None)
+        self._avoid: dict[str, float] = {}  # member -> monotonic time until which it gets no new socket
+        self._server: asyncio.Server | None = None
+        self._splices: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.open_websockets = 0
         # Local port of each upstream connection to the HTTP app -> the client's address. The app
         # runs in this process and looks the client up here, so no header a client could forge (on
@@ -155,45 +170,125 @@ class Front:
                 extra[REJECT_HEADER] = "4008"
             except CourierError:  # the shared buckets are unreachable: let the upgrade through
                 log.warning("rate limiter unavailable; letting a WebSocket upgrade through", exc_info=True)
-            ring = self._ring.ring
-            if not ring.members:
+            if not self._ring.ring.members:
                 GATEWAY_UPSTREAM_ERRORS.labels(UPSTREAM_OF["websocket"]).inc()
                 await _error(writer, 503, "Service Unavailable", "unavailable", "no delivery node is ready")
                 writer.close()
                 return
             # An unauthenticated upgrade still goes to a node, which answers with close code 4001.
-            url = urlsplit(self._ring.url_for(ring.node_for(user_id or ip)))
-            upstream = (url.hostname or "127.0.0.1", url.port or 80)
-            kind = "websocket"
-        else:
-            upstream = self._http_upstream
-            kind = "http"
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*upstream)
-        except OSError:
-            GATEWAY_UPSTREAM_ERRORS.labels(UPSTREAM_OF[kind]).inc()
-            await _error(writer, 503, "Service Unavailable", "unavailable", f"{kind} upstream unreachable")
-            writer.close()
-            return
-        self._on_splice(kind)
-        local = up_writer.get_extra_info("sockname")
-        if kind == "http" and local:
-            self.clients[local[1]] = ip
-        up_writer.write(head.forwarded(extra))
-        if kind == "websocket":
+            upstream = await self._upgrade(user_id or ip, head.forwarded(extra))
+            if upstream is None:
+                GATEWAY_UPSTREAM_ERRORS.labels(UPSTREAM_OF["websocket"]).inc()
+                await _error(writer, 503, "Service Unavailable", "unavailable", "no delivery node took the socket")
+                writer.close()
+                return
+            up_reader, up_writer, answer = upstream
+            self._on_splice("websocket")
+            writer.write(answer)
+            pair = (writer, up_writer)
+            self._splices.add(pair)
             self.open_websockets += 1
             GATEWAY_SPLICES.inc()
+            try:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            finally:
+                self._splices.discard(pair)
+                self.open_websockets -= 1
+                GATEWAY_SPLICES.dec()
+                _close(writer, up_writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._http_upstream)
+        except OSError:
+            GATEWAY_UPSTREAM_ERRORS.labels(UPSTREAM_OF["http"]).inc()
+            await _error(writer, 503, "Service Unavailable", "unavailable", "http upstream unreachable")
+            writer.close()
+            return
+        self._on_splice("http")
+        local = up_writer.get_extra_info("sockname")
+        if local:
+            self.clients[local[1]] = ip
+        up_writer.write(head.forwarded(extra))
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
-            if kind == "websocket":
-                self.open_websockets -= 1
-                GATEWAY_SPLICES.dec()
-            elif local:
+            if local:
                 self.clients.pop(local[1], None)
-            for w in (writer, up_writer):
-                with contextlib.suppress(OSError, RuntimeError):
-                    w.close()
+            _close(writer, up_writer)
+
+    async def _upgrade(
+        self, key: str, request: bytes
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes] | None:
+        """Hand the upgrade to the key's node on the ring, or to the next one while nodes refuse it.
+
+        A node that is shutting down answers 503 with the draining header, and one that is gone cannot be reached:
+        either is avoided for AVOID_S, and the upgrade goes where the ring without it points (the node that will own
+        the key once the ring drops it, so the socket does not move twice). Returns the upstream streams and its
+        answer's head (the 101, or the node's own refusal such as a 4xx), or None when no node took it."""
+        ring = self._ring.ring
+        now = time.monotonic()
+        self._avoid = {member: until for member, until in self._avoid.items() if until > now}
+        avoid = set(self._avoid) & set(ring.members)
+        if avoid == set(ring.members):
+            avoid = set()  # every node refused lately: try them again rather than none
+        while True:
+            try:
+                member = ring.node_for(key, avoid=avoid)
+            except LookupError:
+                return None
+            try:
+                return await self._offer(member, request)
+            except Refused as refused:
+                log.info("delivery node %s refused a socket (%s); trying the next on the ring", member, refused)
+                self._avoid[member] = time.monotonic() + AVOID_S
+                avoid.add(member)
+
+    async def _offer(self, member: str, request: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        url = urlsplit(self._ring.url_for(member))
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 80), UPSTREAM_HEAD_TIMEOUT_S
+            )
+        except (OSError, TimeoutError) as exc:
+            raise Refused(f"unreachable: {exc}") from exc
+        try:
+            up_writer.write(request)
+            answer = await asyncio.wait_for(up_reader.readuntil(b"\r\n\r\n"), UPSTREAM_HEAD_TIMEOUT_S)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            _close(up_writer)
+            raise Refused(f"no answer: {exc!r}") from exc
+        status = answer.split(b" ", 2)[1] if answer.count(b" ") >= 2 else b""
+        if status == b"503" and DRAINING_HEADER + b":" in answer.lower():
+            _close(up_writer)
+            raise Refused("draining")
+        return up_reader, up_writer, answer
+
+    async def drain(self, window_s: float, rng: random.Random | None = None) -> int:
+        """Before the gateway stops: take no new connection, and close its spliced WebSockets one by one over
+        ``window_s`` (a closed socket reconnects through the Service, to another gateway), not all at once."""
+        if self._server is not None:
+            self._server.close()
+        pairs = list(self._splices)
+        if not pairs:
+            return 0
+        rng = rng or random.Random()
+        log.info("closing %d spliced sockets over %.1f s", len(pairs), window_s)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for pair, delay in zip(pairs, sorted(rng.uniform(0, window_s) for _ in pairs), strict=True):
+            wait = started + delay - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if pair in self._splices:
+                _close(*pair)
+        return len(pairs)
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, limit=HEAD_LIMIT, backlog=4096)
+        self._server = await asyncio.start_server(self.handle, host, port, limit=HEAD_LIMIT, backlog=4096)
+        return self._server
+
+
+def _close(*writers: asyncio.StreamWriter) -> None:
+    for w in writers:
+        with contextlib.suppress(OSError, RuntimeError):
+            w.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from services.delivery.hub import CLOSE_REPLACED, CLOSE_TOO_SLOW, Close, Connection, Hub
 from services.delivery.protocol import AckWindow
 
@@ -61,3 +64,57 @@ async def test_retransmit_resends_unacked_frames_after_the_timeout() -> None:
     assert hub.retransmit_due() == 1
     [frame] = await _drain(conn)
     assert isinstance(frame, str) and '"redelivered":true' in frame
+
+
+async def test_drain_asks_every_socket_to_reconnect_at_its_own_time_then_closes_the_stragglers() -> None:
+    import asyncio
+    import random
+
+    from services.delivery.hub import CLOSE_RESTART
+
+    hub = Hub()
+    conns = [_conn(f"user{i}", "d") for i in range(40)]
+    for conn in conns:
+        hub.attach(conn)
+    leaving = conns[:20]  # these clients follow the reconnect frame and leave by themselves
+    for conn in leaving:
+        hub.detach(conn)
+    loop = asyncio.get_running_loop()
+    closed_at: dict[str, float] = {}
+    for conn in conns:
+        original = conn.close
+
+        def recording(code: int, reason: str, *, c: Connection = conn, close: Any = original, **kw: Any) -> None:
+            closed_at[c.user_id] = loop.time()
+            close(code, reason, **kw)
+
+        conn.close = recording  # type: ignore[method-assign]
+    received: dict[str, list[str | Close]] = {c.user_id: [] for c in conns}
+
+    async def writer(conn: Connection) -> None:  # what the socket's writer task does: send each frame as it comes
+        while not isinstance(item := await conn.next_outgoing(), Close):
+            received[conn.user_id].append(item)
+        received[conn.user_id].append(item)
+
+    writers = [asyncio.create_task(writer(c)) for c in conns[20:]]
+    started = loop.time()
+    asked = await hub.drain(0.5, grace_s=0.2, rng=random.Random(7))
+    await asyncio.wait_for(asyncio.gather(*writers), 10)
+    assert hub.draining
+    # The leavers were detached before the drain: only the sockets still attached are asked.
+    assert asked == 20
+    staying = conns[20:]
+    delays = {}
+    for conn in staying:
+        frame, close = received[conn.user_id]
+        assert isinstance(frame, str) and isinstance(close, Close), received[conn.user_id]
+        after_ms = json.loads(frame)["after_ms"]
+        assert frame.startswith('{"type":"reconnect"') and 0 <= after_ms <= 500
+        delays[conn.user_id] = after_ms
+        assert close.code == CLOSE_RESTART
+        # Never closed before its client had its delay and the grace to leave by itself.
+        assert closed_at[conn.user_id] - started >= after_ms / 1000 + 0.2 - 0.01
+    assert len(set(delays.values())) > 10, "the reconnects are spread over the window, not all at one time"
+    order = sorted(staying, key=lambda c: closed_at[c.user_id])
+    assert [delays[c.user_id] for c in order] == sorted(delays.values()), "closed in the order of their delays"
+    assert not any(c.user_id in closed_at for c in leaving)

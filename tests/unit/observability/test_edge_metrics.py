@@ -23,6 +23,7 @@ from services.common.tokens import AccessTokens
 from services.gateway.front import Front
 from services.gateway.proxy import Proxy
 from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
+from tests.support.waiting import wait_for
 
 
 def value(name: str, labels: dict[str, str] | None = None) -> float:
@@ -163,17 +164,10 @@ async def test_users_moved_by_a_ring_change_are_counted_as_handoffs() -> None:
     assert value("courier_ring_handoffs_total") == before + len(moved)
 
 
-async def wait_for(condition: Any, what: str, deadline_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + deadline_s
-    while not condition():
-        if loop.time() > until:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def test_a_spliced_websocket_is_counted_while_it_lasts() -> None:
     async def node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
         await reader.read()  # holds the connection until the client goes
         writer.close()
 

@@ -299,3 +299,39 @@ def test_the_crd_refuses_an_unknown_sampler_and_a_ratio_above_one() -> None:
         jsonschema.validate({"endpoint": "http://c:4318", "sampler": "sometimes"}, tracing)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"endpoint": "http://c:4318", "ratio": 1.5}, tracing)
+
+
+def test_operator_defaults_for_backend_images_replace_the_upstream_ones_and_the_spec_still_wins() -> None:
+    defaults = {"redis": "courier-redis:7.0.15-abc", "mysql": "registry.example:5000/team/mariadb:10.11"}
+    manifest = sample()
+    manifest["spec"]["kafka"]["managed"]["image"] = "my-kafka:1"
+    children = by_name(render(manifest, default_image="courier:1", backend_images=defaults))
+
+    def image(name: str) -> str:
+        return str(children[f"StatefulSet/{name}"]["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    assert image("chat-redis") == "courier-redis:7.0.15-abc"
+    assert image("chat-database") == "registry.example:5000/team/mariadb:10.11"  # a registry port is not a tag
+    assert image("chat-kafka") == "my-kafka:1"
+    assert image("chat-minio").startswith("quay.io/minio/minio:")  # no default given: the upstream image
+    manifest["spec"]["redis"]["managed"]["version"] = "7.2"
+    redis = by_name(render(manifest, default_image="courier:1", backend_images=defaults))["StatefulSet/chat-redis"]
+    assert redis["spec"]["template"]["spec"]["containers"][0]["image"] == "courier-redis:7.2"
+
+
+def test_pods_get_time_to_drain_and_the_settings_that_make_them_drain() -> None:
+    children = by_name(render(sample(), default_image="courier:1"))
+    data = children["ConfigMap/chat-config"]["data"]
+    assert (data["COURIER_SHUTDOWN__LAG_S"], data["COURIER_SHUTDOWN__DRAIN_S"]) == ("5", "20")
+    grace = {
+        name: children[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for name in ("StatefulSet/chat-delivery", "Deployment/chat-gateway", "Deployment/chat-message")
+    }
+    assert grace == {"StatefulSet/chat-delivery": 45, "Deployment/chat-gateway": 45, "Deployment/chat-message": 25}
+    # A draining delivery node's pod name must still resolve: pushes reach its sockets until they have moved.
+    assert children["Service/chat-delivery"]["spec"]["publishNotReadyAddresses"] is True
+    assert children["Service/chat-redis"]["spec"]["publishNotReadyAddresses"] is False
+
+    tuned = by_name(render(sample(config={"shutdown": {"lagSeconds": 2, "drainSeconds": 60}}), default_image="c:1"))
+    assert tuned["ConfigMap/chat-config"]["data"]["COURIER_SHUTDOWN__DRAIN_S"] == "60"
+    assert tuned["StatefulSet/chat-delivery"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 82

@@ -85,3 +85,37 @@ def test_an_unreadable_config_map_counts_as_none() -> None:
     assert ring.PublishedRing.from_config_map({"data": {"ring.json": "{not json"}}) is None
     assert ring.PublishedRing.from_config_map({"data": {}}) is None
     assert ring.PublishedRing.from_config_map(None) is None
+
+
+def test_a_restarting_member_stays_in_the_ring_and_only_scaling_changes_it() -> None:
+    published = ring.next_ring(None, ["chat-delivery-0", "chat-delivery-1"], vnodes=150, template=TEMPLATE)
+    assert published is not None
+    prefix = "chat-delivery"
+    # chat-delivery-1 is being replaced (rolling upgrade): not ready, but it comes back under the same name.
+    restarting = ring.members_to_publish(published, ["chat-delivery-0"], pod_prefix=prefix, replicas=2)
+    assert restarting == ("chat-delivery-0", "chat-delivery-1")
+    assert ring.next_ring(published, restarting, vnodes=150, template=TEMPLATE) is None, "no new ring version"
+    # Scaled up: a new pod joins once it is ready, not before.
+    assert ring.members_to_publish(
+        published, ["chat-delivery-0", "chat-delivery-1"], pod_prefix=prefix, replicas=3
+    ) == (
+        "chat-delivery-0",
+        "chat-delivery-1",
+    )
+    grown = ring.members_to_publish(
+        published, ["chat-delivery-0", "chat-delivery-1", "chat-delivery-2"], pod_prefix=prefix, replicas=3
+    )
+    assert grown == ("chat-delivery-0", "chat-delivery-1", "chat-delivery-2")
+    # Scaled down: a member above the replicas leaves at once, even while its pod still serves.
+    bigger = ring.next_ring(published, grown, vnodes=150, template=TEMPLATE)
+    assert ring.members_to_publish(bigger, grown, pod_prefix=prefix, replicas=2) == (
+        "chat-delivery-0",
+        "chat-delivery-1",
+    )
+
+
+def test_serving_is_the_readiness_when_the_service_publishes_not_ready_pods() -> None:
+    draining = endpoint("chat-delivery-1", ready=True)
+    draining["conditions"]["serving"] = False
+    slices = [{"endpoints": [endpoint("chat-delivery-0"), draining]}]
+    assert ring.ready_members(slices) == ("chat-delivery-0",)
