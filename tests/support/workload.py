@@ -3,12 +3,16 @@
 A sender retries the same ``client_msg_id`` until it gets a ``send_ack`` (reconnecting as needed),
 as a real client would; afterwards every member syncs from zero and the history must hold each
 acked message exactly once, with seqs 1..N and no gap, and nothing that was never attempted.
+Both sides follow a ``reconnect`` frame as the protocol asks (wait ``after_ms``, connect again), and
+every connection they make is recorded, so tests can tell how often, and when, clients moved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +36,14 @@ class Pair:
     attempted: set[str] = field(default_factory=set)
     errors: Counter[str] = field(default_factory=Counter)
     pushed: int = 0
+    # Monotonic time of every connection made, by role ("sender", "receiver"): the first, then each reconnect.
+    connects: dict[str, list[float]] = field(default_factory=lambda: {"sender": [], "receiver": []})
+    # Pushes one socket got out of seq order (each socket must see a conversation's pushes in order).
+    disorder: list[tuple[int, int]] = field(default_factory=list)
+
+    def reconnects(self, since: float = 0.0) -> list[float]:
+        """When either side connected again after its first connection (and after ``since``)."""
+        return sorted(t for times in self.connects.values() for t in times[1:] if t >= since)
 
 
 async def make_pairs(api: Api, count: int, ring: Ring | None = None) -> list[Pair]:
@@ -60,13 +72,13 @@ async def _user_on(api: Api, ring: Ring, node: str, pools: dict[str, list[User]]
 async def keep_receiving(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:
     """A live receiver: acks what it gets, reconnects through faults (what it misses, sync brings)."""
     while not stop.is_set():
-        device = await _connect(ws_url, pair.receiver)
+        device = await _connect(ws_url, pair.receiver, pair.connects["receiver"])
         if device is None:
             await asyncio.sleep(RETRY_PAUSE_S)
             continue
         try:
             acked = 0
-            while not stop.is_set() and not device.closed.is_set():
+            while not stop.is_set() and not device.closed.is_set() and not await _moved(device):
                 seqs = [f["seq"] for f in device.frames if f["type"] == "message" and f["seq"] > acked]
                 if seqs:
                     acked = max(seqs)
@@ -74,21 +86,36 @@ async def keep_receiving(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:
                         await device.send({"type": "ack", "conversation_id": pair.cid, "seq": acked})
                 with contextlib.suppress(TimeoutError, AssertionError):
                     await device.wait_until(lambda d=device: stop.is_set() or d.closed.is_set(), timeout=0.2)
+            live = [f["seq"] for f in device.frames if f["type"] == "message" and not f.get("redelivered")]
+            pair.disorder += [(a, b) for a, b in itertools.pairwise(live) if b <= a]
             pair.pushed += len({f["seq"] for f in device.frames if f["type"] == "message"})
         finally:
             await device.close()
 
 
-async def _connect(ws_url: str, user: User) -> Device | None:
+async def _moved(device: Device) -> bool:
+    """True once the server asked this socket to reconnect and its ``after_ms`` has passed."""
+    asked = next((f for f in device.frames if f["type"] == "reconnect"), None)
+    if asked is None:
+        return False
+    with contextlib.suppress(TimeoutError, AssertionError):
+        await device.wait_until(device.closed.is_set, timeout=asked.get("after_ms", 0) / 1000)
+    return True
+
+
+async def _connect(ws_url: str, user: User, record: list[float] | None = None) -> Device | None:
     try:
-        return await Device.connect(ws_url, user)
+        device = await Device.connect(ws_url, user)
     except (OSError, websockets.InvalidHandshake, websockets.InvalidURI, TimeoutError):
         return None
+    if record is not None:
+        record.append(time.monotonic())
+    return device
 
 
-async def keep_sending(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:
-    """Send numbered messages until ``stop``; each one is retried with its own client_msg_id until
-    acked (or until stop, when it stays unacknowledged)."""
+async def keep_sending(ws_url: str, pair: Pair, stop: asyncio.Event, interval_s: float = 0.0) -> None:
+    """Send numbered messages until ``stop``, one every ``interval_s`` at most; each one is retried with its own
+    client_msg_id until acked (or until stop, when it stays unacknowledged)."""
     device: Device | None = None
     number = 0
     try:
@@ -97,10 +124,12 @@ async def keep_sending(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:
             client_msg_id = f"{pair.sender.username}-{number}"
             pair.attempted.add(client_msg_id)
             while not stop.is_set():
+                if device is not None and not device.closed.is_set() and await _moved(device):
+                    await device.close()  # asked to reconnect: go where the gateway now sends this user
                 if device is None or device.closed.is_set():
                     if device is not None:
                         await device.close()
-                    device = await _connect(ws_url, pair.sender)
+                    device = await _connect(ws_url, pair.sender, pair.connects["sender"])
                     if device is None:
                         pair.errors["connect"] += 1
                         await asyncio.sleep(RETRY_PAUSE_S)
@@ -117,6 +146,9 @@ async def keep_sending(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:
                     continue
                 if answer["type"] == "send_ack":
                     pair.acked[client_msg_id] = int(answer["seq"])
+                    if interval_s:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), interval_s)
                     break
                 pair.errors[str(answer.get("code"))] += 1
                 await asyncio.sleep(RETRY_PAUSE_S)
@@ -187,9 +219,9 @@ async def _fresh_login(api: Api, user: User) -> User:
 
 
 @contextlib.asynccontextmanager
-async def senders(ws_url: str, pairs: list[Pair]) -> Any:
+async def senders(ws_url: str, pairs: list[Pair], *, interval_s: float = 0.0) -> Any:
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(keep_sending(ws_url, p, stop)) for p in pairs]
+    tasks = [asyncio.create_task(keep_sending(ws_url, p, stop, interval_s)) for p in pairs]
     tasks += [asyncio.create_task(keep_receiving(ws_url, p, stop)) for p in pairs]
     try:
         yield stop
