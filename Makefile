@@ -33,12 +33,13 @@ browser-deps: ## install headless Chromium (Debian package) for the browser test
 
 # Each tier in its own pytest run: the browser tier drives Chromium through Playwright's sync API,
 # whose loop must not share a process with the asyncio tests.
-test: setup browser-deps ## every test: unit, integration, system (dev, make up, faults), k8s (real control plane), browser
+test: setup browser-deps ## every test: unit, integration, system (dev, make up, faults), k8s, browser, e2e (kind)
 	$(BIN)/pytest -q tests/unit
 	$(BIN)/pytest -q tests/integration
 	$(BIN)/pytest -q tests/system
 	$(BIN)/pytest -q tests/k8s
 	$(BIN)/pytest -q tests/browser
+	$(BIN)/pytest -q tests/e2e
 
 test-unit: setup ## unit tests only
 	$(BIN)/pytest -q tests/unit

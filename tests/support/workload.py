@@ -38,8 +38,10 @@ class Pair:
     pushed: int = 0
     # Monotonic time of every connection made, by role ("sender", "receiver"): the first, then each reconnect.
     connects: dict[str, list[float]] = field(default_factory=lambda: {"sender": [], "receiver": []})
-    # Pushes one socket got out of seq order (each socket must see a conversation's pushes in order).
+    # Pushes one socket got out of seq order (each socket must see a conversation's pushes in order), and how many
+    # it got again (delivery is at least once on the wire; clients drop a seq they hold, protocol.md 9.5).
     disorder: list[tuple[int, int]] = field(default_factory=list)
+    repeated: int = 0
 
     def reconnects(self, since: float = 0.0) -> list[float]:
         """When either side connected again after its first connection (and after ``since``)."""
@@ -87,7 +89,8 @@ async def keep_receiving(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:
                 with contextlib.suppress(TimeoutError, AssertionError):
                     await device.wait_until(lambda d=device: stop.is_set() or d.closed.is_set(), timeout=0.2)
             live = [f["seq"] for f in device.frames if f["type"] == "message" and not f.get("redelivered")]
-            pair.disorder += [(a, b) for a, b in itertools.pairwise(live) if b <= a]
+            pair.disorder += [(a, b) for a, b in itertools.pairwise(live) if b < a]
+            pair.repeated += sum(1 for a, b in itertools.pairwise(live) if b == a)
             pair.pushed += len({f["seq"] for f in device.frames if f["type"] == "message"})
         finally:
             await device.close()
