@@ -3,6 +3,7 @@ they come back through the gateway to their new owner without missing anything."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -47,6 +48,18 @@ async def _routes(user: User) -> set[str]:
         await client.aclose()
 
 
+async def _gateway_routes_by(api: Api, members: int) -> None:
+    """Until the gateway has loaded a ring of ``members`` nodes. Each process re-reads the ring file on its own
+    schedule: the node that lost the user may hear of the change before the gateway, which would still send the
+    device's new socket to it."""
+    for _ in range(600):
+        metrics = (await api.http.get("/metrics")).text
+        if f"courier_ring_members {float(members)}" in metrics.splitlines():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateway did not load a ring of {members} within 30 s")
+
+
 async def test_losing_node_asks_its_users_to_reconnect_and_they_land_on_the_new_owner(
     cluster: RunningServer, api: Api
 ) -> None:
@@ -64,6 +77,7 @@ async def test_losing_node_asks_its_users_to_reconnect_and_they_land_on_the_new_
         sent = await d_stayer.send_text(cid, "before the move")
         await d_old.wait_for(lambda f: f["type"] == "message" and f["seq"] == sent["seq"])
 
+        await _gateway_routes_by(api, 1)
         d_new = await Device.connect(cluster.ws_url, await api.device(mover, "after-move"))
         try:
             await d_new.request({"type": "ping"}, answer="pong")
