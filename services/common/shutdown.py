@@ -29,7 +29,6 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._drain = drain
         self._draining: asyncio.Task[None] | None = None
-        self.draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining is not None or self.should_exit:
@@ -40,7 +39,6 @@ class DrainingServer(uvicorn.Server):
         except RuntimeError:
             super().handle_exit(sig, frame)
             return
-        self.draining = True
         self._draining = loop.create_task(self._drain_then_exit(), name="drain")
 
     async def _drain_then_exit(self) -> None:
