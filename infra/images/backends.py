@@ -26,12 +26,9 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
-import importlib.machinery
-import importlib.util
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -74,13 +71,7 @@ def courier_infra() -> ModuleType:
 
 def load_courier_infra(name: str) -> ModuleType:
     """A new instance of infra/courier-infra's module, registered as `name` (its dataclasses look themselves up)."""
-    loader = importlib.machinery.SourceFileLoader(name, str(COURIER_INFRA))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+    return imagelib.load_script(name, COURIER_INFRA)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import re
 import shlex
@@ -25,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -42,6 +45,21 @@ DOCKER_DIR = Path(os.environ.get("COURIER_DOCKER_DIR", "/tmp/courier-docker"))  
 
 class ImageError(Exception):
     """A step that cannot go on; the command line prints it and exits non-zero."""
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """One of the repository's standalone scripts (infra/courier-infra, infra/kube/courier-kube) as a module named
+    ``name``, registered in sys.modules first: its dataclasses look their module up there while being defined."""
+    if name in sys.modules:
+        return sys.modules[name]
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    if spec is None:
+        raise ImageError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
 
 
 def log(message: str) -> None:

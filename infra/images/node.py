@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -37,7 +34,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import imagelib
@@ -47,22 +43,8 @@ NODE_DIR = imagelib.HERE / "node"
 KUBE_SCRIPT = imagelib.REPO / "infra" / "kube" / "courier-kube"
 
 
-def _load_courier_kube() -> ModuleType:
-    """infra/kube/courier-kube as a module: its Go build helpers, its versions, the control plane it builds."""
-    name = "courier_kube"
-    if name in sys.modules:
-        return sys.modules[name]
-    loader = importlib.machinery.SourceFileLoader(name, str(KUBE_SCRIPT))
-    spec = importlib.util.spec_from_loader(name, loader)
-    if spec is None:
-        raise ImageError(f"cannot load {KUBE_SCRIPT}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up there while being defined
-    loader.exec_module(module)
-    return module
-
-
-kube = _load_courier_kube()
+# infra/kube/courier-kube: its Go build helpers, its versions, the control plane it builds.
+kube = imagelib.load_script("courier_kube", KUBE_SCRIPT)
 
 KUBE_VERSION: str = kube.KUBE_VERSION
 ETCD_VERSION: str = kube.ETCD_VERSION
