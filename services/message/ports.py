@@ -32,6 +32,27 @@ class OutboxRecord:
     """The sender's W3C trace context (JSON of traceparent/tracestate): the relay's publish continues it."""
 
 
+def in_conversation_order(free: Sequence[tuple[int, str]], waiting: Sequence[tuple[int, str]]) -> list[int]:
+    """The outbox ids a relay may take so that each conversation's events are published in order.
+
+    ``free`` is what the relay could lock, ``waiting`` every row of those conversations up to the last
+    of them, both as ``(outbox_id, conversation_id)`` by id. A conversation's free rows are taken up to
+    its first row the relay does not hold: that row (leased by another relay, or locked by one claiming
+    it right now) goes out first, and whatever follows it waits for the next claim.
+    """
+    mine = {outbox_id for outbox_id, _ in free}
+    blocked: set[str] = set()
+    taken: list[int] = []
+    for outbox_id, cid in waiting:
+        if cid in blocked:
+            continue
+        if outbox_id in mine:
+            taken.append(outbox_id)
+        else:
+            blocked.add(cid)
+    return taken
+
+
 @dataclass(frozen=True)
 class Page:
     messages: list[Message]
@@ -73,7 +94,8 @@ class MessageStore(Protocol):
     async def read_seqs(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, int]: ...
 
     async def claim_outbox(self, *, limit: int, lease_s: float) -> list[OutboxRecord]:
-        """Rows nobody holds a live lease on, oldest first, now leased to the caller."""
+        """Rows nobody holds a live lease on, oldest first, now leased to the caller; never a row of a
+        conversation whose earlier row another relay holds (each conversation is published in order)."""
         ...
 
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None: ...

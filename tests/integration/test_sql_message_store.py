@@ -419,6 +419,9 @@ async def test_outbox_rows_are_claimed_oldest_first_once_per_lease(store: Messag
     stored = await append_many(store, cid, 5)
 
     claimed = await store.claim_outbox(limit=3, lease_s=60)
+    # The rest of the conversation waits until its earlier rows are published: order per conversation.
+    assert await store.claim_outbox(limit=10, lease_s=60) == []
+    await store.delete_outbox([r.outbox_id for r in claimed])
     rest = await store.claim_outbox(limit=10, lease_s=60)
 
     assert [r.payload for r in claimed] == [m.message_id.encode() for m in stored[:3]]
@@ -428,6 +431,18 @@ async def test_outbox_rows_are_claimed_oldest_first_once_per_lease(store: Messag
     assert ids == sorted(ids)
     assert len(set(ids)) == 5
     assert await store.claim_outbox(limit=10, lease_s=60) == []
+
+
+async def test_a_conversation_held_by_one_relay_does_not_hold_back_the_others(store: MessageStore) -> None:
+    held, other = new_id(), new_id()
+    await append_many(store, held, 2)
+    first = await store.claim_outbox(limit=1, lease_s=60)
+    await append_many(store, other, 2)
+
+    second = await store.claim_outbox(limit=10, lease_s=60)
+
+    assert [r.conversation_id for r in first] == [held]
+    assert [r.conversation_id for r in second] == [other, other]
 
 
 async def test_an_expired_lease_is_claimable_again(store: MessageStore) -> None:
@@ -442,20 +457,37 @@ async def test_an_expired_lease_is_claimable_again(store: MessageStore) -> None:
     assert await store.claim_outbox(limit=10, lease_s=60) == []
 
 
-async def test_concurrent_claimers_never_get_the_same_row(stores: Stores) -> None:
-    await append_many(stores.store, new_id(), 60)
+async def test_concurrent_relays_publish_every_row_once_and_each_conversation_in_order(stores: Stores) -> None:
+    conversations = [new_id() for _ in range(3)]
+    for cid in conversations:
+        await append_many(stores.store, cid, 20)
     replicas = [stores.store, *[await stores.open_replica() for _ in range(3)]]
-    claimed: list[list[int]] = [[] for _ in replicas]
+    published: list[tuple[str, int]] = []
 
-    async def drain(index: int, replica: MessageStore) -> None:
-        while batch := await replica.claim_outbox(limit=4, lease_s=60):
-            claimed[index].extend(record.outbox_id for record in batch)
+    async def relay(index: int, replica: MessageStore) -> None:
+        # Each relay publishes after a different pause, so a faster one would overtake a slower one if it could.
+        idle = 0
+        while idle < 3:
+            batch = await replica.claim_outbox(limit=4, lease_s=60)
+            if not batch:
+                idle += 1
+                await asyncio.sleep(0.01)
+                continue
+            idle = 0
+            await asyncio.sleep(0.005 * (index % 2))
+            published.extend((record.conversation_id, record.outbox_id) for record in batch)
+            await replica.delete_outbox([record.outbox_id for record in batch])
 
-    await asyncio.gather(*(drain(i, replica) for i, replica in enumerate(replicas)))
+    await asyncio.gather(*(relay(i, replica) for i, replica in enumerate(replicas)))
+    while batch := await stores.store.claim_outbox(limit=100, lease_s=60):  # what the relays left when they idled
+        published.extend((record.conversation_id, record.outbox_id) for record in batch)
+        await stores.store.delete_outbox([record.outbox_id for record in batch])
 
-    every = [outbox_id for ids in claimed for outbox_id in ids]
-    assert len(every) == 60
-    assert len(set(every)) == 60
+    assert len(published) == 60
+    assert len(set(published)) == 60
+    for cid in conversations:
+        ids = [outbox_id for c, outbox_id in published if c == cid]
+        assert ids == sorted(ids), f"{cid} published out of order: {ids}"
 
 
 async def test_deleted_outbox_rows_are_gone_and_others_stay(store: MessageStore) -> None:

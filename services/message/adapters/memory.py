@@ -21,6 +21,7 @@ from services.message.ports import (
     SeqGap,
     SeqTaken,
     TimelineHead,
+    in_conversation_order,
 )
 
 
@@ -239,13 +240,17 @@ class MemoryMessageStore:
 
     async def claim_outbox(self, *, limit: int, lease_s: float) -> list[OutboxRecord]:
         now = asyncio.get_running_loop().time()
+        rows = sorted(self._outbox.items())
+        free = [(outbox_id, record.conversation_id) for outbox_id, (record, _, until) in rows if until <= now][:limit]
+        if not free:
+            return []
+        last, cids = free[-1][0], {cid for _, cid in free}
+        waiting = [(i, row.conversation_id) for i, (row, _, _) in rows if i <= last and row.conversation_id in cids]
         claimed: list[OutboxRecord] = []
-        for outbox_id, (record, created, leased_until) in sorted(self._outbox.items()):
-            if len(claimed) == limit:
-                break
-            if leased_until <= now:
-                self._outbox[outbox_id] = (record, created, now + lease_s)
-                claimed.append(record)
+        for outbox_id in in_conversation_order(free, waiting):
+            record, created, _ = self._outbox[outbox_id]
+            self._outbox[outbox_id] = (record, created, now + lease_s)
+            claimed.append(record)
         return claimed
 
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None:

@@ -48,7 +48,7 @@ from services.common.clock import utcnow
 from services.common.db import UtcDateTime, metadata
 from services.common.errors import Unavailable
 from services.message.domain import Message
-from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqGap, SeqTaken
+from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqGap, SeqTaken, in_conversation_order
 
 ID = String(32)
 # Most appends committed in one transaction (group commit).
@@ -103,6 +103,8 @@ outbox_rows = Table(
     # The sender's trace context, so the relay's publish joins the trace of the send (revision 0002).
     Column("trace_context", String(512), nullable=True),
     Index("ix_message_outbox_leased_until", "leased_until"),
+    # The relay's order check: a conversation's rows still waiting (revision 0003).
+    Index("ix_message_outbox_conversation", "conversation_id", "outbox_id"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
@@ -435,13 +437,25 @@ class SqlMessageStore:
         token = secrets.token_hex(16)
         async with self._write() as conn:
             candidates = (
-                select(outbox_rows.c.outbox_id)
+                select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
                 .where(outbox_rows.c.leased_until <= now)
                 .order_by(outbox_rows.c.outbox_id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
-            ids = [row[0] for row in (await conn.execute(candidates)).all()]
+            free = [(int(outbox_id), cid) for outbox_id, cid in (await conn.execute(candidates)).all()]
+            if not free:
+                return []
+            # A plain read sees the rows another relay holds, its lease committed or not (skipped above).
+            waiting = (
+                select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
+                .where(
+                    outbox_rows.c.conversation_id.in_({cid for _, cid in free}),
+                    outbox_rows.c.outbox_id <= free[-1][0],
+                )
+                .order_by(outbox_rows.c.outbox_id)
+            )
+            ids = in_conversation_order(free, [(int(i), cid) for i, cid in (await conn.execute(waiting)).all()])
             if not ids:
                 return []
             await conn.execute(
