@@ -23,14 +23,13 @@ from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.metrics import GATEWAY_SPLICES, GATEWAY_UPSTREAM_ERRORS
 from services.common.ring import RingSource
 from services.common.tokens import AccessTokens, bearer
-from services.gateway.edge import Limiter
+from services.gateway.edge import Limiter, gateway_only
 
 log = logging.getLogger("courier.gateway.front")
 
 WS_PATH = "/v1/ws"
 HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_S = 30.0
-TRUSTED_HEADERS = (b"x-forwarded-for", b"x-courier-reject")
 REJECT_HEADER = "X-Courier-Reject"
 # The upstream label of GATEWAY_UPSTREAM_ERRORS for each kind of splice.
 UPSTREAM_OF = {"websocket": "delivery", "http": "gateway-http"}
@@ -64,10 +63,11 @@ class RequestHead:
         for line in lines[1:]:
             if not line:
                 continue
-            name, _, value = line.partition(b":")
-            if name.strip().lower() in TRUSTED_HEADERS:
+            raw_name, _, value = line.partition(b":")
+            name = raw_name.strip().lower().decode("latin-1")
+            if gateway_only(name):
                 continue  # only the gateway sets these
-            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+            headers[name] = value.strip().decode("latin-1")
             kept.append(line)
         return cls(method, path, query, headers, kept)
 

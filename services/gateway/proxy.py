@@ -1,5 +1,10 @@
 """The gateway's HTTP routing in the distributed mode: each public path to the service owning it,
-streamed both ways (uploads and downloads never sit in memory), redirects passed through."""
+streamed both ways (uploads and downloads never sit in memory), redirects passed through.
+
+Only the gateway speaks for the client to the services: headers a client could use to pose as the
+gateway or as another service (``X-Forwarded-*``, ``x-courier-*``) are dropped, and a path is sent
+exactly as the client encoded it, once the edge has refused dot segments and encoded slashes.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import InvalidRequest, NotFound, Unavailable
 from services.common.metrics import GATEWAY_UPSTREAM_ERRORS
 from services.common.settings import ServiceUrls
+from services.gateway.edge import gateway_only, raw_path, unsafe_path
 
 HOP_BY_HOP = frozenset(
     {
@@ -60,19 +66,23 @@ class Proxy:
         service = service_for(request.url.path)
         if service is None:
             raise NotFound(f"no route for {request.url.path}")
+        path = raw_path(request.scope)
+        # The edge refused these already; checked again because httpx would resolve "..", and a
+        # proxy that can be talked into an /internal route must not depend on its caller.
+        if (refusal := unsafe_path(path)) is not None:
+            raise InvalidRequest(refusal)
         client = self._clients[service]
-        # A client's own X-Forwarded-For is dropped: only the gateway says who the client is.
         headers = [
             (k, v)
             for k, v in request.headers.raw
-            if k.decode("latin-1").lower() not in HOP_BY_HOP | {"x-forwarded-for"}
+            if (name := k.decode("latin-1").lower()) not in HOP_BY_HOP and not gateway_only(name)
         ]
         if request.client is not None:
             headers.append((b"x-forwarded-for", request.client.host.encode()))
         has_body = request.method not in ("GET", "HEAD", "DELETE", "OPTIONS")
         outgoing = client.build_request(
             request.method,
-            request.url.path,
+            path,
             params=request.url.query,
             headers=headers,
             content=request.stream() if has_body else None,

@@ -2,7 +2,7 @@
 
 The bucket arithmetic is a pure function over a bucket's state ``(tokens, updated_at)``. A
 ``BucketStore`` keeps that state per key: in process here, in Redis (one Lua script per take) when
-several gateways must share it. ``RateLimiter`` checks the buckets a request draws from.
+several gateways must share it. ``RateLimiter`` takes from every bucket a request draws from, or from none.
 """
 
 from __future__ import annotations
@@ -52,6 +52,16 @@ def take_tokens(
     return BucketState(tokens, updated_at), (cost - tokens) / bucket.rate
 
 
+def longest_wait(waits: Sequence[float]) -> tuple[int, float]:
+    """``(-1, 0.0)`` when every wait is 0 (every bucket can give), else the index and wait of the bucket
+    that refills last (the first of equals): the time after which the whole request can pass."""
+    refused, longest = -1, 0.0
+    for index, wait in enumerate(waits):
+        if wait > longest:
+            refused, longest = index, wait
+    return refused, longest
+
+
 def is_full(state: BucketState, bucket: Bucket, *, now: float) -> bool:
     """A full bucket is the same as no state at all, so its key can be forgotten."""
     return state.tokens + max(0.0, now - state.updated_at) * bucket.rate >= bucket.burst
@@ -65,9 +75,9 @@ class BucketStore(Protocol):
     async def take_each(
         self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
     ) -> tuple[int, float]:
-        """``take`` from each bucket in order, stopping at the first that refuses: ``(-1, 0.0)`` when
-        every bucket gave its tokens, else ``(index of the refusing bucket, seconds to wait)``. One
-        round trip for a store that has them."""
+        """Take ``cost`` tokens from every bucket, or from none: ``(-1, 0.0)`` when every bucket gave
+        its tokens, else ``(index, seconds to wait)`` of the refusing bucket that refills last, and no
+        bucket changed. One round trip for a store that has them."""
         ...
 
 
@@ -85,20 +95,24 @@ class MemoryBucketStore:
         return len(self._buckets)
 
     async def take(self, key: str, bucket: Bucket, *, now: float, cost: float = 1.0) -> float:
-        previous = self._buckets.pop(key, None)
-        state, wait = take_tokens(previous[0] if previous else None, bucket, now=now, cost=cost)
-        self._buckets[key] = (state, bucket)  # re-inserted last: the order is least recently used first
-        self._forget_idle(now)
-        return wait
+        return (await self.take_each([(key, bucket)], now=now, cost=cost))[1]
 
     async def take_each(
         self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
     ) -> tuple[int, float]:
-        for index, (key, bucket) in enumerate(buckets):
-            wait = await self.take(key, bucket, now=now, cost=cost)
-            if wait > 0:
-                return index, wait
-        return -1, 0.0
+        taken: list[tuple[BucketState, float]] = []
+        for key, bucket in buckets:
+            previous = self._buckets.get(key)
+            taken.append(take_tokens(previous[0] if previous else None, bucket, now=now, cost=cost))
+        refused, wait = longest_wait([wait for _, wait in taken])
+        for (key, bucket), (state, _) in zip(buckets, taken, strict=True):
+            if refused < 0:
+                self._buckets[key] = (state, bucket)
+            if key in self._buckets:
+                # Last is most recently used, refused or not: a key hammered while empty is the one to remember.
+                self._buckets.move_to_end(key)
+        self._forget_idle(now)
+        return refused, wait
 
     def _forget_idle(self, now: float) -> None:
         # Only the front is looked at, so each take costs amortized O(1); full buckets further back
@@ -111,7 +125,9 @@ class MemoryBucketStore:
 
 
 class RateLimiter:
-    """Checks the global bucket, then the client IP's, then the user's (for authenticated callers).
+    """Takes a token from the global bucket, the client IP's and the user's (for authenticated callers),
+    or from none of them: a request one bucket refuses costs the others nothing, so an address that
+    exhausts its own bucket cannot drain the global one for everybody else.
 
     ``clock`` must be shared by everything taking from the same store: monotonic in one process.
     """

@@ -21,35 +21,41 @@ from services.common.settings import Bucket
 
 DEFAULT_PREFIX = "courier:"
 
-# KEYS: the buckets, in order. ARGV: now, cost, epsilon, then burst and rate of each bucket. Takes from each
-# bucket in turn and stops at the first that refuses, returning {its 1-based index, the wait} ({0, "0"}
-# when every bucket gave its tokens). The wait is a string: Redis truncates a Lua number reply to an
-# integer. Stored numbers use %.17g, which gives back the very same double.
+# KEYS: the buckets, in order. ARGV: now, cost, epsilon, then burst and rate of each bucket. Refills every
+# bucket and checks that each can give ``cost``; only then takes from them all. A refusal writes nothing and
+# returns {1-based index of the refusing bucket that refills last, its wait} (ratelimit.longest_wait);
+# {0, "0"} means every bucket gave its tokens. The wait is a string: Redis truncates a Lua number reply to
+# an integer. Stored numbers use %.17g, which gives back the very same double.
 _TAKE_EACH = """
 local now, cost, eps = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, ats = {}, {}
+local refused, longest = 0, 0.0
 for i, key in ipairs(KEYS) do
   local burst, rate = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
   local state = redis.call('HMGET', key, 'tokens', 'at')
-  local tokens, at
   if not state[1] or not state[2] then
-    tokens, at = burst, now
+    tokens[i], ats[i] = burst, now
   else
     local stored_tokens, stored_at = tonumber(state[1]), tonumber(state[2])
-    tokens = math.min(burst, stored_tokens + math.max(0.0, now - stored_at) * rate)
-    at = math.max(now, stored_at)
+    tokens[i] = math.min(burst, stored_tokens + math.max(0.0, now - stored_at) * rate)
+    ats[i] = math.max(now, stored_at)
   end
-  local wait = 0.0
-  if tokens + eps >= cost then
-    tokens = math.max(0.0, tokens - cost)
-  else
-    wait = (cost - tokens) / rate
+  if tokens[i] + eps < cost then
+    local wait = (cost - tokens[i]) / rate
+    if wait > longest then
+      refused, longest = i, wait
+    end
   end
-  redis.call('HSET', key, 'tokens', string.format('%.17g', tokens), 'at', string.format('%.17g', at))
-  local refill_ms = math.ceil(((burst - tokens) / rate + math.max(0.0, at - now)) * 1000)
+end
+if refused > 0 then
+  return {refused, string.format('%.17g', longest)}
+end
+for i, key in ipairs(KEYS) do
+  local burst, rate = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local left, at = math.max(0.0, tokens[i] - cost), ats[i]
+  redis.call('HSET', key, 'tokens', string.format('%.17g', left), 'at', string.format('%.17g', at))
+  local refill_ms = math.ceil(((burst - left) / rate + math.max(0.0, at - now)) * 1000)
   redis.call('PEXPIRE', key, math.max(1, refill_ms))
-  if wait > 0 then
-    return {i, string.format('%.17g', wait)}
-  end
 end
 return {0, '0'}
 """

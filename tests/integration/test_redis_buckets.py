@@ -78,3 +78,40 @@ async def test_wall_clock_times_are_kept_to_the_last_bit(redis_client: Redis, un
 
     assert tokens is not None and at is not None
     assert (float(tokens), float(at)) == (7 - 6.9, now)
+
+
+async def test_an_address_over_its_limit_leaves_the_shared_global_bucket_to_everyone_else(
+    redis_client: Redis, unique_prefix: str
+) -> None:
+    # A token back every 100 s: however slowly this runs, no refill blurs the counts.
+    limits = LimitSettings.model_validate(
+        {"global": Bucket(rate=0.01, burst=5), "ip": Bucket(rate=0.01, burst=2), "user": Bucket(rate=1000, burst=2000)}
+    )
+    gateways = [RateLimiter(limits, RedisBucketStore(redis_client, prefix=unique_prefix), time.time) for _ in "ab"]
+
+    async def check(gateway: RateLimiter, ip: str) -> str:
+        try:
+            await gateway.check(ip=ip, user_id=None)
+        except RateLimited as exc:
+            return exc.message
+        return "ok"
+
+    burst = await asyncio.gather(*(check(gateways[i % 2], "203.0.113.66") for i in range(40)))
+
+    assert sorted(burst) == ["ip rate limit exceeded"] * 38 + ["ok"] * 2
+    others = [await check(gateways[i % 2], f"198.51.100.{i}") for i in range(4)]
+    assert others == ["ok", "ok", "ok", "global rate limit exceeded"]
+
+
+async def test_a_refused_take_leaves_every_bucket_as_it_was(redis_client: Redis, unique_prefix: str) -> None:
+    store = RedisBucketStore(redis_client, prefix=unique_prefix)
+    roomy, tight = Bucket(rate=1, burst=10), Bucket(rate=1, burst=2)
+    await store.take_each([("global", roomy), ("ip:a", tight)], now=NOW)
+    await store.take_each([("global", roomy), ("ip:a", tight)], now=NOW)
+    before = {k: await redis_client.hgetall(f"{unique_prefix}bucket:{k}") for k in ("global", "ip:a")}
+
+    refused = await store.take_each([("global", roomy), ("ip:a", tight), ("user:u", roomy)], now=NOW)
+
+    assert refused == (1, pytest.approx(1.0))
+    assert {k: await redis_client.hgetall(f"{unique_prefix}bucket:{k}") for k in ("global", "ip:a")} == before
+    assert not await redis_client.exists(f"{unique_prefix}bucket:user:u")

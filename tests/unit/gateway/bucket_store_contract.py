@@ -85,18 +85,49 @@ async def test_cost_beyond_the_burst_is_a_programming_error(store: BucketStore) 
         await store.take(key(), BUCKET, now=NOW, cost=6.0)
 
 
-async def test_take_each_takes_from_every_bucket_in_order_and_stops_at_the_first_refusal(store: BucketStore) -> None:
+async def test_take_each_takes_from_every_bucket_while_all_can_give(store: BucketStore) -> None:
+    wide, narrow = key(), key()
+    big, small = Bucket(rate=5, burst=10), Bucket(rate=2, burst=3)
+    answers = [await store.take_each([(wide, big), (narrow, small)], now=NOW) for _ in range(3)]
+    assert answers == [(-1, 0.0)] * 3
+    assert [await store.take(wide, big, now=NOW) for _ in range(7)] == [0.0] * 7
+    assert await store.take(wide, big, now=NOW) > 0
+    assert await store.take(narrow, small, now=NOW) > 0
+
+
+async def test_take_each_refused_by_one_bucket_takes_from_none(store: BucketStore) -> None:
     wide, narrow, last = key(), key(), key()
     big, small = Bucket(rate=5, burst=10), Bucket(rate=2, burst=3)
+    for _ in range(3):
+        await store.take(narrow, small, now=NOW)
     buckets = [(wide, big), (narrow, small), (last, big)]
-    answers = [await store.take_each(buckets, now=NOW) for _ in range(4)]
-    assert answers[:3] == [(-1, 0.0)] * 3
-    assert answers[3][0] == 1 and answers[3][1] == pytest.approx(0.5)
-    # The wide bucket gave four tokens; the last, behind the refusal, only three.
-    assert [await store.take(wide, big, now=NOW) for _ in range(6)] == [0.0] * 6
-    assert await store.take(wide, big, now=NOW) > 0
-    assert [await store.take(last, big, now=NOW) for _ in range(7)] == [0.0] * 7
-    assert await store.take(last, big, now=NOW) > 0
+
+    answers = [await store.take_each(buckets, now=NOW) for _ in range(20)]
+
+    assert {index for index, _ in answers} == {1}
+    assert all(wait == pytest.approx(0.5) for _, wait in answers)
+    # Twenty refusals later the buckets around the refusing one are still full.
+    for k in (wide, last):
+        assert [await store.take(k, big, now=NOW) for _ in range(10)] == [0.0] * 10, k
+        assert await store.take(k, big, now=NOW) > 0
+
+
+async def test_take_each_refused_by_several_buckets_names_the_one_that_refills_last(store: BucketStore) -> None:
+    quick, slow, full = key(), key(), key()
+    fast_refill, slow_refill = Bucket(rate=10, burst=20), Bucket(rate=1, burst=2)
+    for _ in range(20):
+        await store.take(quick, fast_refill, now=NOW)
+    for _ in range(2):
+        await store.take(slow, slow_refill, now=NOW)
+
+    index, wait = await store.take_each([(quick, fast_refill), (full, fast_refill), (slow, slow_refill)], now=NOW)
+
+    assert index == 2
+    assert wait == pytest.approx(1.0)  # when every bucket can give again, not just the first empty one
+    assert await store.take_each([(quick, fast_refill), (full, fast_refill), (slow, slow_refill)], now=NOW + wait) == (
+        -1,
+        0.0,
+    )
 
 
 async def test_take_each_of_one_bucket_answers_like_take(store: BucketStore) -> None:

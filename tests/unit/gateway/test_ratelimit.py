@@ -122,3 +122,58 @@ async def test_limiter_checks_the_global_bucket_first() -> None:
     with pytest.raises(RateLimited, match="global rate limit exceeded") as exc:
         await limiter.check(ip="203.0.113.3", user_id="someone")
     assert exc.value.retry_after == pytest.approx(1.0)
+
+
+async def refusals(limiter: RateLimiter, count: int, *, ip: str, user_id: str | None = None) -> list[str]:
+    """The messages of the refusals among ``count`` checks."""
+    refused = []
+    for _ in range(count):
+        try:
+            await limiter.check(ip=ip, user_id=user_id)
+        except RateLimited as exc:
+            refused.append(exc.message)
+    return refused
+
+
+async def test_an_address_over_its_own_limit_leaves_the_global_bucket_to_everyone_else() -> None:
+    limiter = RateLimiter(
+        limits(global_=Bucket(rate=1, burst=5), ip=Bucket(rate=1, burst=2)), MemoryBucketStore(), FakeClock()
+    )
+
+    assert await refusals(limiter, 50, ip="203.0.113.66") == ["ip rate limit exceeded"] * 48
+
+    for i in range(3):  # the five global tokens less the two the burst got through
+        await limiter.check(ip=f"198.51.100.{i}", user_id=None)
+    with pytest.raises(RateLimited, match="global rate limit exceeded"):
+        await limiter.check(ip="198.51.100.9", user_id=None)
+
+
+async def test_a_user_over_their_limit_leaves_their_address_and_the_global_bucket_untouched() -> None:
+    limiter = RateLimiter(
+        limits(global_=Bucket(rate=1, burst=8), ip=Bucket(rate=1, burst=5), user=Bucket(rate=1, burst=2)),
+        MemoryBucketStore(),
+        FakeClock(),
+    )
+    shared_address = "192.0.2.10"  # behind one NAT, say
+
+    assert await refusals(limiter, 30, ip=shared_address, user_id="greedy") == ["user rate limit exceeded"] * 28
+
+    for i in range(3):  # the address has three of its five tokens left, the global bucket six of eight
+        await limiter.check(ip=shared_address, user_id=f"neighbour-{i}")
+
+
+async def test_a_refusal_reports_the_wait_until_every_bucket_can_give() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(
+        limits(global_=Bucket(rate=10, burst=20), ip=Bucket(rate=0.5, burst=1)), MemoryBucketStore(), clock
+    )
+    await limiter.check(ip="203.0.113.5", user_id=None)
+    for i in range(19):
+        await limiter.check(ip=f"198.51.100.{i}", user_id=None)
+
+    with pytest.raises(RateLimited, match="ip rate limit exceeded") as refused:
+        await limiter.check(ip="203.0.113.5", user_id=None)
+
+    assert refused.value.retry_after == pytest.approx(2.0)  # not the global bucket's 0.1 s
+    clock.now += refused.value.retry_after
+    await limiter.check(ip="203.0.113.5", user_id=None)
