@@ -37,6 +37,9 @@ def _dev(args: argparse.Namespace) -> int:
         ws_ping_interval=None,
         ws_per_message_deflate=False,  # compression costs ~100 KiB per socket; frames are small JSON
         timeout_graceful_shutdown=5,
+        # uvicorn alone believes X-Forwarded-For from loopback: any local client could pick its address.
+        proxy_headers=bool(settings.gateway.trusted_proxies),
+        forwarded_allow_ips=settings.gateway.trusted_proxies,
     )
     return 0
 
@@ -72,8 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         ws_ping_interval=None,
         ws_per_message_deflate=False,  # compression costs ~100 KiB per socket; frames are small JSON
         timeout_graceful_shutdown=5,
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        proxy_headers=bool(settings.gateway.trusted_proxies),
+        forwarded_allow_ips=settings.gateway.trusted_proxies,
         backlog=4096,
     )
     DrainingServer(config, app.state.drain).run()

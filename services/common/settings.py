@@ -6,6 +6,7 @@ built once in a composition root and passed down; nothing reads the environment 
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -162,6 +163,26 @@ class ShutdownSettings(BaseModel):
     )
 
 
+class GatewaySettings(BaseModel):
+    """Who may tell a Courier HTTP server the client's address (docs/operations.md, "Behind a proxy")."""
+
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (`10.0.0.0/8`) of proxies whose X-Forwarded-For names the client, read by "
+        "`courier dev` and the services of `courier run` (delivery nodes behind the gateways). Empty, the default, "
+        "believes no such header: the client is the connection's peer. The distributed gateway always uses the peer.",
+    )
+
+    @model_validator(mode="after")
+    def _networks(self) -> GatewaySettings:
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or network") from exc
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COURIER_", env_nested_delimiter="__", extra="ignore")
 
@@ -192,6 +213,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @property
     def sqlalchemy_url(self) -> str:
