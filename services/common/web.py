@@ -1,20 +1,27 @@
-"""The HTTP edge shared by every service: the error shape of PROTOCOL.md and the auth dependency.
+"""The HTTP edge shared by every service: the error shape of PROTOCOL.md, the reading of JSON bodies
+and the auth dependency.
 
 Every error a client can see leaves through ``install_error_handlers``; nothing answers with a
-stack trace.
+stack trace. Every router reads JSON bodies through ``JsonTextRoute``.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the ``request: Request`` annotation of
 # ``Authenticate.__call__`` at runtime, and an instance has no ``__globals__`` to look a string up in.
 
+import contextlib
+import json
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from fastapi import FastAPI, Request
+import orjson
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.errors import CourierError, RateLimited, Unauthorized
+from services.common.errors import CourierError, InvalidRequest, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
 
 log = logging.getLogger("courier.web")
@@ -66,6 +73,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, CourierError):  # FastAPI wraps a body that could not be read in a bare 400
+            return courier_error_response(exc.__cause__)
         code = _HTTP_CODES.get(exc.status_code, "invalid_request")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
@@ -77,6 +86,40 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def read_json(body: bytes) -> Any:
+    """A request body as JSON in which every string is Unicode text.
+
+    Python's ``json``, which FastAPI reads bodies with, lets through a lone surrogate (``"\\ud800"``),
+    surrogates encoded as bytes and NaN, which no UTF-8 column, encoder or other client can hold. orjson
+    refuses them: what it refuses is answered 400 here, before any field sees it, unless ``json`` finds
+    the body malformed too, which keeps the answer malformed JSON always had (422, like a schema error).
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        refused = exc
+    with contextlib.suppress(UnicodeDecodeError):  # not UTF-8 at all: refused below, like a surrogate
+        json.loads(body)  # malformed JSON raises its JSONDecodeError here
+    raise InvalidRequest(f"the request body is not JSON in UTF-8 text: {refused}")
+
+
+class _JsonTextRequest(Request):
+    async def json(self) -> Any:
+        return read_json(await self.body())
+
+
+class JsonTextRoute(APIRoute):
+    """The route class of every router: its JSON body is read by ``read_json``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_json_text(request: Request) -> Response:
+            return await handle(_JsonTextRequest(request.scope, request.receive))
+
+        return handle_json_text
 
 
 class Authenticate:

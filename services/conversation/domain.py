@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from services.common.errors import Forbidden, InvalidRequest, NotFound
+from services.common.wire import check_name
 
 MAX_ID_LENGTH = 64
 MAX_TITLE_LENGTH = 100
@@ -98,6 +99,7 @@ def clean_title(title: str) -> str:
         raise InvalidRequest("title must not be empty")
     if len(cleaned) > MAX_TITLE_LENGTH:
         raise InvalidRequest(f"title must be at most {MAX_TITLE_LENGTH} characters")
+    check_name(cleaned, "title")
     return cleaned
 
 

@@ -15,10 +15,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.common.push import ack_seq
+from services.common.wire import MAX_INT, JsonSeq
 
-FrameId = str | int | None
+# An integer id is strict (``true`` is not 1) and fits 64 bits, like every integer a client sends: the
+# answer echoes it.
+FrameId = str | Annotated[int, Field(strict=True, ge=-MAX_INT - 1, le=MAX_INT)] | None
 Id = Annotated[str, Field(min_length=1, max_length=64)]
-Seq = Annotated[int, Field(ge=0)]
+Seq = JsonSeq
 
 
 class _Frame(BaseModel):
@@ -42,7 +45,7 @@ class AckFrame(_Frame):
 class SyncFrame(_Frame):
     type: Literal["sync"]
     cursors: dict[Id, Seq] = Field(default_factory=dict, max_length=10_000)
-    limit: Annotated[int, Field(ge=1, le=1000)] | None = None
+    limit: Annotated[int, Field(strict=True, ge=1, le=1000)] | None = None
 
 
 class ReadFrame(_Frame):
@@ -89,6 +92,7 @@ ClientFrame = Annotated[
     Field(discriminator="type"),
 ]
 _client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+_frame_id: TypeAdapter[FrameId] = TypeAdapter(FrameId)
 CLIENT_FRAME_TYPES = ("send", "ack", "sync", "read", "typing", "presence_subscribe", "call", "ping")
 
 
@@ -108,7 +112,10 @@ def parse_frame(data: str | bytes) -> ClientFrame:
         raise FrameError(None, "frame is not valid JSON") from exc
     if not isinstance(raw, dict):
         raise FrameError(None, "frame must be a JSON object")
-    ref = raw.get("id") if isinstance(raw.get("id"), str | int) else None
+    try:
+        ref = _frame_id.validate_python(raw.get("id"))
+    except ValidationError:
+        ref = None
     if raw.get("type") not in CLIENT_FRAME_TYPES:
         raise FrameError(
             ref, f"unknown frame type {raw.get('type')!r}; expected one of {', '.join(CLIENT_FRAME_TYPES)}"

@@ -14,7 +14,7 @@ from pydantic import BaseModel, StrictInt, StrictStr
 from services.common.clock import rfc3339
 from services.common.settings import FileSettings
 from services.common.tokens import Principal
-from services.common.web import Authenticate
+from services.common.web import Authenticate, JsonTextRoute
 from services.file.app import (
     Deduplicated,
     FileRef,
@@ -47,7 +47,9 @@ def files_router(
     auth: Authenticate,
     now: Callable[[], datetime],
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1/files", tags=["files"], default_response_class=ORJSONResponse)
+    router = APIRouter(
+        prefix="/v1/files", tags=["files"], default_response_class=ORJSONResponse, route_class=JsonTextRoute
+    )
 
     @router.post("/uploads", status_code=201)
     async def create_upload(body: CreateUploadBody, principal: Annotated[Principal, Depends(auth)]) -> ORJSONResponse:

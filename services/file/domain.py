@@ -4,12 +4,12 @@ download names it. Pure: no I/O, no framework."""
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
+from services.common import wire
 from services.common.errors import InvalidRequest, PayloadTooLarge
 
 UPLOAD_TTL = timedelta(days=1)
@@ -25,8 +25,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TCHARS = r"[a-z0-9!#$&^_.+-]+"
 _MEDIA_TYPE = re.compile(rf"{_TCHARS}/{_TCHARS}")
 _PARAMETER = re.compile(rf"({_TCHARS})=([A-Za-z0-9!#$&^_.+-]+|\"[^\"\\\x00-\x1f\x7f]*\")")
-# Bidirectional overrides let "gpj.exe" display as "exe.jpg": refused like control characters.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 # RFC 5987 attr-char beyond what urllib.parse.quote always keeps.
 _ATTR_CHARS = "!#$&+-.^_`|~"
 
@@ -69,8 +67,7 @@ def check_name(name: str) -> None:
         raise InvalidRequest("name must not contain path separators")
     if name in (".", ".."):
         raise InvalidRequest("name must not be . or ..")
-    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS for ch in name):
-        raise InvalidRequest("name must not contain control characters")
+    wire.check_name(name, "name")
 
 
 def normalize_content_type(value: str, allowed: Iterable[str]) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
 from services.common.errors import InvalidRequest
+from services.common.wire import check_name
 
 USERNAME_MIN, USERNAME_MAX = 3, 32
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
@@ -73,11 +73,6 @@ def check_password(password: str, username: str) -> None:
         raise InvalidRequest("password must not be the username")
 
 
-def _check_printable(value: str, field: str) -> None:
-    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in value):
-        raise InvalidRequest(f"{field} must not contain control characters or line breaks")
-
-
 def normalize_display_name(raw: str | None, username: str) -> str:
     """Surrounding whitespace is dropped; absent means the username."""
     if raw is None:
@@ -87,7 +82,7 @@ def normalize_display_name(raw: str | None, username: str) -> str:
         raise InvalidRequest("display_name must not be blank")
     if len(name) > DISPLAY_NAME_MAX:
         raise InvalidRequest(f"display_name must be at most {DISPLAY_NAME_MAX} characters long")
-    _check_printable(name, "display_name")
+    check_name(name, "display_name")
     return name
 
 
@@ -104,7 +99,7 @@ def normalize_device_name(raw: str | None) -> str | None:
     name = raw.strip()
     if len(name) > DEVICE_NAME_MAX:
         raise InvalidRequest(f"device_name must be at most {DEVICE_NAME_MAX} characters long")
-    _check_printable(name, "device_name")
+    check_name(name, "device_name")
     return name or None
 
 

@@ -6,11 +6,14 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from services.common.tokens import Principal
-from services.common.web import Authenticate
+from services.common.web import Authenticate, JsonTextRoute
+from services.common.wire import MAX_INT, JsonSeq
 from services.message import app
 from services.message.service import MessageService
 
 ConversationId = Annotated[str, Path(min_length=1, max_length=64)]
+TargetSeq = Annotated[int, Path(ge=1, le=MAX_INT)]
+QuerySeq = Annotated[int | None, Query(ge=0, le=MAX_INT)]
 
 
 class SendBody(BaseModel):
@@ -19,7 +22,7 @@ class SendBody(BaseModel):
 
 
 class ReadBody(BaseModel):
-    seq: int = Field(ge=0, description="Everything up to this seq has been read.")
+    seq: JsonSeq = Field(description="Everything up to this seq has been read.")
 
 
 class EditBody(BaseModel):
@@ -27,7 +30,7 @@ class EditBody(BaseModel):
 
 
 def build_router(service: MessageService, auth: Authenticate) -> APIRouter:
-    router = APIRouter(prefix="/v1/conversations", tags=["messages"])
+    router = APIRouter(prefix="/v1/conversations", tags=["messages"], route_class=JsonTextRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
     @router.post("/{conversation_id}/messages", status_code=201)
@@ -43,8 +46,8 @@ def build_router(service: MessageService, auth: Authenticate) -> APIRouter:
     async def history(
         conversation_id: ConversationId,
         caller: Caller,
-        after_seq: Annotated[int | None, Query(ge=0)] = None,
-        before_seq: Annotated[int | None, Query(ge=0)] = None,
+        after_seq: QuerySeq = None,
+        before_seq: QuerySeq = None,
         limit: Annotated[int | None, Query(ge=1, le=200)] = None,
     ) -> dict[str, Any]:
         page = await app.history(
@@ -58,16 +61,14 @@ def build_router(service: MessageService, auth: Authenticate) -> APIRouter:
         return Response(status_code=204)
 
     @router.post("/{conversation_id}/messages/{seq}/recall")
-    async def recall(conversation_id: ConversationId, seq: Annotated[int, Path(ge=1)], caller: Caller) -> Any:
+    async def recall(conversation_id: ConversationId, seq: TargetSeq, caller: Caller) -> Any:
         message = await app.recall(
             conversation_id, seq, by=caller.user_id, device_id=caller.device_id, deps=service.deps
         )
         return message.to_wire()
 
     @router.post("/{conversation_id}/messages/{seq}/edit")
-    async def edit(
-        conversation_id: ConversationId, seq: Annotated[int, Path(ge=1)], body: EditBody, caller: Caller
-    ) -> Any:
+    async def edit(conversation_id: ConversationId, seq: TargetSeq, body: EditBody, caller: Caller) -> Any:
         message = await app.edit(
             conversation_id, seq, body.content, by=caller.user_id, device_id=caller.device_id, deps=service.deps
         )

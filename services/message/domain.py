@@ -17,8 +17,8 @@ from services.common.errors import Forbidden, InvalidRequest
 SENDABLE_TYPES = ("text", "file", "call")
 CALL_STATES = ("started", "missed", "rejected", "ended")
 RECALL, EDIT = "recall", "edit"
-_CLIENT_MSG_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+# Always ``fullmatch``: ``$`` would also match before a trailing newline.
+_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 PRIVILEGED_ROLES = frozenset({"owner", "admin"})
 
 
@@ -70,7 +70,7 @@ class Message:
 
 
 def validate_client_msg_id(client_msg_id: object) -> str:
-    if not isinstance(client_msg_id, str) or not _CLIENT_MSG_ID.match(client_msg_id):
+    if not isinstance(client_msg_id, str) or not _ID.fullmatch(client_msg_id):
         raise InvalidRequest("client_msg_id must be 1-64 characters of letters, digits and _ . : -")
     return client_msg_id
 
@@ -89,7 +89,7 @@ def validate_content(content: object, *, max_text_length: int) -> dict[str, Any]
         return {"type": "text", "text": text}
     if kind == "file":
         file_id = content.get("file_id")
-        if not isinstance(file_id, str) or not _ID.match(file_id):
+        if not isinstance(file_id, str) or not _ID.fullmatch(file_id):
             raise InvalidRequest("a file message needs the file_id of a completed upload")
         caption = content.get("caption")
         normalized: dict[str, Any] = {"type": "file", "file_id": file_id}
@@ -100,7 +100,7 @@ def validate_content(content: object, *, max_text_length: int) -> dict[str, Any]
         return normalized
     if kind == "call":
         call_id, state = content.get("call_id"), content.get("state")
-        if not isinstance(call_id, str) or not _ID.match(call_id):
+        if not isinstance(call_id, str) or not _ID.fullmatch(call_id):
             raise InvalidRequest("a call message needs a call_id")
         if state not in CALL_STATES:
             raise InvalidRequest(f"call state must be one of {', '.join(CALL_STATES)}")

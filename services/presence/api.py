@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Query
 
 from services.common.errors import InvalidRequest
 from services.common.tokens import Principal
-from services.common.web import Authenticate
+from services.common.web import Authenticate, JsonTextRoute
 from services.presence import domain
 from services.presence.app import PresenceTracker
 
 
 def build_router(tracker: PresenceTracker, *, auth: Authenticate) -> APIRouter:
-    router = APIRouter(tags=["presence"])
+    router = APIRouter(tags=["presence"], route_class=JsonTextRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
     @router.get("/v1/presence")
