@@ -130,10 +130,18 @@ def run(
     return stdout
 
 
+def package_installed(package: str) -> bool:
+    """Installed, not merely known: a removed package keeps its configuration (dpkg state ``rc``), and
+    ``dpkg -s`` still answers 0 for it."""
+    query = subprocess.run(  # noqa: S603 - fixed argument list
+        ["/usr/bin/dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
+    )
+    return query.returncode == 0 and query.stdout.strip() == "install ok installed"
+
+
 def apt_install(*packages: str) -> None:
     """Install Debian packages that are missing (as root, as on every machine Courier is built on)."""
-    dpkg = "/usr/bin/dpkg"
-    missing = [p for p in packages if subprocess.run([dpkg, "-s", p], capture_output=True).returncode != 0]  # noqa: S603
+    missing = [p for p in packages if not package_installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:
