@@ -52,16 +52,6 @@ def take_tokens(
     return BucketState(tokens, updated_at), (cost - tokens) / bucket.rate
 
 
-def longest_wait(waits: Sequence[float]) -> tuple[int, float]:
-    """``(-1, 0.0)`` when every wait is 0 (every bucket can give), else the index and wait of the bucket
-    that refills last (the first of equals): the time after which the whole request can pass."""
-    refused, longest = -1, 0.0
-    for index, wait in enumerate(waits):
-        if wait > longest:
-            refused, longest = index, wait
-    return refused, longest
-
-
 def is_full(state: BucketState, bucket: Bucket, *, now: float) -> bool:
     """A full bucket is the same as no state at all, so its key can be forgotten."""
     return state.tokens + max(0.0, now - state.updated_at) * bucket.rate >= bucket.burst
@@ -100,19 +90,22 @@ class MemoryBucketStore:
     async def take_each(
         self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
     ) -> tuple[int, float]:
-        taken: list[tuple[BucketState, float]] = []
-        for key, bucket in buckets:
+        states: list[BucketState] = []
+        refused, longest = -1, 0.0
+        for index, (key, bucket) in enumerate(buckets):
             previous = self._buckets.get(key)
-            taken.append(take_tokens(previous[0] if previous else None, bucket, now=now, cost=cost))
-        refused, wait = longest_wait([wait for _, wait in taken])
-        for (key, bucket), (state, _) in zip(buckets, taken, strict=True):
+            state, wait = take_tokens(previous[0] if previous else None, bucket, now=now, cost=cost)
+            states.append(state)
+            if wait > longest:  # the refusing bucket that refills last decides when the request can pass
+                refused, longest = index, wait
+        for (key, bucket), state in zip(buckets, states, strict=True):
             if refused < 0:
                 self._buckets[key] = (state, bucket)
             if key in self._buckets:
                 # Last is most recently used, refused or not: a key hammered while empty is the one to remember.
                 self._buckets.move_to_end(key)
         self._forget_idle(now)
-        return refused, wait
+        return refused, longest
 
     def _forget_idle(self, now: float) -> None:
         # Only the front is looked at, so each take costs amortized O(1); full buckets further back

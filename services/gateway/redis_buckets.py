@@ -23,7 +23,7 @@ DEFAULT_PREFIX = "courier:"
 
 # KEYS: the buckets, in order. ARGV: now, cost, epsilon, then burst and rate of each bucket. Refills every
 # bucket and checks that each can give ``cost``; only then takes from them all. A refusal writes nothing and
-# returns {1-based index of the refusing bucket that refills last, its wait} (ratelimit.longest_wait);
+# returns {1-based index of the refusing bucket that refills last, its wait} (as MemoryBucketStore does);
 # {0, "0"} means every bucket gave its tokens. The wait is a string: Redis truncates a Lua number reply to
 # an integer. Stored numbers use %.17g, which gives back the very same double.
 _TAKE_EACH = """
