@@ -13,7 +13,7 @@ UV_VERSION := 0.13.9
 
 .PHONY: help setup dev test test-unit test-system test-browser test-integration lint fmt typecheck check \
 	browser-deps clean infra-up infra-down up down kube-up kube-down operator-local image kind-up kind-down \
-	chart-lint e2e bench
+	chart-lint e2e bench fuzz
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ test-unit: setup ## unit tests only
 
 test-system: setup ## PROTOCOL.md scenarios against courier dev and make up, and the fault tests
 	$(BIN)/pytest -q tests/system
+
+fuzz: setup ## a long fuzzing run (API by schemathesis, WebSocket frames) against courier dev; COURIER_FUZZ_SEED to repeat one
+	COURIER_FUZZ_EXAMPLES=$${COURIER_FUZZ_EXAMPLES:-500} COURIER_FUZZ_FRAMES=$${COURIER_FUZZ_FRAMES:-30000} \
+	COURIER_FUZZ_SEED=$${COURIER_FUZZ_SEED:-$$(date +%s)} $(BIN)/pytest -q tests/system/test_fuzz_api.py tests/system/test_fuzz_ws.py
 
 test-browser: setup browser-deps ## the web page in headless Chromium
 	$(BIN)/pytest -q tests/browser
