@@ -121,7 +121,7 @@ class AllInOne:
         self.tokens = AccessTokens(settings.jwt)
         auth = Authenticate(self.tokens)
         self.limiter = RateLimiter(settings.limits, MemoryBucketStore())
-        self.hub = Hub()
+        self.hub = Hub(send_budget_bytes=settings.delivery.send_queue_total_bytes)
 
         self.identity = build_identity(settings, sessions=sessions, tokens=self.tokens, auth=auth)
         activity = ActivityForConversations()
@@ -159,9 +159,12 @@ class AllInOne:
             presence=self.presence.tracker,
             heartbeat_every_s=settings.presence_ttl_s / 3,
             sync_limit=settings.delivery.sync_page_limit,
+            sync_max_bytes=settings.delivery.sync_result_max_bytes,
         )
         ws_settings = WebSocketSettings(
             queue_size=settings.delivery.send_queue_size,
+            queue_bytes=settings.delivery.send_queue_bytes,
+            write_timeout_s=settings.delivery.write_timeout_s,
             idle_timeout_s=settings.delivery.idle_timeout_s,
             max_frame_bytes=settings.limits.max_body_bytes,
             ack_timeout_s=settings.ack_timeout_s,

@@ -271,7 +271,7 @@ def build_delivery(w: Wiring) -> Built:
         raise SystemExit("a delivery node needs COURIER_NODE_NAME (its member name on the ring)")
     delivery_hub.prime_metrics(settings.node_name)
     session.prime_metrics()
-    hub = Hub(pending=_pending_store(w.redis()))
+    hub = Hub(pending=_pending_store(w.redis()), send_budget_bytes=settings.delivery.send_queue_total_bytes)
     presence = PresenceClient(w.client("presence"))
     routes = w.routes()
     deps = SessionDeps(
@@ -282,11 +282,14 @@ def build_delivery(w: Wiring) -> Built:
         presence=presence,
         heartbeat_every_s=settings.presence_ttl_s / 3,
         sync_limit=settings.delivery.sync_page_limit,
+        sync_max_bytes=settings.delivery.sync_result_max_bytes,
         routes=routes,
         node_name=settings.node_name,
     )
     ws_settings = WebSocketSettings(
         queue_size=settings.delivery.send_queue_size,
+        queue_bytes=settings.delivery.send_queue_bytes,
+        write_timeout_s=settings.delivery.write_timeout_s,
         idle_timeout_s=settings.delivery.idle_timeout_s,
         max_frame_bytes=settings.limits.max_body_bytes,
         ack_timeout_s=settings.ack_timeout_s,

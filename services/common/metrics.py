@@ -51,6 +51,10 @@ WS_FRAMES_SENT = Counter(
     "Frames written to client sockets, by frame type.",
     ["type"],
 )
+WS_SEND_QUEUE_BYTES = Gauge(
+    "courier_ws_send_queue_bytes",
+    "Bytes of encoded frames this process holds for its client sockets, queued or being written.",
+)
 WS_CLOSES = Counter(
     "courier_ws_closes_total",
     "Client connections closed by the server, by reason (replaced, slow_client, idle, reconnect, shutdown).",

@@ -65,10 +65,36 @@ class LimitSettings(BaseModel):
 
 
 class DeliverySettings(BaseModel):
+    """How much a delivery process holds for its sockets, and for how long (docs/design.md 4.1)."""
+
     send_queue_size: int = Field(1024, ge=8, description="Frames queued per socket before a slow one is dropped.")
+    send_queue_bytes: int = Field(
+        4 << 20,
+        ge=64 << 10,
+        description="Bytes of encoded frames held per socket (queued or being written) before a slow one is closed.",
+    )
+    send_queue_total_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="Bytes held for all the sockets of this process; past it the sockets holding the most are closed.",
+    )
+    write_timeout_s: float = Field(10.0, gt=0, description="Close a socket whose write of one frame takes this long.")
     idle_timeout_s: float = Field(120.0, gt=0, description="Close a socket that sent nothing for this long.")
     sync_page_limit: int = Field(100, ge=1, le=1000, description="Most messages per conversation in one sync page.")
+    sync_result_max_bytes: int = Field(
+        256 << 10,
+        ge=4 << 10,
+        description="Encoded size a sync_result stops taking messages at (has_more: true); one always fits.",
+    )
     retransmit_tick_s: float = Field(1.0, gt=0, description="How often pending ACKs are checked for timeouts.")
+
+    @model_validator(mode="after")
+    def _bounds_nest(self) -> DeliverySettings:
+        if self.sync_result_max_bytes > self.send_queue_bytes // 2:
+            raise ValueError("send_queue_bytes must hold at least two sync_results (sync_result_max_bytes)")
+        if self.send_queue_bytes > self.send_queue_total_bytes:
+            raise ValueError("send_queue_total_bytes must be at least send_queue_bytes")
+        return self
 
 
 class FileSettings(BaseModel):

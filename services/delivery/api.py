@@ -13,7 +13,7 @@ from fastapi.responses import ORJSONResponse
 from services.common import metrics
 from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
-from services.delivery.hub import Close, Connection
+from services.delivery.hub import CLOSE_TOO_SLOW, WRITE_TIMEOUT, Close, Connection
 from services.delivery.ports import FrameLimiter
 from services.delivery.protocol import AckWindow, encode, error_frame
 from services.delivery.session import Session, SessionDeps
@@ -24,7 +24,6 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_RATE_LIMITED = 4008
 CLOSE_IDLE = 1001
 CLOSE_INTERNAL = 1011
-CLOSE_GRACE_S = 5.0
 # On an upgrade refused because this node is draining: the gateway reads it and splices to another node.
 DRAINING_HEADER = "x-courier-draining"
 
@@ -34,12 +33,16 @@ class WebSocketSettings:
         self,
         *,
         queue_size: int,
+        queue_bytes: int,
+        write_timeout_s: float,
         idle_timeout_s: float,
         max_frame_bytes: int,
         ack_timeout_s: float,
         max_redeliveries: int,
     ) -> None:
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        self.write_timeout_s = write_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.ack_timeout_s = ack_timeout_s
@@ -53,14 +56,23 @@ def _authenticate(websocket: WebSocket, tokens: AccessTokens) -> Principal:
     return tokens.verify(token)
 
 
-async def _write(websocket: WebSocket, conn: Connection) -> None:
+async def _write(websocket: WebSocket, conn: Connection, write_timeout_s: float) -> None:
+    """Send what the connection queues, one frame at a time, until it closes.
+
+    The close is never cancelled once started: the server's close handshake has its own timeouts and
+    drops a client that does not answer, whereas an abandoned handshake can leave the socket open."""
     while True:
         item = await conn.next_item()
         if isinstance(item, Close):
             with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
                 await websocket.close(item.code, item.reason)
             return
-        await websocket.send_text(item.text)
+        try:
+            async with asyncio.timeout(write_timeout_s):
+                await websocket.send_text(item.text)
+        except TimeoutError:  # the client stopped reading: what it would read next is the close frame
+            conn.close(CLOSE_TOO_SLOW, WRITE_TIMEOUT)
+            continue
         metrics.WS_FRAMES_SENT.labels(item.kind).inc()
         if item.kind == "message":
             metrics.MESSAGES_PUSHED.inc()
@@ -79,14 +91,16 @@ async def _read(
     websocket: WebSocket, session: Session, settings: WebSocketSettings, limiter: FrameLimiter | None, ip: str
 ) -> None:
     conn = session.conn
-    while True:
+    while conn.closing is None:
         try:
             message = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_s)
         except TimeoutError:
             conn.close(CLOSE_IDLE, "idle timeout")
-            return
+            break
         if message["type"] == "websocket.disconnect":
             return
+        if conn.closing is not None:
+            break  # closed while this frame was on its way (replaced, too slow): nothing more is handled
         data = message.get("text")
         if data is None:
             _invalid_frame(conn, "invalid_request", "binary frames are not supported; send JSON text")
@@ -95,14 +109,34 @@ async def _read(
             try:
                 await limiter.check(ip=ip, user_id=conn.user_id)
             except RateLimited as exc:
-                conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}")
-                return
+                refusal = {**error_frame(None, exc.code, exc.message), "retry_after": exc.retry_after}
+                conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}", farewell=refusal)
+                break
             except CourierError:  # the shared buckets are unreachable: limits step aside meanwhile
                 log.warning("frame rate limiter unavailable; letting frames through", exc_info=True)
         if len(data) > settings.max_frame_bytes // 4 and len(data.encode()) > settings.max_frame_bytes:
             _invalid_frame(conn, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes")
             continue
         await session.on_text(data)
+    await _discard_incoming(websocket)
+
+
+async def _discard_incoming(websocket: WebSocket) -> None:
+    """Read and drop what the client still sends on a closing socket until it is gone, so that its
+    answer to the close frame gets through at once: unread frames would hold the handshake up until
+    it times out, and a client over its rate limit would go on being read for nothing meanwhile."""
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+
+async def _finish_closing(websocket: WebSocket, writer: asyncio.Task[None]) -> None:
+    """Wait until the writer has closed the socket, or the client has left."""
+    discard = asyncio.create_task(_discard_incoming(websocket))
+    try:
+        await asyncio.wait({writer, discard}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        discard.cancel()
 
 
 async def _announce(deps: SessionDeps, conn: Connection) -> None:
@@ -161,33 +195,35 @@ def build_router(
             principal.device_id,
             queue_size=settings.queue_size,
             window=AckWindow(timeout_s=settings.ack_timeout_s, max_redeliveries=settings.max_redeliveries),
+            max_bytes=settings.queue_bytes,
+            budget=deps.hub.send_budget,
         )
         session = Session(conn, deps)
         deps.hub.attach(conn)
         open_sockets = metrics.WS_CONNECTIONS.labels(deps.node_name or "local")
         open_sockets.inc()
         reader: asyncio.Task[None] | None = None
-        writer = asyncio.create_task(_write(websocket, conn))
+        writer = asyncio.create_task(_write(websocket, conn, settings.write_timeout_s))
         try:
             await deps.hub.restore(conn)  # frames the device left unacked on its previous socket, any node
             await _announce(deps, conn)
+            # The reader ends when the client leaves (it reads on while the socket closes), the writer once
+            # the socket is closed; either way the socket is over.
             reader = asyncio.create_task(_read(websocket, session, settings, limiter, ip))
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done and reader.exception() is not None:
                 log.error("socket of %s/%s failed", conn.user_id, conn.device_id, exc_info=reader.exception())
                 conn.close(CLOSE_INTERNAL, "internal error; reconnect and sync")
-            if reader in done and conn.closing is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(writer, CLOSE_GRACE_S)  # let the writer send the close frame
+                await _finish_closing(websocket, writer)
         except Exception:
             log.exception("socket of %s/%s could not start", conn.user_id, conn.device_id)
             conn.close(CLOSE_INTERNAL, "internal error; reconnect and sync")
-            with contextlib.suppress(TimeoutError, Exception):
-                await asyncio.wait_for(writer, CLOSE_GRACE_S)
+            await _finish_closing(websocket, writer)
         finally:
             for task in (reader, writer):
                 if task is not None:
                     task.cancel()
+            conn.end()
             open_sockets.dec()
             if deps.hub.detach(conn):
                 await _forget(deps, conn)

@@ -1,7 +1,8 @@
 """The sockets of one delivery node: who is connected, and pushing frames to them.
 
 Each connection has one outgoing queue drained by one writer task, so a slow client never blocks a
-broadcast; a client whose queue overflows is disconnected and will catch up with ``sync``. With a
+broadcast; a client whose queue overflows is disconnected and will catch up with ``sync``. Queues are
+bounded in frames and bytes per socket, and in bytes for the whole process (``SendBudget``). With a
 ``PendingStore`` each device's unacked frames outlive this node: whichever node the device reconnects
 to sends them again at once.
 """
@@ -17,17 +18,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from services.common import metrics, telemetry
 from services.common.errors import Unavailable
 from services.common.push import Push, ack_seq
 from services.delivery.pending import PendingStore
-from services.delivery.protocol import AckWindow, encode
+from services.delivery.protocol import AckWindow
 
 log = logging.getLogger("courier.delivery.hub")
 
 CLOSE_REPLACED = 4009
 CLOSE_TOO_SLOW = 1013
 CLOSE_RESTART = 1012
+QUEUE_OVERFLOW = "send queue overflow: client too slow, reconnect and sync"
+WRITE_TIMEOUT = "write timeout: client too slow, reconnect and sync"
 
 # Bounded label values of the WebSocket metrics, created at start-up so /metrics shows them before traffic.
 SERVER_FRAME_TYPES = (
@@ -73,13 +78,23 @@ class Close:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One encoded frame on its way to the socket, with what the writer records once it is written."""
+    """One encoded frame on its way to the socket, with what the writer records once it is written.
 
-    text: str
+    Held as UTF-8: its length is both the memory it takes and the bytes it puts on the wire."""
+
+    data: bytes
     kind: str
     created_at: float | None = None
     """A message frame's stored ``created_at`` (epoch seconds): the start of its send-to-push latency."""
     redelivered: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.data.decode()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 def outgoing(frame: Mapping[str, Any]) -> Outgoing:
@@ -91,57 +106,164 @@ def outgoing(frame: Mapping[str, Any]) -> Outgoing:
             created_at = datetime.fromisoformat(frame["created_at"]).timestamp()
         except ValueError:
             created_at = None
-    return Outgoing(encode(frame), label, created_at, bool(frame.get("redelivered")))
+    return Outgoing(orjson.dumps(frame), label, created_at, bool(frame.get("redelivered")))
+
+
+class SendBudget:
+    """The bytes this process holds for the outgoing frames of all its sockets, bounded by ``limit``.
+
+    A frame that would take the total past the limit first closes (1013) the sockets with the most bytes
+    waiting in their queues, largest first, until it fits: the few clients that stopped reading go, and
+    the others keep their pushes. The frame is refused only when its own socket is the largest, or when
+    nothing waiting is left to drop (the bytes are all being written; the write timeout ends those).
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiting: set[Connection] = set()
+
+    def make_room(self, conn: Connection, size: int) -> bool:
+        """Whether ``size`` more bytes for ``conn`` fit, once larger holders are closed if need be."""
+        while self.limit is not None and self.held + size > self.limit:
+            largest = max(self._waiting, key=lambda c: c.waiting_bytes, default=None)
+            if largest is None or largest is conn:
+                return False
+            largest.close(CLOSE_TOO_SLOW, QUEUE_OVERFLOW)
+        return True
+
+    def hold(self, conn: Connection, size: int) -> None:
+        """``conn`` holds ``size`` more bytes (fewer when negative)."""
+        self.held += size
+        metrics.WS_SEND_QUEUE_BYTES.inc(size)
+        if conn.waiting_bytes > 0 and conn.closing is None:
+            self._waiting.add(conn)
+        else:
+            self._waiting.discard(conn)
 
 
 class Connection:
     """The outgoing side of one device's socket."""
 
-    def __init__(self, user_id: str, device_id: str, *, queue_size: int, window: AckWindow) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        device_id: str,
+        *,
+        queue_size: int,
+        window: AckWindow,
+        max_bytes: int | None = None,
+        budget: SendBudget | None = None,
+    ) -> None:
         self.user_id = user_id
         self.device_id = device_id
         self.window = window
         self._limit = queue_size
+        self._max_bytes = max_bytes
+        self._budget = budget if budget is not None else SendBudget()
         self._queue: asyncio.Queue[Outgoing | Close] = asyncio.Queue()
+        self._waiting = 0
+        """Bytes of the frames in the queue."""
+        self._writing = 0
+        """Bytes of the frame the writer took last: held until it asks for the next one."""
+        self._ended = False
         self.closing: Close | None = None
 
     def offer(self, frame: Mapping[str, Any]) -> bool:
         """Queue a frame; False (and the connection closes) when the client is too slow."""
-        if self.closing is not None:
+        return self.enqueue(outgoing(frame))
+
+    def enqueue(self, item: Outgoing) -> bool:
+        """Queue an encoded frame; False (and the connection closes with 1013) when it would take the
+        socket past its frames or its bytes (a frame alone always fits an empty socket), or the process
+        past its bytes while this socket holds the most."""
+        if self.closing is not None or self._ended:
             return False
-        if self._queue.qsize() >= self._limit:
-            self.close(CLOSE_TOO_SLOW, "send queue overflow: client too slow, reconnect and sync")
+        held = self.held_bytes
+        over = self._queue.qsize() >= self._limit or (
+            self._max_bytes is not None and held > 0 and held + item.size > self._max_bytes
+        )
+        if over or not self._budget.make_room(self, item.size):
+            self.close(CLOSE_TOO_SLOW, QUEUE_OVERFLOW)
             return False
-        self._queue.put_nowait(outgoing(frame))
+        self._put(item)
         return True
 
-    def close(self, code: int, reason: str, *, cause: str | None = None) -> None:
-        """Drop what is queued and close after nothing else (idempotent). ``cause`` is the metric's
-        reason when the close code alone does not tell it (1012 for a ring hand-off, say)."""
+    def close(
+        self, code: int, reason: str, *, cause: str | None = None, farewell: Mapping[str, Any] | None = None
+    ) -> None:
+        """Drop what is queued and close after nothing else (idempotent), or after ``farewell``, a frame
+        telling why. ``cause`` is the metric's reason when the close code alone does not tell it (1012 for a
+        ring hand-off, say)."""
         if self.closing is not None:
             return
         metrics.WS_CLOSES.labels(cause or close_reason(code)).inc()
         self.closing = Close(code, reason)
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._drop_queue()
+        if farewell is not None:
+            self._put(outgoing(farewell))
         self._queue.put_nowait(self.closing)
 
+    def end(self) -> None:
+        """The socket is gone: give back every byte it held and queue nothing more."""
+        self._ended = True
+        self._drop_queue()
+        self._done_writing()
+
     async def next_outgoing(self) -> str | Close:
-        item = await self._queue.get()
+        item = await self.next_item()
         return item if isinstance(item, Close) else item.text
 
     async def next_item(self) -> Outgoing | Close:
-        """What the socket writer sends next, with what it records once written."""
-        return await self._queue.get()
+        """What the socket writer sends next, with what it records once written. Asking means the
+        previous frame is written: its bytes are given back."""
+        self._done_writing()
+        item = await self._queue.get()
+        if isinstance(item, Outgoing):
+            self._waiting -= item.size
+            self._writing = item.size
+            self._budget.hold(self, 0)
+        return item
 
     @property
     def queued(self) -> int:
         return self._queue.qsize()
 
     @property
+    def waiting_bytes(self) -> int:
+        """Bytes of the frames queued and not yet taken by the writer."""
+        return self._waiting
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes this socket holds: its queue and the frame being written."""
+        return self._waiting + self._writing
+
+    @property
     def room(self) -> int:
         """Frames that can still be queued before the client counts as too slow."""
         return max(self._limit - self._queue.qsize(), 0)
+
+    @property
+    def room_bytes(self) -> int | None:
+        """Bytes that can still be queued before the client counts as too slow (None: no byte bound)."""
+        return None if self._max_bytes is None else max(self._max_bytes - self.held_bytes, 0)
+
+    def _put(self, item: Outgoing) -> None:
+        self._queue.put_nowait(item)
+        self._waiting += item.size
+        self._budget.hold(self, item.size)
+
+    def _drop_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        dropped, self._waiting = self._waiting, 0
+        self._budget.hold(self, -dropped)
+
+    def _done_writing(self) -> None:
+        written, self._writing = self._writing, 0
+        if written:
+            self._budget.hold(self, -written)
 
 
 class Hub:
@@ -151,8 +273,16 @@ class Hub:
     fails the sockets carry on and the devices ``sync``, which is the ground truth anyway.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, pending: PendingStore | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        pending: PendingStore | None = None,
+        send_budget_bytes: int | None = None,
+    ) -> None:
         self._users: dict[str, dict[str, Connection]] = {}
+        self.send_budget = SendBudget(send_budget_bytes)
+        """What this node's sockets may hold together, in bytes (``None``: unbounded)."""
         self._clock = clock
         self._pending = pending
         self._pending_ok = True
@@ -270,8 +400,9 @@ class Hub:
         """Right after ``attach``: send the device's frames still unacked from its previous socket
         (maybe on another node) again, marked ``redelivered``, and track them; returns how many.
 
-        At most half the free queue is used, so the restore itself never makes a client too slow; the
-        rest stays in the store for the next reconnect, and ``sync`` delivers it meanwhile.
+        At most half the free queue (in frames and in bytes) is used, so the restore itself never makes a
+        client too slow; the rest stays in the store for the next reconnect, and ``sync`` delivers it
+        meanwhile.
         """
         if self._pending is None:
             return 0
@@ -285,12 +416,21 @@ class Hub:
         for conversation_id, seq in acked.items():
             window.ack(conversation_id, seq)
         budget, count = conn.room // 2, 0
+        room_bytes = conn.room_bytes
+        bytes_left = None if room_bytes is None else room_bytes // 2
         for frame in frames:
             if count >= budget:
                 break
-            if (frame["conversation_id"], ack_seq(frame)) in window or not window.push(frame, now):
+            conversation_id, seq = frame["conversation_id"], ack_seq(frame)
+            if (conversation_id, seq) in window or seq <= window.acked(conversation_id):
                 continue  # pushed live since attach (already on its way), or acked
-            if not conn.offer({**frame, "redelivered": True}):
+            item = outgoing({**frame, "redelivered": True})
+            if bytes_left is not None:
+                if item.size > bytes_left:
+                    break
+                bytes_left -= item.size
+            window.push(frame, now)
+            if not conn.enqueue(item):
                 break
             count += 1
         self.restored += count

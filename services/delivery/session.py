@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from services.common import metrics
 from services.common.clock import rfc3339
@@ -17,7 +19,7 @@ from services.delivery import protocol
 from services.delivery.hub import Connection, Hub
 from services.delivery.ports import Members, Messages, PresenceTracker
 from services.delivery.routes import RouteTable
-from services.message.app import SendMessage
+from services.message.app import SendMessage, SyncedConversation
 
 log = logging.getLogger("courier.delivery.session")
 
@@ -42,6 +44,8 @@ class SessionDeps:
     presence: PresenceTracker
     heartbeat_every_s: float
     sync_limit: int
+    sync_max_bytes: int
+    """Encoded size a ``sync_result`` stops taking messages at (one always fits)."""
     routes: RouteTable | None = None
     """Where this node records its devices (distributed mode)."""
     node_name: str = ""
@@ -106,20 +110,9 @@ class Session:
             case protocol.SyncFrame():
                 limit = min(frame.limit or deps.sync_limit, deps.sync_limit)
                 synced = await deps.messages.sync(conn.user_id, frame.cursors, limit=limit)
-                metrics.MESSAGES_SYNCED.inc(sum(len(s.messages) for s in synced))
-                conn.offer(
-                    protocol.sync_result(
-                        frame.id,
-                        [
-                            {
-                                "conversation_id": s.conversation_id,
-                                "messages": [m.to_wire() for m in s.messages],
-                                "has_more": s.has_more,
-                            }
-                            for s in synced
-                        ],
-                    )
-                )
+                answer = bounded_sync_result(frame.id, synced, max_bytes=deps.sync_max_bytes)
+                metrics.MESSAGES_SYNCED.inc(sum(len(page["messages"]) for page in answer["conversations"]))
+                conn.offer(answer)
             case protocol.ReadFrame():
                 await deps.messages.mark_read(frame.conversation_id, conn.user_id, frame.seq)
             case protocol.TypingFrame():
@@ -154,6 +147,42 @@ class Session:
         await self.deps.pusher.push(
             [*peers, self.conn.user_id], relayed, skip_device=(self.conn.user_id, self.conn.device_id)
         )
+
+
+def bounded_sync_result(
+    ref: protocol.FrameId, synced: Sequence[SyncedConversation], *, max_bytes: int
+) -> dict[str, Any]:
+    """The ``sync_result`` of ``synced``, its messages cut where the next one would take the encoded frame
+    past ``max_bytes``. The first message always goes in, so that every sync makes progress. A cut page
+    answers ``has_more: true``; a conversation after the cut is still listed, with no messages and
+    ``has_more: true``, so that the client asks for it again rather than believing it is up to date.
+    """
+    size = _encoded_size(protocol.sync_result(ref, []))
+    pages: list[dict[str, Any]] = []
+    taken, full = 0, False
+    for synced_conversation in synced:
+        conversation_id, messages = synced_conversation.conversation_id, []
+        # Sized with has_more false (the longer literal) and a separator per entry: an upper bound.
+        size += _encoded_size(_page(conversation_id, [], has_more=False)) + 1
+        for message in [] if full else synced_conversation.messages:
+            wire = message.to_wire()
+            cost = _encoded_size(wire) + 1
+            if taken and size + cost > max_bytes:
+                full = True
+                break
+            messages.append(wire)
+            size, taken = size + cost, taken + 1
+        has_more = synced_conversation.has_more or len(messages) < len(synced_conversation.messages)
+        pages.append(_page(conversation_id, messages, has_more=has_more))
+    return protocol.sync_result(ref, pages)
+
+
+def _encoded_size(value: Any) -> int:
+    return len(orjson.dumps(value))
+
+
+def _page(conversation_id: str, messages: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
+    return {"conversation_id": conversation_id, "messages": messages, "has_more": has_more}
 
 
 async def keep_presence_alive(

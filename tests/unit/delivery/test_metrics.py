@@ -66,7 +66,7 @@ async def test_a_message_frame_written_to_the_socket_counts_as_pushed_with_its_s
     await hub.push([conn.user_id], message_frame(cid, 1, age_s=2.0), tracked=True)
     assert value("courier_messages_pushed_total") == pushed  # queued is not written yet
     socket = FakeSocket()
-    writer = asyncio.create_task(api._write(socket, conn))  # type: ignore[arg-type]
+    writer = asyncio.create_task(api._write(socket, conn, write_timeout_s=30))  # type: ignore[arg-type]
     while not socket.texts:
         await asyncio.sleep(0)
     conn.close(1012, "service restart")

@@ -96,6 +96,7 @@ def session(hub: Hub, conn: Connection) -> Session:
         presence=unused,
         heartbeat_every_s=3600,
         sync_limit=100,
+        sync_max_bytes=1 << 20,
     )
     return Session(conn, deps, clock=lambda: 0.0)
 

@@ -66,10 +66,23 @@ async def test_connecting_device_first_gets_its_pending_frames_redelivered_and_i
     await store.ack(u, "phone", c, 1)
     tokens, unused, hub = AccessTokens(JwtSettings()), Unused(), Hub(pending=store)
     deps = SessionDeps(
-        hub=hub, pusher=hub, messages=unused, members=unused, presence=unused, heartbeat_every_s=3600, sync_limit=100
+        hub=hub,
+        pusher=hub,
+        messages=unused,
+        members=unused,
+        presence=unused,
+        heartbeat_every_s=3600,
+        sync_limit=100,
+        sync_max_bytes=1 << 20,
     )
     settings = WebSocketSettings(
-        queue_size=64, idle_timeout_s=30, max_frame_bytes=65536, ack_timeout_s=30, max_redeliveries=3
+        queue_size=64,
+        queue_bytes=1 << 20,
+        write_timeout_s=30,
+        idle_timeout_s=30,
+        max_frame_bytes=65536,
+        ack_timeout_s=30,
+        max_redeliveries=3,
     )
     app = FastAPI()
     app.include_router(build_router(deps, tokens=tokens, settings=settings))

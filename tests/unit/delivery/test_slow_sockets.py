@@ -1,0 +1,214 @@
+"""The ``/v1/ws`` endpoint ends sockets that hold the server up: a client that stops reading (queue bound,
+write timeout) and a client over its frame rate limit (closed at once, the rest of its flood dropped).
+
+Driven as raw ASGI: the endpoint's app gets a websocket scope and a client whose reading can stall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+
+from services.common.errors import RateLimited
+from services.common.settings import JwtSettings
+from services.common.tokens import AccessTokens, Principal
+from services.delivery.api import WebSocketSettings, build_router
+from services.delivery.hub import CLOSE_TOO_SLOW, WRITE_TIMEOUT, Hub
+from services.delivery.ports import FrameLimiter
+from services.delivery.session import SessionDeps
+from tests.support.waiting import wait_for
+from tests.unit.delivery.test_pending_contract import uid
+from tests.unit.delivery.test_pending_hub import Unused
+from tests.unit.delivery.test_send_bounds import EMOJI_TEXT, History
+
+SOCKET_BYTES = 1 << 20
+SYNC_BYTES = 256 << 10
+
+
+class Client:
+    """The client side of one ASGI websocket connection. While ``reading`` is clear, every frame the
+    server sends stays unwritten, as when the client stopped reading and the TCP buffers are full.
+
+    As with a real server, closing takes a handshake: the client answers the close frame after the
+    frames it sent before, and the server's close completes once it has read that answer."""
+
+    def __init__(self, app: FastAPI, token: str, *, reading: bool = True) -> None:
+        self.reading = asyncio.Event()
+        if reading:
+            self.reading.set()
+        self.frames: list[dict[str, Any]] = []
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._answer_read = asyncio.Event()
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "scheme": "ws",
+            "path": "/v1/ws",
+            "raw_path": b"/v1/ws",
+            "root_path": "",
+            "query_string": f"access_token={token}".encode(),
+            "headers": [],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 80),
+            "subprotocols": [],
+        }
+        self._incoming.put_nowait({"type": "websocket.connect"})
+        self.task = asyncio.create_task(app(scope, self._receive, self._send))
+
+    async def _receive(self) -> dict[str, Any]:
+        event = await self._incoming.get()
+        if event["type"] == "websocket.disconnect":
+            self._answer_read.set()
+        return event
+
+    async def _send(self, event: MutableMapping[str, Any]) -> None:
+        if event["type"] == "websocket.send":
+            await self.reading.wait()
+            self.frames.append(orjson.loads(event["text"]))
+        elif event["type"] == "websocket.close":
+            self.close_code, self.close_reason = event["code"], event["reason"]
+            self._incoming.put_nowait({"type": "websocket.disconnect", "code": event["code"]})
+            await self._answer_read.wait()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._incoming.put_nowait({"type": "websocket.receive", "text": orjson.dumps(frame).decode()})
+
+    def leave(self) -> None:
+        self._incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+    @property
+    def unread(self) -> int:
+        """Frames sent by the client that the server has not received yet."""
+        return self._incoming.qsize()
+
+    async def done(self) -> None:
+        await asyncio.wait_for(self.task, 20)
+
+
+class Limiter:
+    """Lets ``allowed`` frames through, then refuses every one."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+
+    async def check(self, *, ip: str, user_id: str | None) -> None:
+        if self.allowed == 0:
+            raise RateLimited("user rate limit exceeded", retry_after=0.5)
+        self.allowed -= 1
+
+
+def node(
+    hub: Hub, *, write_timeout_s: float = 3600.0, limiter: FrameLimiter | None = None
+) -> tuple[FastAPI, AccessTokens]:
+    tokens, unused = AccessTokens(JwtSettings()), Unused()
+    deps = SessionDeps(
+        hub=hub,
+        pusher=hub,
+        messages=History({"c1": 100}, EMOJI_TEXT),
+        members=unused,
+        presence=unused,
+        heartbeat_every_s=3600,
+        sync_limit=100,
+        sync_max_bytes=SYNC_BYTES,
+    )
+    settings = WebSocketSettings(
+        queue_size=1024,
+        queue_bytes=SOCKET_BYTES,
+        write_timeout_s=write_timeout_s,
+        idle_timeout_s=3600,
+        max_frame_bytes=65536,
+        ack_timeout_s=30,
+        max_redeliveries=3,
+    )
+    app = FastAPI()
+    app.include_router(build_router(deps, tokens=tokens, settings=settings, limiter=limiter))
+    return app, tokens
+
+
+def token(tokens: AccessTokens, user: str) -> str:
+    return tokens.issue(Principal(user, "phone"), session_id=uid("s"))
+
+
+async def test_client_that_never_reads_large_sync_results_is_closed_with_1013_holding_at_most_its_bound() -> None:
+    hub = Hub(send_budget_bytes=64 << 20)
+    app, tokens = node(hub, write_timeout_s=1.0)
+    user = uid("u")
+    held: list[int] = []
+    client = Client(app, token(tokens, user), reading=False)
+    await wait_for(lambda: bool(hub.devices(user)), "the socket to be attached")
+    for i in range(200):  # 200 pages of about 256 KiB: 50 MiB if nothing bounded them
+        client.send({"type": "sync", "id": i, "cursors": {"c1": 0}})
+
+    while client.close_code is None:
+        held.append(hub.send_budget.held)
+        await wait_for(lambda: client.close_code is not None or hub.send_budget.held != held[-1], "a change")
+
+    assert client.close_code == CLOSE_TOO_SLOW
+    assert max(held) <= SOCKET_BYTES
+    await client.done()
+    assert hub.send_budget.held == 0
+    assert hub.connection_count == 0
+
+
+async def test_socket_whose_write_never_completes_is_closed_after_the_write_timeout() -> None:
+    hub = Hub()
+    app, tokens = node(hub, write_timeout_s=0.2)
+    user = uid("u")
+    client = Client(app, token(tokens, user), reading=False)
+    await wait_for(lambda: bool(hub.devices(user)), "the socket to be attached")
+
+    await hub.push([user], {"type": "typing", "conversation_id": "c1", "user_id": "bob", "state": "start"})
+
+    await wait_for(lambda: client.close_code is not None, "the stuck socket to be closed")
+    assert (client.close_code, client.close_reason) == (CLOSE_TOO_SLOW, WRITE_TIMEOUT)
+    await client.done()
+    assert (hub.connection_count, hub.send_budget.held) == (0, 0)
+
+
+async def test_reading_client_is_not_closed_by_the_write_timeout() -> None:
+    hub = Hub()
+    app, tokens = node(hub, write_timeout_s=5.0)
+    client = Client(app, token(tokens, uid("u")))
+
+    for i in range(20):
+        client.send({"type": "sync", "id": i, "cursors": {"c1": 0}})
+    await wait_for(lambda: len(client.frames) == 20, "every sync answered")
+
+    assert client.close_code is None
+    client.send({"type": "ping", "id": "last"})
+    await wait_for(lambda: client.frames[-1] == {"type": "pong", "ref": "last"}, "the pong")
+    client.leave()
+    await client.done()
+
+
+async def test_frame_over_the_rate_limit_is_answered_then_closed_with_4008_and_the_rest_is_dropped_unhandled() -> None:
+    hub = Hub()
+    app, tokens = node(hub, limiter=Limiter(allowed=10))
+    client = Client(app, token(tokens, uid("u")))
+
+    for i in range(300):  # far over the limit, sent before the server read any of it
+        client.send({"type": "ping", "id": i})
+
+    await wait_for(lambda: client.close_code is not None, "the close")
+    assert client.close_code == 4008
+    assert client.close_reason == "rate limited: user rate limit exceeded"
+    assert client.frames == [
+        *({"type": "pong", "ref": i} for i in range(10)),
+        {
+            "type": "error",
+            "ref": None,
+            "code": "rate_limited",
+            "message": "user rate limit exceeded",
+            "retry_after": 0.5,
+        },
+    ]
+    # Read and dropped: a server that stopped reading would hold the close handshake up behind them.
+    await client.done()
+    assert client.unread == 0
+    assert hub.connection_count == 0
