@@ -1,5 +1,5 @@
 """A client that stops reading costs the server a bounded amount of memory, and learns why it was closed
-once it reads again (``courier dev``, real sockets)."""
+once it reads again (``courier dev`` and the ``make up`` stack, real sockets)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 import websockets
 
 from tests.support.client import Api
-from tests.support.server import RunningServer, run_server
+from tests.support.server import RunningServer, run_server, run_stack
+from tests.system.test_metrics_exported import metrics_urls
 
 SOCKET_BYTES = 1 << 20
 SLOW_ENV = {
@@ -32,10 +33,14 @@ SLOW_ENV = {
 EMOJI_TEXT = "\U0001f600" * 4000
 
 
-@pytest.fixture(scope="module")
-def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with run_server(Path(tmp_path_factory.mktemp("courier-slow")), SLOW_ENV) as running:
-        yield running
+@pytest.fixture(scope="module", params=["dev", "up"])
+def slow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    if request.param == "dev":
+        with run_server(Path(tmp_path_factory.mktemp("courier-slow")), SLOW_ENV) as running:
+            yield running
+    else:
+        with run_stack(SLOW_ENV) as running:
+            yield running
 
 
 @pytest.fixture
@@ -45,14 +50,15 @@ async def api(slow: RunningServer) -> AsyncIterator[Api]:
     await client.close()
 
 
-async def metric(base_url: str, name: str) -> float:
-    """One sample of the server's /metrics (0 when absent)."""
-    async with httpx.AsyncClient(base_url=base_url) as http:
-        text = (await http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+async def metric(server: RunningServer, name: str) -> float:
+    """One sample, summed over every process of the server (0 where absent)."""
+    value = 0.0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url in metrics_urls(server).values():
+            for line in (await http.get(url)).text.splitlines():
+                if line.startswith(name + " "):
+                    value += float(line.rsplit(" ", 1)[1])
+    return value
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], what: str, deadline_s: float = 60.0) -> None:
@@ -75,12 +81,12 @@ async def test_client_that_stops_reading_large_sync_pages_is_closed_with_1013_an
     cid = await api.direct(alice, bob)
     for _ in range(100):
         assert (await api.send(alice, cid, EMOJI_TEXT)).status_code == 201
-    slow_closes = await metric(slow.base_url, SLOW_CLOSES)
+    slow_closes = await metric(slow, SLOW_CLOSES)
     queued_seen: list[float] = []
 
     async def closed_for_being_slow() -> bool:
-        queued_seen.append(await metric(slow.base_url, QUEUED))
-        return await metric(slow.base_url, SLOW_CLOSES) > slow_closes
+        queued_seen.append(await metric(slow, QUEUED))
+        return await metric(slow, SLOW_CLOSES) > slow_closes
 
     # max_queue=1: the client library stops reading the socket once it holds one frame nobody took.
     ws = await websockets.connect(f"{slow.ws_url}?access_token={bob.access_token}", max_size=8 << 20, max_queue=1)
@@ -102,6 +108,6 @@ async def test_client_that_stops_reading_large_sync_pages_is_closed_with_1013_an
     assert 0 < answers < 100  # what was still queued when it overflowed was dropped
 
     async def nothing_held() -> bool:
-        return await metric(slow.base_url, QUEUED) == 0
+        return await metric(slow, QUEUED) == 0
 
     await eventually(nothing_held, "the server to give back every byte it held for the socket")
