@@ -22,9 +22,11 @@ from sqlalchemy import text
 
 from services.common import db, telemetry
 from services.common.errors import NotFound
+from services.common.hardening import harden
 from services.common.observe import observe
+from services.common.revocation import CLOCK_MARGIN_S, MemoryRevocations
 from services.common.settings import Settings
-from services.common.tokens import AccessTokens
+from services.common.tokens import AccessTokens, RevokedSessions
 from services.common.web import Authenticate, install_error_handlers
 from services.conversation.directory import ConversationDirectory
 from services.conversation.domain import Activity as ConversationActivity
@@ -35,6 +37,7 @@ from services.delivery import session as delivery_session
 from services.delivery.api import WebSocketSettings
 from services.delivery.api import build_router as build_ws_router
 from services.delivery.hub import Hub
+from services.delivery.revocation import close_revoked_forever
 from services.delivery.session import SessionDeps, keep_presence_alive
 from services.file.main import build_files, collect_garbage_forever
 from services.gateway.edge import EdgeMiddleware
@@ -118,12 +121,16 @@ class AllInOne:
         self.settings = settings
         self.engine = db.create_engine(settings.sqlalchemy_url)
         sessions = db.sessionmaker(self.engine)
-        self.tokens = AccessTokens(settings.jwt)
+        self.revoked = RevokedSessions()
+        self.tokens = AccessTokens(settings.jwt, revoked=self.revoked)
         auth = Authenticate(self.tokens)
         self.limiter = RateLimiter(settings.limits, MemoryBucketStore())
         self.hub = Hub(send_budget_bytes=settings.delivery.send_queue_total_bytes)
 
-        self.identity = build_identity(settings, sessions=sessions, tokens=self.tokens, auth=auth)
+        revocations = MemoryRevocations(self.revoked, ttl_s=settings.jwt.access_ttl_s + CLOCK_MARGIN_S)
+        self.identity = build_identity(
+            settings, sessions=sessions, tokens=self.tokens, auth=auth, revocations=revocations
+        )
         activity = ActivityForConversations()
         self.conversations = build_conversations(
             settings, sessions=sessions, auth=auth, users=self.identity.directory, activity=activity, pusher=self.hub
@@ -194,6 +201,7 @@ class AllInOne:
             "outbox-relay": self.relay.run(),
             "fanout": self.fanout.run(),
             "retransmit": self.hub.run_retransmits(self.settings.delivery.retransmit_tick_s),
+            "revoked-sockets": close_revoked_forever(self.hub, self.revoked),
             "presence-expiry": self.presence.tracker.run(),
             "file-garbage": collect_garbage_forever(self.files),
             "presence-keepalive": keep_presence_alive(
@@ -227,7 +235,7 @@ class AllInOne:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    settings.refuse_insecure_defaults()
+    settings = harden(settings)
     telemetry.configure("all")
     system = AllInOne(settings)
     telemetry.instrument_engine(system.engine)

@@ -47,6 +47,7 @@ def _dev(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from services.common.hardening import harden
     from services.common.logs import configure_logging
     from services.common.settings import Settings
     from services.common.shutdown import DrainingServer
@@ -57,9 +58,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.node_name:
         overrides["node_name"] = args.node_name
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    settings.refuse_insecure_defaults()
     log_config = configure_logging(args.service, args.log_level)
+    settings = harden(Settings(**overrides))  # type: ignore[arg-type]
     print(f"courier run {args.service}: http://{settings.host}:{settings.port}", flush=True)
     if args.service == "gateway":
         asyncio.run(serve_gateway(settings))

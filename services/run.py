@@ -31,9 +31,10 @@ from services.common import db, shutdown, telemetry
 from services.common.internal import InternalClient, RequireInternal
 from services.common.metrics import RING_HANDOFFS
 from services.common.observe import observe
+from services.common.revocation import CLOCK_MARGIN_S, MemoryRevocations, RedisRevocations
 from services.common.ring import Ring, RingSource
 from services.common.settings import Settings
-from services.common.tokens import AccessTokens
+from services.common.tokens import AccessTokens, RevokedSessions
 from services.common.web import Authenticate, install_error_handlers
 
 log = logging.getLogger("courier.run")
@@ -61,7 +62,8 @@ class Wiring:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.tokens = AccessTokens(settings.jwt)
+        self.revoked = RevokedSessions()
+        self.tokens = AccessTokens(settings.jwt, revoked=self.revoked)
         self.auth = Authenticate(self.tokens)
         self.guard = RequireInternal(settings.internal_token)
         self.ring = RingSource(
@@ -72,6 +74,7 @@ class Wiring:
         )
         self._clients: dict[str, InternalClient] = {}
         self._redis: Any = None
+        self._revocations: RedisRevocations | None = None
         self.closers: list[Callable[[], Awaitable[None]]] = []
 
     def client(self, service: str) -> InternalClient:
@@ -91,6 +94,17 @@ class Wiring:
             self._redis = connect(self.settings.redis.url)
             self.closers.append(self._redis.aclose)
         return self._redis
+
+    def shared_revocations(self) -> RedisRevocations | None:
+        """Revoked sessions shared through Redis, which every process follows; None without Redis (then
+        only the identity process itself refuses the tokens of a session it ended)."""
+        redis = self.redis()
+        if redis is None:
+            return None
+        if self._revocations is None:
+            ttl_s = self.settings.jwt.access_ttl_s + CLOCK_MARGIN_S
+            self._revocations = RedisRevocations(redis, self.revoked, ttl_s=ttl_s)
+        return self._revocations
 
     def engine(self) -> AsyncEngine:
         if not self.settings.database_url:
@@ -122,7 +136,12 @@ def build_identity(w: Wiring) -> Built:
     from services.identity.main import build_identity as build
 
     engine = w.engine()
-    identity = build(w.settings, sessions=db.sessionmaker(engine), tokens=w.tokens, auth=w.auth)
+    revocations = w.shared_revocations() or MemoryRevocations(
+        w.revoked, ttl_s=w.settings.jwt.access_ttl_s + CLOCK_MARGIN_S
+    )
+    identity = build(
+        w.settings, sessions=db.sessionmaker(engine), tokens=w.tokens, auth=w.auth, revocations=revocations
+    )
     return Built([identity.router, internal_router(identity.directory, w.guard)], engine=engine)
 
 
@@ -262,6 +281,7 @@ def build_delivery(w: Wiring) -> Built:
     from services.delivery.api import WebSocketSettings, build_router
     from services.delivery.hub import Hub
     from services.delivery.internal import internal_router
+    from services.delivery.revocation import close_revoked_forever
     from services.delivery.session import SessionDeps, keep_presence_alive
     from services.message.internal import MessagesClient
     from services.presence.internal import PresenceClient
@@ -313,6 +333,7 @@ def build_delivery(w: Wiring) -> Built:
         [build_router(deps, tokens=w.tokens, settings=ws_settings, limiter=limiter), internal_router(hub, w.guard)],
         loops={
             "retransmit": lambda: hub.run_retransmits(settings.delivery.retransmit_tick_s),
+            "revoked-sockets": lambda: close_revoked_forever(hub, w.revoked),
             "presence-keepalive": lambda: keep_presence_alive(
                 hub, presence, every_s=settings.presence_ttl_s / 3, routes=routes
             ),
@@ -404,6 +425,10 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     tasks: list[asyncio.Task[None]] = []
     if wiring.settings.ring.file:
         built.loops.setdefault("ring-watch", wiring.ring.run)  # every process that pushes follows the ring
+    revocations = wiring.shared_revocations()
+    if revocations is not None:  # every process verifies access tokens, so every process follows revocations
+        built.on_start.insert(0, revocations.start)
+        built.loops.setdefault("revoked-sessions", revocations.run)
     draining = asyncio.Event()
 
     async def drain() -> None:
@@ -541,13 +566,18 @@ async def serve_gateway(settings: Settings) -> None:
         await front.drain(settings.shutdown.drain_s)
 
     server = shutdown.DrainingServer(config, drain)
+    revocations = wiring.shared_revocations()
+    followers = [asyncio.create_task(wiring.ring.run(), name="ring-watch")]
+    if revocations is not None:
+        await revocations.start()
+        followers.append(asyncio.create_task(revocations.run(), name="revoked-sessions"))
     listener = await front.serve(settings.host, settings.port)
-    watcher = asyncio.create_task(wiring.ring.run(), name="ring-watch")
     log.info("gateway on %s:%d (http app on 127.0.0.1:%d)", settings.host, settings.port, inner_port)
     try:
         await server.serve(sockets=[inner])
     finally:
-        watcher.cancel()
+        for follower in followers:
+            follower.cancel()
         listener.close()
         for close in reversed(wiring.closers):
             await close()

@@ -13,7 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_SECRET = "courier-dev-insecure-secret-change-me"  # noqa: S105 - refused outside dev mode
+DEV_SECRET = "courier-dev-insecure-secret-change-me"  # noqa: S105 - refused outside dev mode, replaced in it
+MIN_SECRET_CHARS = 32
+"""Shortest secret accepted outside dev mode (e.g. ``openssl rand -hex 32`` makes 64 characters)."""
 
 
 class JwtSettings(BaseModel):
@@ -246,8 +248,26 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'courier.db'}"
 
     def refuse_insecure_defaults(self) -> None:
-        """Outside dev mode, built-in secrets would let anyone forge tokens: refuse to start."""
+        """Outside dev mode, a built-in or guessable secret would let anyone forge tokens: refuse to start,
+        naming each weak setting (never its value)."""
         if self.mode == "dev":
             return
-        if DEV_SECRET in (self.secret, self.internal_token) or DEV_SECRET in self.jwt.keys.values():
-            raise SystemExit("insecure defaults: set COURIER_SECRET, COURIER_INTERNAL_TOKEN and COURIER_JWT__KEYS")
+        named = {"COURIER_SECRET": self.secret, "COURIER_INTERNAL_TOKEN": self.internal_token}
+        named |= {f"COURIER_JWT__KEYS key {kid!r}": key for kid, key in self.jwt.keys.items()}
+        weak = [f"{name} {why}" for name, value in named.items() if (why := _weakness(value))]
+        if weak:
+            raise SystemExit(
+                f"insecure secrets: {'; '.join(weak)}. Set each to at least {MIN_SECRET_CHARS} random characters "
+                "(e.g. `openssl rand -hex 32`), or run in COURIER_MODE=dev"
+            )
+
+
+def _weakness(secret: str) -> str | None:
+    """Why ``secret`` would be guessable, or None. Random values of the required length always pass."""
+    if secret == DEV_SECRET:
+        return "is the built-in development secret"
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"is {len(secret)} characters long"
+    if len(set(secret)) < 8:
+        return "uses fewer than 8 different characters"
+    return None

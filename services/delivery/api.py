@@ -193,6 +193,7 @@ def build_router(
         conn = Connection(
             principal.user_id,
             principal.device_id,
+            session_id=principal.session_id,
             queue_size=settings.queue_size,
             window=AckWindow(timeout_s=settings.ack_timeout_s, max_redeliveries=settings.max_redeliveries),
             max_bytes=settings.queue_bytes,

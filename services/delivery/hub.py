@@ -52,8 +52,25 @@ SERVER_FRAME_TYPES = (
     "pong",
     "other",
 )
-CLOSE_REASONS = ("replaced", "slow_client", "idle", "reconnect", "shutdown", "rate_limited", "unauthorized", "error")
-_REASON_OF_CODE = {4009: "replaced", 1013: "slow_client", 1001: "idle", 1012: "shutdown", 4008: "rate_limited"}
+CLOSE_REASONS = (
+    "replaced",
+    "slow_client",
+    "idle",
+    "reconnect",
+    "shutdown",
+    "rate_limited",
+    "unauthorized",
+    "revoked",
+    "error",
+)
+_REASON_OF_CODE = {
+    4009: "replaced",
+    1013: "slow_client",
+    1001: "idle",
+    1012: "shutdown",
+    4008: "rate_limited",
+    4003: "revoked",
+}
 
 
 def close_reason(code: int) -> str:
@@ -152,11 +169,14 @@ class Connection:
         *,
         queue_size: int,
         window: AckWindow,
+        session_id: str = "",
         max_bytes: int | None = None,
         budget: SendBudget | None = None,
     ) -> None:
         self.user_id = user_id
         self.device_id = device_id
+        self.session_id = session_id
+        """The login session of the access token the socket was opened with (closed when it is revoked)."""
         self.window = window
         self._limit = queue_size
         self._max_bytes = max_bytes

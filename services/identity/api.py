@@ -16,7 +16,7 @@ from services.identity import app
 from services.identity.app import Clock
 from services.identity.domain import User, wire_user
 from services.identity.passwords import Passwords
-from services.identity.ports import SessionStore, UserStore
+from services.identity.ports import SessionRevocations, SessionStore, UserStore
 
 
 class RegisterBody(BaseModel):
@@ -72,6 +72,7 @@ def create_router(
     *,
     users: UserStore,
     sessions: SessionStore,
+    revocations: SessionRevocations,
     passwords: Passwords,
     tokens: AccessTokens,
     auth: Authenticate,
@@ -95,6 +96,7 @@ def create_router(
             cmd,
             users=users,
             sessions=sessions,
+            revocations=revocations,
             passwords=passwords,
             tokens=tokens,
             refresh_ttl=refresh_ttl,
@@ -105,12 +107,14 @@ def create_router(
     @router.post("/v1/auth/refresh")
     async def refresh(body: RefreshBody) -> TokensOut:
         cmd = app.Refresh(refresh_token=body.refresh_token)
-        pair = await app.refresh(cmd, sessions=sessions, tokens=tokens, refresh_ttl=refresh_ttl, clock=clock)
+        pair = await app.refresh(
+            cmd, sessions=sessions, revocations=revocations, tokens=tokens, refresh_ttl=refresh_ttl, clock=clock
+        )
         return TokensOut.of(pair)
 
     @router.post("/v1/auth/logout", status_code=204)
     async def logout(principal: Caller) -> Response:
-        await app.logout(principal, sessions=sessions)
+        await app.logout(principal, sessions=sessions, revocations=revocations)
         return Response(status_code=204)
 
     @router.get("/v1/users/me")

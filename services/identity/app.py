@@ -3,6 +3,10 @@
 Refresh tokens rotate on every use. A refresh token presented after it was rotated out means two
 parties hold the chain (a thief, or a client that lost the newer token), so the device's whole
 session is revoked and both must log in again.
+
+A session ends by logout, by a new login of its device, or by that revocation; in each case it is
+revoked (``SessionRevocations``) before it is forgotten, so its access tokens stop working everywhere
+within seconds instead of living until they expire.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from services.identity.domain import (
     wire_user,
 )
 from services.identity.passwords import Passwords
-from services.identity.ports import SessionStore, UserStore
+from services.identity.ports import SessionRevocations, SessionStore, UserStore
 
 Clock = Callable[[], datetime]
 
@@ -99,6 +103,7 @@ async def login(
     *,
     users: UserStore,
     sessions: SessionStore,
+    revocations: SessionRevocations,
     passwords: Passwords,
     tokens: AccessTokens,
     refresh_ttl: timedelta,
@@ -133,7 +138,10 @@ async def login(
         refresh_expires_at=now + refresh_ttl,
         created_at=now,
     )
-    await sessions.put(session)
+    replaced = await sessions.put(session)
+    if replaced is not None:
+        # The device logged in again: whoever still holds its previous tokens loses them too.
+        await revocations.revoke(replaced)
     return _token_pair(session, refresh_token, tokens)
 
 
@@ -141,6 +149,7 @@ async def refresh(
     cmd: Refresh,
     *,
     sessions: SessionStore,
+    revocations: SessionRevocations,
     tokens: AccessTokens,
     refresh_ttl: timedelta,
     clock: Clock = utcnow,
@@ -152,13 +161,13 @@ async def refresh(
     if session is None:
         reused_in = await sessions.rotated_from(old_hash)
         if reused_in is not None:
-            await sessions.delete(reused_in)
+            await _end_session(reused_in, sessions=sessions, revocations=revocations)
             raise Unauthorized(REUSED_REFRESH)
         raise Unauthorized(BAD_REFRESH)
 
     now = clock()
     if session.expired(now):
-        await sessions.delete(session.session_id)
+        await _end_session(session.session_id, sessions=sessions, revocations=revocations)
         raise Unauthorized("refresh token expired; log in again")
     new_token = _new_refresh_token()
     rotated = await sessions.rotate(
@@ -170,12 +179,14 @@ async def refresh(
     )
     if not rotated:
         # A concurrent refresh with the same token won the swap: the token was used twice.
-        await sessions.delete(session.session_id)
+        await _end_session(session.session_id, sessions=sessions, revocations=revocations)
         raise Unauthorized(REUSED_REFRESH)
     return _token_pair(session, new_token, tokens)
 
 
-async def logout(principal: Principal, *, sessions: SessionStore) -> None:
+async def logout(principal: Principal, *, sessions: SessionStore, revocations: SessionRevocations) -> None:
+    # Revoked first: if that fails the client is told so, and a retry with the same token still works.
+    await revocations.revoke(principal.session_id)
     await sessions.delete_device(principal.user_id, principal.device_id)
 
 
@@ -212,6 +223,11 @@ class UserDirectory:
         if not wanted:
             return {}
         return {user.user_id: wire_user(user) for user in await self._users.get_many(wanted)}
+
+
+async def _end_session(session_id: str, *, sessions: SessionStore, revocations: SessionRevocations) -> None:
+    await revocations.revoke(session_id)
+    await sessions.delete(session_id)
 
 
 async def _find_by_username(raw: str, users: UserStore) -> User | None:

@@ -17,7 +17,7 @@ from services.identity.adapters.sql import SqlSessionStore, SqlUserStore
 from services.identity.api import create_router
 from services.identity.app import UserDirectory
 from services.identity.passwords import Passwords, password_hasher
-from services.identity.ports import SessionStore, UserStore
+from services.identity.ports import SessionRevocations, SessionStore, UserStore
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,11 @@ def build_identity(
     sessions: async_sessionmaker[AsyncSession] | None,
     tokens: AccessTokens,
     auth: Authenticate,
+    revocations: SessionRevocations,
     hasher: PasswordHasher | None = None,
 ) -> Identity:
-    """``sessions`` None keeps users and sessions in memory (lost on exit)."""
+    """``sessions`` None keeps users and sessions in memory (lost on exit). ``revocations`` is where ended
+    sessions go so that ``tokens`` (here, and in every other process) refuse their access tokens."""
     users: UserStore
     device_sessions: SessionStore
     if sessions is None:
@@ -44,6 +46,7 @@ def build_identity(
     router = create_router(
         users=users,
         sessions=device_sessions,
+        revocations=revocations,
         passwords=Passwords(hasher or password_hasher(settings.passwords)),
         tokens=tokens,
         auth=auth,

@@ -1,4 +1,4 @@
-"""What the identity use cases need from storage: a user store and a device-session store."""
+"""What the identity use cases need: a user store, a device-session store, and where revoked sessions go."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class UserStore(Protocol):
 
 
 class SessionStore(Protocol):
-    async def put(self, session: Session) -> None:
-        """Store ``session``, replacing (and revoking) the previous session of the same device."""
+    async def put(self, session: Session) -> str | None:
+        """Store ``session``, replacing the previous session of the same device; returns that one's id."""
         ...
 
     async def by_refresh_hash(self, refresh_hash: str) -> Session | None:
@@ -62,4 +62,13 @@ class SessionStore(Protocol):
 
     async def delete_expired(self, user_id: str, *, now: datetime) -> None:
         """Forget the user's sessions whose refresh token expired (devices that never came back)."""
+        ...
+
+
+class SessionRevocations(Protocol):
+    """Where an ended session is announced, so that its access tokens stop working before they expire
+    (``services.common.revocation``: in this process, or for every process through Redis)."""
+
+    async def revoke(self, session_id: str) -> None:
+        """Refuse the session's access tokens from now until they would have expired."""
         ...

@@ -62,13 +62,14 @@ class MemorySessionStore:
         # session id -> {rotated hash: when that token would have expired}
         self._rotated_by_session: dict[str, dict[str, datetime]] = {}
 
-    async def put(self, session: Session) -> None:
+    async def put(self, session: Session) -> str | None:
         previous = self._devices.get(session.user_id, {}).get(session.device_id)
         if previous is not None:
             self._drop(previous)
         self._sessions[session.session_id] = session
         self._devices.setdefault(session.user_id, {})[session.device_id] = session.session_id
         self._by_refresh_hash[session.refresh_hash] = session.session_id
+        return previous
 
     async def by_refresh_hash(self, refresh_hash: str) -> Session | None:
         session_id = self._by_refresh_hash.get(refresh_hash)

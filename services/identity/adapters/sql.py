@@ -154,7 +154,7 @@ class SqlSessionStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def put(self, session: Session) -> None:
+    async def put(self, session: Session) -> str | None:
         device = (sessions_table.c.user_id == session.user_id) & (sessions_table.c.device_id == session.device_id)
         # Two logins on one device at once would both find no previous session to replace: PostgreSQL
         # then rejects the second insert on the unique (user_id, device_id) key, MySQL deadlocks. Locking
@@ -165,6 +165,9 @@ class SqlSessionStore:
             try:
                 async with _transaction(self._sessions) as db:
                     await db.execute(lock_user)
+                    replaced: str | None = (
+                        await db.execute(select(sessions_table.c.session_id).where(device))
+                    ).scalar()
                     await self._delete_where(db, device)
                     await db.execute(
                         insert(sessions_table).values(
@@ -177,13 +180,14 @@ class SqlSessionStore:
                             created_at=session.created_at,
                         )
                     )
-                return
+                return replaced
             except IntegrityError as exc:
                 if attempt == 2:
                     raise Conflict("another login on this device is in progress; try again") from exc
             except Unavailable as exc:
                 if attempt == 2 or not is_deadlock(exc):
                     raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def by_refresh_hash(self, refresh_hash: str) -> Session | None:
         async with _transaction(self._sessions) as db:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from identity_support import cheap_hasher
 
 from services.common.db import create_all, create_engine, sessionmaker
+from services.common.revocation import MemoryRevocations
 from services.common.settings import JwtSettings, Settings
 from services.common.tokens import AccessTokens
 from services.common.web import Authenticate, install_error_handlers
@@ -25,13 +26,23 @@ async def identity(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     settings = Settings(mode="dev", jwt=JwtSettings(keys={"k": "api-test-secret-0123456789abcdef"}, active_kid="k"))
     tokens = AccessTokens(settings.jwt)
     auth = Authenticate(tokens)
+    revocations = MemoryRevocations(tokens.revoked, ttl_s=tokens.ttl_s)
     if request.param == "memory":
-        yield build_identity(settings, sessions=None, tokens=tokens, auth=auth, hasher=cheap_hasher())
+        yield build_identity(
+            settings, sessions=None, tokens=tokens, auth=auth, revocations=revocations, hasher=cheap_hasher()
+        )
         return
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'api.db'}")
     await create_all(engine)
     try:
-        yield build_identity(settings, sessions=sessionmaker(engine), tokens=tokens, auth=auth, hasher=cheap_hasher())
+        yield build_identity(
+            settings,
+            sessions=sessionmaker(engine),
+            tokens=tokens,
+            auth=auth,
+            revocations=revocations,
+            hasher=cheap_hasher(),
+        )
     finally:
         await engine.dispose()
 
@@ -148,6 +159,19 @@ async def test_logout_answers_204_and_revokes_the_refresh_token(client: httpx.As
     assert response.content == b""
     after = await client.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert after.status_code == 401
+
+
+async def test_after_logout_the_access_token_answers_401_unauthorized(client: httpx.AsyncClient) -> None:
+    user = await signup(client, unique_name())
+    tokens = await login(client, user["username"])
+    assert (await client.get("/v1/users/me", headers=bearer(tokens))).status_code == 200
+    assert (await client.post("/v1/auth/logout", headers=bearer(tokens))).status_code == 204
+
+    after = await client.get("/v1/users/me", headers=bearer(tokens))
+
+    assert after.status_code == 401
+    assert after.headers["www-authenticate"] == "Bearer"
+    assert after.json() == {"error": {"code": "unauthorized", "message": "access token revoked; log in again"}}
 
 
 @pytest.mark.parametrize(

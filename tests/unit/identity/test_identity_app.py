@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from identity_support import FakeClock, Stores, cheap_hasher
 
 from services.common.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from services.common.revocation import MemoryRevocations
 from services.common.tokens import AccessTokens, Principal
 from services.identity import app
 from services.identity.domain import User, refresh_token_hash
@@ -28,6 +29,7 @@ class Identity:
 
     def __init__(self, stores: Stores, passwords: Passwords, tokens: AccessTokens, clock: FakeClock) -> None:
         self.stores, self.passwords, self.tokens, self.clock = stores, passwords, tokens, clock
+        self.revocations = MemoryRevocations(tokens.revoked, ttl_s=tokens.ttl_s)
 
     async def register(self, username: str, password: str = "correct horse", **kw: Any) -> User:
         cmd = app.Register(username=username, password=password, **kw)
@@ -38,6 +40,7 @@ class Identity:
             app.Login(username=username, password=password, **kw),
             users=self.stores.users,
             sessions=self.stores.sessions,
+            revocations=self.revocations,
             passwords=self.passwords,
             tokens=self.tokens,
             refresh_ttl=REFRESH_TTL,
@@ -48,13 +51,15 @@ class Identity:
         return await app.refresh(
             app.Refresh(refresh_token=refresh_token),
             sessions=self.stores.sessions,
+            revocations=self.revocations,
             tokens=self.tokens,
             refresh_ttl=REFRESH_TTL,
             clock=self.clock,
         )
 
     async def logout(self, pair: app.TokenPair) -> None:
-        await app.logout(Principal(pair.user_id, pair.device_id), sessions=self.stores.sessions)
+        principal = self.tokens.verify(pair.access_token)
+        await app.logout(principal, sessions=self.stores.sessions, revocations=self.revocations)
 
 
 @pytest.fixture
@@ -98,7 +103,8 @@ async def test_login_returns_tokens_for_the_user_and_a_generated_device(identity
     assert pair.user_id == user.user_id
     assert pair.device_id
     assert pair.expires_in == identity.tokens.ttl_s
-    assert identity.tokens.verify(pair.access_token) == Principal(user.user_id, pair.device_id)
+    principal = identity.tokens.verify(pair.access_token)
+    assert (principal.user_id, principal.device_id) == (user.user_id, pair.device_id)
     assert pair.refresh_token != pair.access_token
 
 
@@ -164,7 +170,8 @@ async def test_refresh_returns_a_new_pair_and_the_old_refresh_token_stops_workin
     second = await identity.refresh(first.refresh_token)
     assert second.refresh_token != first.refresh_token
     assert (second.user_id, second.device_id) == (user.user_id, "d1")
-    assert identity.tokens.verify(second.access_token) == Principal(user.user_id, "d1")
+    principal = identity.tokens.verify(second.access_token)
+    assert (principal.user_id, principal.device_id) == (user.user_id, "d1")
     third = await identity.refresh(second.refresh_token)
     assert third.refresh_token not in (first.refresh_token, second.refresh_token)
 
@@ -232,7 +239,43 @@ async def test_logout_revokes_only_that_devices_refresh_token(identity: Identity
     with pytest.raises(Unauthorized):
         await identity.refresh(phone.refresh_token)
     await identity.refresh(laptop.refresh_token)
-    await identity.logout(phone)  # logging out twice is harmless
+    await app.logout(
+        Principal(user.user_id, "phone"), sessions=identity.stores.sessions, revocations=identity.revocations
+    )
+
+
+async def test_logout_refuses_the_devices_access_token_at_once_and_only_that_one(identity: Identity) -> None:
+    user = await identity.register(unique_name())
+    phone = await identity.login(user.username, device_id="phone")
+    laptop = await identity.login(user.username, device_id="laptop")
+    await identity.logout(phone)
+    with pytest.raises(Unauthorized, match="revoked"):
+        identity.tokens.verify(phone.access_token)
+    assert identity.tokens.verify(laptop.access_token).device_id == "laptop"
+
+
+async def test_a_new_login_of_the_device_refuses_its_previous_access_token(identity: Identity) -> None:
+    user = await identity.register(unique_name())
+    old = await identity.login(user.username, device_id="tablet")
+    refreshed = await identity.refresh(old.refresh_token)  # same session, newer token: revoked with it
+    new = await identity.login(user.username, device_id="tablet")
+    for stale in (old, refreshed):
+        with pytest.raises(Unauthorized, match="revoked"):
+            identity.tokens.verify(stale.access_token)
+    assert identity.tokens.verify(new.access_token).device_id == "tablet"
+
+
+async def test_refresh_token_reuse_refuses_the_access_tokens_of_the_whole_session(identity: Identity) -> None:
+    user = await identity.register(unique_name())
+    first = await identity.login(user.username, device_id="phone")
+    second = await identity.refresh(first.refresh_token)
+    other = await identity.login(user.username, device_id="laptop")
+    with pytest.raises(Unauthorized, match="already used"):
+        await identity.refresh(first.refresh_token)
+    for stale in (first, second):
+        with pytest.raises(Unauthorized, match="revoked"):
+            identity.tokens.verify(stale.access_token)
+    assert identity.tokens.verify(other.access_token).device_id == "laptop"
 
 
 async def test_get_user_of_unknown_id_is_not_found(identity: Identity) -> None:

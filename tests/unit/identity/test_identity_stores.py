@@ -109,10 +109,10 @@ async def test_putting_a_session_replaces_the_same_devices_session_only(stores: 
     await stores.users.add(user)
     old = make_session(user, "phone")
     other = make_session(user, "laptop")
-    await stores.sessions.put(old)
-    await stores.sessions.put(other)
+    assert await stores.sessions.put(old) is None
+    assert await stores.sessions.put(other) is None
     new = make_session(user, "phone")
-    await stores.sessions.put(new)
+    assert await stores.sessions.put(new) == old.session_id  # so that its access tokens can be revoked
     assert await stores.sessions.by_refresh_hash(old.refresh_hash) is None
     assert await stores.sessions.by_refresh_hash(new.refresh_hash) == new
     assert await stores.sessions.by_refresh_hash(other.refresh_hash) == other
