@@ -2,7 +2,7 @@
 and the auth dependency.
 
 Every error a client can see leaves through ``install_error_handlers``; nothing answers with a
-stack trace. Every router reads JSON bodies through ``JsonTextRoute``.
+stack trace. Every router reads what clients send through ``TextRoute``.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the ``request: Request`` annotation of
@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.errors import CourierError, InvalidRequest, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
+from services.common.wire import holds_nul
 
 log = logging.getLogger("courier.web")
 
@@ -89,37 +90,47 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def read_json(body: bytes) -> Any:
-    """A request body as JSON in which every string is Unicode text.
+    """A request body as JSON in which every string is text every store can hold.
 
     Python's ``json``, which FastAPI reads bodies with, lets through a lone surrogate (``"\\ud800"``),
     surrogates encoded as bytes and NaN, which no UTF-8 column, encoder or other client can hold. orjson
     refuses them: what it refuses is answered 400 here, before any field sees it, unless ``json`` finds
     the body malformed too, which keeps the answer malformed JSON always had (422, like a schema error).
+    NUL, which PostgreSQL cannot hold, is 400 too; JSON can only write it escaped, so bodies without the
+    escape are not searched.
     """
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         refused = exc
+    else:
+        if b"\\u0000" in body and holds_nul(data):
+            raise InvalidRequest("the request body must not contain NUL (\\u0000) in any string")
+        return data
     with contextlib.suppress(UnicodeDecodeError):  # not UTF-8 at all: refused below, like a surrogate
         json.loads(body)  # malformed JSON raises its JSONDecodeError here
     raise InvalidRequest(f"the request body is not JSON in UTF-8 text: {refused}")
 
 
-class _JsonTextRequest(Request):
+class _TextRequest(Request):
     async def json(self) -> Any:
         return read_json(await self.body())
 
 
-class JsonTextRoute(APIRoute):
-    """The route class of every router: its JSON body is read by ``read_json``."""
+class TextRoute(APIRoute):
+    """The route class of every router: what a client sends in the path, the query and a JSON body is
+    text every store can hold (``read_json``), or the request is refused with 400 before any field is
+    read. Path and query are decoded with replacement characters, so only NUL (``%00``) can get through."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
 
-        async def handle_json_text(request: Request) -> Response:
-            return await handle(_JsonTextRequest(request.scope, request.receive))
+        async def handle_text(request: Request) -> Response:
+            if "\x00" in request.scope["path"] or b"%00" in request.scope.get("query_string", b""):
+                raise InvalidRequest("the path and the query must not contain NUL (%00)")
+            return await handle(_TextRequest(request.scope, request.receive))
 
-        return handle_json_text
+        return handle_text
 
 
 class Authenticate:

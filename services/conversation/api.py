@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from services.common.clock import rfc3339
 from services.common.push import Pusher
 from services.common.tokens import Principal
-from services.common.web import Authenticate, JsonTextRoute
+from services.common.web import Authenticate, TextRoute
 from services.conversation import app
 from services.conversation.domain import MAX_ID_LENGTH, Activity, Conversation, Role
 from services.conversation.ports import ActivityReader, ConversationStore, UserDirectory
@@ -89,7 +89,7 @@ class Dependencies:
 
 
 def build_router(deps: Dependencies, *, auth: Authenticate) -> APIRouter:
-    router = APIRouter(tags=["conversations"], route_class=JsonTextRoute)
+    router = APIRouter(tags=["conversations"], route_class=TextRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
     async def answer(user_id: str, conversation: Conversation) -> dict[str, Any]:

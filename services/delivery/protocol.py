@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.common.push import ack_seq
-from services.common.wire import MAX_INT, JsonSeq
+from services.common.wire import MAX_INT, JsonSeq, holds_nul
 
 # An integer id is strict (``true`` is not 1) and fits 64 bits, like every integer a client sends: the
 # answer echoes it.
@@ -120,6 +120,9 @@ def parse_frame(data: str | bytes) -> ClientFrame:
         raise FrameError(
             ref, f"unknown frame type {raw.get('type')!r}; expected one of {', '.join(CLIENT_FRAME_TYPES)}"
         )
+    # JSON can only write NUL escaped: frames without the escape are not searched.
+    if ("\\u0000" in data if isinstance(data, str) else b"\\u0000" in data) and holds_nul(raw):
+        raise FrameError(ref, "frame must not contain NUL (\\u0000) in any string")
     try:
         return _client_frame.validate_python(raw)
     except ValidationError as exc:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, StrictInt, StrictStr
 from services.common.clock import rfc3339
 from services.common.settings import FileSettings
 from services.common.tokens import Principal
-from services.common.web import Authenticate, JsonTextRoute
+from services.common.web import Authenticate, TextRoute
 from services.file.app import (
     Deduplicated,
     FileRef,
@@ -47,9 +47,7 @@ def files_router(
     auth: Authenticate,
     now: Callable[[], datetime],
 ) -> APIRouter:
-    router = APIRouter(
-        prefix="/v1/files", tags=["files"], default_response_class=ORJSONResponse, route_class=JsonTextRoute
-    )
+    router = APIRouter(prefix="/v1/files", tags=["files"], default_response_class=ORJSONResponse, route_class=TextRoute)
 
     @router.post("/uploads", status_code=201)
     async def create_upload(body: CreateUploadBody, principal: Annotated[Principal, Depends(auth)]) -> ORJSONResponse:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from services.common.clock import utcnow
 from services.common.tokens import AccessTokens, Principal
-from services.common.web import Authenticate, JsonTextRoute
+from services.common.web import Authenticate, TextRoute
 from services.identity import app
 from services.identity.app import Clock
 from services.identity.domain import User, wire_user
@@ -79,7 +79,7 @@ def create_router(
     refresh_ttl: timedelta,
     clock: Clock = utcnow,
 ) -> APIRouter:
-    router = APIRouter(tags=["identity"], route_class=JsonTextRoute)
+    router = APIRouter(tags=["identity"], route_class=TextRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
     @router.post("/v1/auth/register", status_code=201)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from services.common.tokens import Principal
-from services.common.web import Authenticate, JsonTextRoute
+from services.common.web import Authenticate, TextRoute
 from services.common.wire import MAX_INT, JsonSeq
 from services.message import app
 from services.message.service import MessageService
@@ -30,7 +30,7 @@ class EditBody(BaseModel):
 
 
 def build_router(service: MessageService, auth: Authenticate) -> APIRouter:
-    router = APIRouter(prefix="/v1/conversations", tags=["messages"], route_class=JsonTextRoute)
+    router = APIRouter(prefix="/v1/conversations", tags=["messages"], route_class=TextRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
     @router.post("/{conversation_id}/messages", status_code=201)

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Depends, Query
 
 from services.common.errors import InvalidRequest
 from services.common.tokens import Principal
-from services.common.web import Authenticate, JsonTextRoute
+from services.common.web import Authenticate, TextRoute
 from services.presence import domain
 from services.presence.app import PresenceTracker
 
 
 def build_router(tracker: PresenceTracker, *, auth: Authenticate) -> APIRouter:
-    router = APIRouter(tags=["presence"], route_class=JsonTextRoute)
+    router = APIRouter(tags=["presence"], route_class=TextRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
     @router.get("/v1/presence")

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from services.common.settings import RtcSettings
 from services.common.tokens import Principal
-from services.common.web import Authenticate, JsonTextRoute
+from services.common.web import Authenticate, TextRoute
 from services.rtc.domain import ice_servers
 
 
@@ -28,7 +28,7 @@ class IceServersOut(BaseModel):
 
 
 def create_router(rtc: RtcSettings, *, auth: Authenticate, clock: Callable[[], float] = time.time) -> APIRouter:
-    router = APIRouter(tags=["rtc"], route_class=JsonTextRoute)
+    router = APIRouter(tags=["rtc"], route_class=TextRoute)
     Caller = Annotated[Principal, Depends(auth)]
 
     @router.get("/v1/rtc/ice-servers", response_model_exclude_none=True)

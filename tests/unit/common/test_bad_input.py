@@ -56,15 +56,25 @@ class Dev:
         return messages
 
 
-@pytest.fixture
-async def dev(tmp_path: Path) -> AsyncIterator[Dev]:
-    settings = Settings(
+def dev_settings_for(data_dir: Path, *, database_url: str = "") -> Settings:
+    return Settings(
         mode="dev",
-        data_dir=tmp_path,
+        data_dir=data_dir,
+        database_url=database_url,
         jwt=JwtSettings(keys={"k": "bad-input-test-secret-0123456789abcdef"}, active_kid="k"),
         passwords=PasswordSettings(time_cost=1, memory_kib=8, parallelism=1),
     )
-    app = create_app(settings)
+
+
+@pytest.fixture
+def dev_settings(tmp_path: Path) -> Settings:
+    """``courier dev`` on SQLite; tests/integration/test_sql_bad_input.py runs the same on real databases."""
+    return dev_settings_for(tmp_path)
+
+
+@pytest.fixture
+async def dev(dev_settings: Settings) -> AsyncIterator[Dev]:
+    app = create_app(dev_settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://courier") as http:
@@ -99,110 +109,158 @@ async def assert_still_served(dev: Dev) -> None:
     assert [m["client_msg_id"] for m in await dev.stored()] == ["m1"]
 
 
-Request = Callable[[Dev], tuple[str, str, dict[str, Any]]]
+Request = Callable[[Dev, str], tuple[str, str, dict[str, Any]]]
 
 
 def messages(dev: Dev) -> str:
     return f"/v1/conversations/{dev.conversation_id}/messages"
 
 
-# Every text field a client can send over HTTP, each given a lone surrogate.
+# Every text field a client can send over HTTP, each to be given ``bad``.
 TEXT_FIELDS: dict[str, Request] = {
-    "register username": lambda d: ("POST", "/v1/auth/register", {"username": "c" + LONE, "password": PASSWORD}),
-    "register password": lambda d: ("POST", "/v1/auth/register", {"username": "carol", "password": PASSWORD + LONE}),
-    "register display_name": lambda d: (
+    "register username": lambda d, bad: ("POST", "/v1/auth/register", {"username": "c" + bad, "password": PASSWORD}),
+    "register password": lambda d, bad: (
         "POST",
         "/v1/auth/register",
-        {"username": "carol", "password": PASSWORD, "display_name": "Carol " + LONE},
+        {"username": "carol", "password": PASSWORD + bad},
     ),
-    "login username": lambda d: ("POST", "/v1/auth/login", {"username": "alice" + LONE, "password": PASSWORD}),
-    "login password": lambda d: ("POST", "/v1/auth/login", {"username": "alice", "password": PASSWORD + LONE}),
-    "login device_id": lambda d: (
+    "register display_name": lambda d, bad: (
+        "POST",
+        "/v1/auth/register",
+        {"username": "carol", "password": PASSWORD, "display_name": "Carol " + bad},
+    ),
+    "login username": lambda d, bad: ("POST", "/v1/auth/login", {"username": "alice" + bad, "password": PASSWORD}),
+    "login password": lambda d, bad: ("POST", "/v1/auth/login", {"username": "alice", "password": PASSWORD + bad}),
+    "login device_id": lambda d, bad: (
         "POST",
         "/v1/auth/login",
-        {"username": "alice", "password": PASSWORD, "device_id": "pad" + LONE},
+        {"username": "alice", "password": PASSWORD, "device_id": "pad" + bad},
     ),
-    "login device_name": lambda d: (
+    "login device_name": lambda d, bad: (
         "POST",
         "/v1/auth/login",
-        {"username": "alice", "password": PASSWORD, "device_name": "Pad " + LONE},
+        {"username": "alice", "password": PASSWORD, "device_name": "Pad " + bad},
     ),
-    "refresh refresh_token": lambda d: ("POST", "/v1/auth/refresh", {"refresh_token": "t" + LONE}),
-    "direct peer_id": lambda d: ("POST", "/v1/conversations", {"type": "direct", "peer_id": d.bob_id + LONE}),
-    "group title": lambda d: ("POST", "/v1/conversations", {"type": "group", "title": "Team " + LONE}),
-    "group member_ids": lambda d: (
+    "refresh refresh_token": lambda d, bad: ("POST", "/v1/auth/refresh", {"refresh_token": "t" + bad}),
+    "direct peer_id": lambda d, bad: ("POST", "/v1/conversations", {"type": "direct", "peer_id": d.bob_id + bad}),
+    "group title": lambda d, bad: ("POST", "/v1/conversations", {"type": "group", "title": "Team " + bad}),
+    "group member_ids": lambda d, bad: (
         "POST",
         "/v1/conversations",
-        {"type": "group", "title": "Team", "member_ids": [d.bob_id + LONE]},
+        {"type": "group", "title": "Team", "member_ids": [d.bob_id + bad]},
     ),
-    "add user_ids": lambda d: (
+    "add user_ids": lambda d, bad: (
         "POST",
         f"/v1/conversations/{d.conversation_id}/members",
-        {"user_ids": [d.bob_id + LONE]},
+        {"user_ids": [d.bob_id + bad]},
     ),
-    "role": lambda d: ("PATCH", f"/v1/conversations/{d.conversation_id}/members/{d.bob_id}", {"role": "admin" + LONE}),
-    "send client_msg_id": lambda d: (
+    "role": lambda d, bad: (
+        "PATCH",
+        f"/v1/conversations/{d.conversation_id}/members/{d.bob_id}",
+        {"role": "admin" + bad},
+    ),
+    "send client_msg_id": lambda d, bad: (
         "POST",
         messages(d),
-        {"client_msg_id": "m" + LONE, "content": {"type": "text", "text": "hi"}},
+        {"client_msg_id": "m" + bad, "content": {"type": "text", "text": "hi"}},
     ),
-    "send text": lambda d: ("POST", messages(d), {"client_msg_id": "m2", "content": {"type": "text", "text": LONE}}),
-    "send caption": lambda d: (
+    "send text": lambda d, bad: (
         "POST",
         messages(d),
-        {"client_msg_id": "m2", "content": {"type": "file", "file_id": "f1", "caption": "look " + LONE}},
+        {"client_msg_id": "m2", "content": {"type": "text", "text": bad}},
     ),
-    "send file_id": lambda d: (
+    "send caption": lambda d, bad: (
         "POST",
         messages(d),
-        {"client_msg_id": "m2", "content": {"type": "file", "file_id": "f1" + LONE}},
+        {"client_msg_id": "m2", "content": {"type": "file", "file_id": "f1", "caption": "look " + bad}},
     ),
-    "send call_id": lambda d: (
+    "send file_id": lambda d, bad: (
         "POST",
         messages(d),
-        {"client_msg_id": "m2", "content": {"type": "call", "call_id": "k" + LONE, "state": "ended"}},
+        {"client_msg_id": "m2", "content": {"type": "file", "file_id": "f1" + bad}},
     ),
-    "send content type": lambda d: ("POST", messages(d), {"client_msg_id": "m2", "content": {"type": LONE}}),
-    "edit text": lambda d: ("POST", messages(d) + "/1/edit", {"content": {"type": "text", "text": "hi " + LONE}}),
-    "upload name": lambda d: (
+    "send call_id": lambda d, bad: (
+        "POST",
+        messages(d),
+        {"client_msg_id": "m2", "content": {"type": "call", "call_id": "k" + bad, "state": "ended"}},
+    ),
+    "send content type": lambda d, bad: ("POST", messages(d), {"client_msg_id": "m2", "content": {"type": bad}}),
+    "edit text": lambda d, bad: ("POST", messages(d) + "/1/edit", {"content": {"type": "text", "text": "hi " + bad}}),
+    "upload name": lambda d, bad: (
         "POST",
         "/v1/files/uploads",
-        {"name": "a" + LONE + ".txt", "size": 3, "content_type": "text/plain", "sha256": SHA256},
+        {"name": "a" + bad + ".txt", "size": 3, "content_type": "text/plain", "sha256": SHA256},
     ),
-    "upload content_type": lambda d: (
+    "upload content_type": lambda d, bad: (
         "POST",
         "/v1/files/uploads",
-        {"name": "a.txt", "size": 3, "content_type": "text/plain; x=" + LONE, "sha256": SHA256},
+        {"name": "a.txt", "size": 3, "content_type": "text/plain; x=" + bad, "sha256": SHA256},
     ),
-    "upload sha256": lambda d: (
+    "upload sha256": lambda d, bad: (
         "POST",
         "/v1/files/uploads",
-        {"name": "a.txt", "size": 3, "content_type": "text/plain", "sha256": SHA256[:-1] + LONE},
+        {"name": "a.txt", "size": 3, "content_type": "text/plain", "sha256": SHA256[:-1] + bad},
     ),
 }
 
 
+# What no store can hold, and what the answer says of it.
+UNSTORABLE = {"lone surrogate": (LONE, "surrogate"), "NUL": ("\x00", "NUL")}
+
+
+@pytest.mark.parametrize("bad", list(UNSTORABLE))
 @pytest.mark.parametrize("field", list(TEXT_FIELDS))
-async def test_a_lone_surrogate_in_any_text_field_answers_400_and_reaches_no_store(dev: Dev, field: str) -> None:
-    method, path, body = TEXT_FIELDS[field](dev)
+async def test_a_lone_surrogate_or_nul_in_any_text_field_answers_400_and_reaches_no_store(
+    dev: Dev, field: str, bad: str
+) -> None:
+    char, named = UNSTORABLE[bad]
+    method, path, body = TEXT_FIELDS[field](dev, char)
 
     answer = await dev.post(path, body, method=method)
 
     assert_invalid_request(answer, 400)
-    assert "surrogate" in answer.json()["error"]["message"]
+    assert named in answer.json()["error"]["message"]
     await assert_still_served(dev)
 
 
-async def test_every_route_that_reads_a_json_body_refuses_a_lone_surrogate(dev: Dev) -> None:
+def client_routes(dev: Dev) -> list[APIRoute]:
+    """Every route of the API. The presigned blob URLs are left out: their signature covers the path and
+    the query, so nothing a client changes in them reaches a handler."""
+    return [
+        r
+        for r in dev.app.routes
+        if isinstance(r, APIRoute) and r.path.startswith("/v1/") and not r.path.startswith("/v1/files/blobs/")
+    ]
+
+
+@pytest.mark.parametrize("bad", list(UNSTORABLE))
+async def test_every_route_that_reads_a_json_body_refuses_a_lone_surrogate_or_nul(dev: Dev, bad: str) -> None:
     """Whatever its fields: the body is refused as it is read, so a new route or field cannot forget it."""
-    routes = [r for r in dev.app.routes if isinstance(r, APIRoute) and r.body_field is not None]
+    routes = [r for r in client_routes(dev) if r.body_field is not None]
     assert len(routes) >= 10
     for route in routes:
         path = route.path_format.format(**dict.fromkeys(route.param_convertors, "1"))
         for method in route.methods:
-            answer = await dev.post(path, {"anything": LONE}, method=method)
+            answer = await dev.post(path, {"anything": UNSTORABLE[bad][0]}, method=method)
             assert answer.status_code == 400, f"{method} {route.path}: {answer.text}"
             assert answer.json()["error"]["code"] == "invalid_request"
+
+
+async def test_every_route_refuses_nul_in_its_path_or_query(dev: Dev) -> None:
+    """NUL is the one character a path or query can carry that a store cannot (the rest of what does not
+    decode becomes U+FFFD): in a path parameter or in the query string of every route, it is 400."""
+    routes = client_routes(dev)
+    assert len(routes) >= 15
+    for route in routes:
+        if route.param_convertors:
+            path = route.path_format.format(**dict.fromkeys(route.param_convertors, "a%00b"))
+        else:
+            path = route.path + "?user_ids=a%00b&prefix=a%00b"
+        for method in route.methods:
+            answer = await dev.http.request(method, path, headers=dev.alice)
+            assert answer.status_code == 400, f"{method} {path}: {answer.text}"
+            assert "NUL" in answer.json()["error"]["message"]
+    await assert_still_served(dev)
 
 
 # Each a request of alice's in her conversation: (method, path below it, JSON body or None).
@@ -284,7 +342,8 @@ NAMES: dict[str, NameRequest] = {
     ),
 }
 UNREADABLE = {
-    "NUL": "\x00",
+    "escape": "\x1b",
+    "tab": "\t",
     "newline": "\n",
     "right-to-left override": "\u202e",
     "first strong isolate": "\u2068",
@@ -374,6 +433,9 @@ BAD_FRAMES: dict[str, tuple[BadFrame, object]] = {
         lambda c: frame(c, "send", client_msg_id="w1", content={"type": "text", "text": LONE}),
         None,
     ),
+    "NUL in a send": (lambda c: frame(c, "send", client_msg_id="w1", content={"type": "text", "text": "a\x00"}), "bad"),
+    "NUL in a conversation_id": (lambda c: frame(c + "\x00", "typing", state="start"), "bad"),
+    "NUL in a sync cursor": (lambda c: frame(c, "sync", cursors={c + "\x00": 0}), "bad"),
     "bool id": (lambda c: '{"type": "ping", "id": true}', None),
     "float id": (lambda c: '{"type": "ping", "id": 1.0}', None),
     "ack seq beyond the store": (lambda c: frame(c, "ack", seq=MAX_INT + 1), "bad"),
