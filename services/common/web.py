@@ -1,5 +1,5 @@
-"""The HTTP edge shared by every service: the error shape of PROTOCOL.md, the reading of JSON bodies
-and the auth dependency.
+"""The HTTP edge shared by every service: the error shape of PROTOCOL.md, the route class that reads
+what clients send, and the auth dependency.
 
 Every error a client can see leaves through ``install_error_handlers``; nothing answers with a
 stack trace. Every router reads what clients send through ``TextRoute``.
