@@ -330,7 +330,12 @@ def build_delivery(w: Wiring) -> Built:
         await hub.drain(settings.shutdown.drain_s)
 
     return Built(
-        [build_router(deps, tokens=w.tokens, settings=ws_settings, limiter=limiter), internal_router(hub, w.guard)],
+        [
+            build_router(
+                deps, tokens=w.tokens, settings=ws_settings, limiter=limiter, internal_token=settings.internal_token
+            ),
+            internal_router(hub, w.guard),
+        ],
         loops={
             "retransmit": lambda: hub.run_retransmits(settings.delivery.retransmit_tick_s),
             "revoked-sockets": lambda: close_revoked_forever(hub, w.revoked),
@@ -553,7 +558,13 @@ async def serve_gateway(settings: Settings) -> None:
     inner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     inner.bind(("127.0.0.1", 0))
     inner_port = inner.getsockname()[1]
-    front = Front(ring=wiring.ring, tokens=wiring.tokens, limiter=limiter, http_upstream=("127.0.0.1", inner_port))
+    front = Front(
+        ring=wiring.ring,
+        tokens=wiring.tokens,
+        limiter=limiter,
+        http_upstream=("127.0.0.1", inner_port),
+        internal_token=settings.internal_token,
+    )
     app = create_gateway_app(settings, wiring, limiter, front.client_ip)
     # The client's address comes from the front (client_ip), never from a header a client could send.
     # log_config=None: uvicorn's loggers go to the process's (JSON) root handler.

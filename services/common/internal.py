@@ -2,6 +2,7 @@
 that guards ``/internal`` routes with the shared internal token."""
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,17 @@ from fastapi import Request
 from services.common.errors import Forbidden, Unavailable, from_body
 
 HEADER = "x-courier-internal"
+FORWARDED_FOR = "x-forwarded-for"
+
+
+def vouched_client(headers: Mapping[str, str], token: str) -> str | None:
+    """The client address a Courier gateway forwarded with this request, believed only when the request
+    also carries the internal token (the gateway's front strips both headers from what clients send)."""
+    client = headers.get(FORWARDED_FOR, "").split(",")[0].strip()
+    presented = headers.get(HEADER, "").encode()
+    if not client or not hmac.compare_digest(presented, token.encode()):
+        return None
+    return client
 
 
 class InternalClient:

@@ -10,7 +10,7 @@ import time
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import ORJSONResponse
 
-from services.common import metrics
+from services.common import internal, metrics
 from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
 from services.delivery.hub import CLOSE_TOO_SLOW, WRITE_TIMEOUT, Close, Connection
@@ -164,8 +164,15 @@ async def _forget(deps: SessionDeps, conn: Connection) -> None:
 
 
 def build_router(
-    deps: SessionDeps, *, tokens: AccessTokens, settings: WebSocketSettings, limiter: FrameLimiter | None = None
+    deps: SessionDeps,
+    *,
+    tokens: AccessTokens,
+    settings: WebSocketSettings,
+    limiter: FrameLimiter | None = None,
+    internal_token: str | None = None,
 ) -> APIRouter:
+    """``internal_token``: a delivery node behind Courier's gateway counts frames by the client address the
+    gateway vouches for (its own connections all come from the gateway's address)."""
     router = APIRouter()
 
     @router.websocket("/v1/ws")
@@ -189,7 +196,8 @@ def build_router(
             await websocket.close(CLOSE_UNAUTHORIZED, "unauthorized")
             metrics.WS_CLOSES.labels("unauthorized").inc()
             return
-        ip = websocket.client.host if websocket.client else "unknown"
+        vouched = internal.vouched_client(websocket.headers, internal_token) if internal_token else None
+        ip = vouched or (websocket.client.host if websocket.client else "unknown")
         conn = Connection(
             principal.user_id,
             principal.device_id,

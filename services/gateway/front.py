@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from services.common import internal
 from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.metrics import GATEWAY_SPLICES, GATEWAY_UPSTREAM_ERRORS
 from services.common.ring import RingSource
@@ -111,8 +112,10 @@ class Front:
         tokens: AccessTokens,
         limiter: Limiter,
         http_upstream: tuple[str, int],
+        internal_token: str,
         on_splice: Callable[[str], None] | None = None,
     ) -> None:
+        self._internal_token = internal_token
         self._ring = ring
         self._tokens = tokens
         self._limiter = limiter
@@ -163,6 +166,8 @@ class Front:
             return
         extra = {"X-Forwarded-For": ip}
         if head.is_websocket():
+            # The delivery node believes the client's address only with the internal token beside it.
+            extra[internal.HEADER] = self._internal_token
             user_id = self._user_of(head)
             try:
                 await self._limiter.check(ip=ip, user_id=user_id)

@@ -36,7 +36,9 @@ class Client:
     As with a real server, closing takes a handshake: the client answers the close frame after the
     frames it sent before, and the server's close completes once it has read that answer."""
 
-    def __init__(self, app: FastAPI, token: str, *, reading: bool = True) -> None:
+    def __init__(
+        self, app: FastAPI, token: str, *, reading: bool = True, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.reading = asyncio.Event()
         if reading:
             self.reading.set()
@@ -53,7 +55,7 @@ class Client:
             "raw_path": b"/v1/ws",
             "root_path": "",
             "query_string": f"access_token={token}".encode(),
-            "headers": [],
+            "headers": headers or [],
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 80),
             "subprotocols": [],
@@ -104,7 +106,11 @@ class Limiter:
 
 
 def node(
-    hub: Hub, *, write_timeout_s: float = 3600.0, limiter: FrameLimiter | None = None
+    hub: Hub,
+    *,
+    write_timeout_s: float = 3600.0,
+    limiter: FrameLimiter | None = None,
+    internal_token: str | None = None,
 ) -> tuple[FastAPI, AccessTokens]:
     tokens, unused = AccessTokens(JwtSettings()), Unused()
     deps = SessionDeps(
@@ -127,7 +133,9 @@ def node(
         max_redeliveries=3,
     )
     app = FastAPI()
-    app.include_router(build_router(deps, tokens=tokens, settings=settings, limiter=limiter))
+    app.include_router(
+        build_router(deps, tokens=tokens, settings=settings, limiter=limiter, internal_token=internal_token)
+    )
     return app, tokens
 
 
@@ -212,3 +220,31 @@ async def test_frame_over_the_rate_limit_is_answered_then_closed_with_4008_and_t
     await client.done()
     assert client.unread == 0
     assert hub.connection_count == 0
+
+
+class Recorder:
+    """Lets every frame through and notes the address each was counted under."""
+
+    def __init__(self) -> None:
+        self.ips: list[str] = []
+
+    async def check(self, *, ip: str, user_id: str | None) -> None:
+        self.ips.append(ip)
+
+
+async def test_frames_count_under_the_address_the_gateway_vouches_for_and_only_with_its_token() -> None:
+    secret = "i" * 32
+    forwarded = (b"x-forwarded-for", b"203.0.113.7")
+    cases = {
+        "203.0.113.7": [forwarded, (b"x-courier-internal", secret.encode())],
+        "127.0.0.1": [forwarded, (b"x-courier-internal", b"a guess")],
+    }
+    for expected, headers in [*cases.items(), ("127.0.0.1", [forwarded])]:
+        recorder, hub = Recorder(), Hub()
+        app, tokens = node(hub, limiter=recorder, internal_token=secret)
+        client = Client(app, token(tokens, uid("u")), headers=headers)
+        client.send({"type": "ping", "id": 1})
+        await wait_for(lambda c=client: len(c.frames) == 1, "the pong")  # type: ignore[misc]
+        client.leave()
+        await client.done()
+        assert recorder.ips == [expected], headers

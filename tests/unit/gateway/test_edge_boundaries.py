@@ -248,7 +248,7 @@ async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
 
     delivery = await asyncio.start_server(node, "127.0.0.1", 0)
     ring = RingSource(nodes={"delivery-0": f"http://127.0.0.1:{delivery.sockets[0].getsockname()[1]}"})
-    front = Front(ring=ring, tokens=TOKENS, limiter=AllowAll(), http_upstream=("127.0.0.1", 9))
+    front = Front(ring=ring, tokens=TOKENS, limiter=AllowAll(), http_upstream=("127.0.0.1", 9), internal_token="t" * 32)
     server = await front.serve("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
@@ -267,7 +267,8 @@ async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
         await delivery.wait_closed()
 
     forwarded = heads[0].lower()
-    assert b"x-courier-internal" not in forwarded
+    assert b"the-real-token" not in forwarded
+    assert b"x-courier-internal: " + b"t" * 32 in forwarded  # the front's own, vouching for the address
     assert b"x-courier-reject" not in forwarded
     assert b"1.2.3.4" not in forwarded
     assert b"x-forwarded-for: 127.0.0.1" in forwarded

@@ -75,7 +75,13 @@ async def nodes() -> AsyncIterator[dict[str, Node]]:
 async def front_for(nodes: dict[str, Node], urls: dict[str, str]) -> tuple[Front, int]:
     tokens = AccessTokens(JwtSettings(keys={"k1": "test-secret-of-at-least-32-bytes-long!"}, active_kid="k1"))
     ring = RingSource(nodes=urls)
-    front = Front(ring=ring, tokens=tokens, limiter=AllowAll(), http_upstream=("127.0.0.1", closed_port()))
+    front = Front(
+        ring=ring,
+        tokens=tokens,
+        limiter=AllowAll(),
+        http_upstream=("127.0.0.1", closed_port()),
+        internal_token="t" * 32,
+    )
     server = await front.serve("127.0.0.1", 0)
     return front, server.sockets[0].getsockname()[1]
 

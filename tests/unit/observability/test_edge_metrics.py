@@ -84,7 +84,13 @@ async def front() -> AsyncIterator[tuple[int, Front]]:
     """A front with an empty ring and an HTTP upstream nobody listens on."""
     tokens = AccessTokens(JwtSettings(keys={"k1": "test-secret-of-at-least-32-bytes-long!"}, active_kid="k1"))
     ring = RingSource(nodes={})
-    splicer = Front(ring=ring, tokens=tokens, limiter=AllowAll(), http_upstream=("127.0.0.1", closed_port()))
+    splicer = Front(
+        ring=ring,
+        tokens=tokens,
+        limiter=AllowAll(),
+        http_upstream=("127.0.0.1", closed_port()),
+        internal_token="t" * 32,
+    )
     server = await splicer.serve("127.0.0.1", 0)
     try:
         yield int(server.sockets[0].getsockname()[1]), splicer
@@ -175,7 +181,13 @@ async def test_a_spliced_websocket_is_counted_while_it_lasts() -> None:
     node_port = upstream.sockets[0].getsockname()[1]
     tokens = AccessTokens(JwtSettings(keys={"k1": "test-secret-of-at-least-32-bytes-long!"}, active_kid="k1"))
     ring = RingSource(nodes={"delivery-0": f"http://127.0.0.1:{node_port}"})
-    splicer = Front(ring=ring, tokens=tokens, limiter=AllowAll(), http_upstream=("127.0.0.1", closed_port()))
+    splicer = Front(
+        ring=ring,
+        tokens=tokens,
+        limiter=AllowAll(),
+        http_upstream=("127.0.0.1", closed_port()),
+        internal_token="t" * 32,
+    )
     server = await splicer.serve("127.0.0.1", 0)
     before = value("courier_gateway_websocket_splices")
     try:
