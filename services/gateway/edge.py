@@ -116,7 +116,7 @@ class EdgeMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
         token = bearer(headers.get("authorization"))
         if token is None and scope["type"] == "websocket":
-            values = parse_qs(scope.get("query_string", b"").decode()).get("access_token")
+            values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("access_token")
             token = values[0] if values else None
         if not token:
             return None

@@ -63,7 +63,7 @@ class UrlSigner:
         expected = self._digest(method, path, expires, params)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise Forbidden("the URL signature is invalid")
-        if not expires.isdigit() or int(expires) < self._clock():
+        if not (expires.isascii() and expires.isdigit()) or int(expires) < self._clock():
             raise Forbidden("the URL has expired")
 
 

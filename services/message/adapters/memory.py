@@ -153,13 +153,13 @@ class MemoryConsumer:
     async def poll(self, *, max_records: int, timeout_s: float) -> list[Record]:
         records = self._log._topics[self._topic]
         if self._position >= len(records):
-            async with self._log._appended:
-                try:
-                    await asyncio.wait_for(
-                        self._log._appended.wait_for(lambda: self._position < len(records)), timeout_s
-                    )
-                except TimeoutError:
-                    return []
+            # asyncio.timeout, not wait_for: wait_for runs the wait in a task of its own, and a cancellation
+            # arriving while that task reacquires the condition's lock could leave poll (and a shutdown) waiting.
+            try:
+                async with self._log._appended, asyncio.timeout(timeout_s):
+                    await self._log._appended.wait_for(lambda: self._position < len(records))
+            except TimeoutError:
+                return []
         batch = records[self._position : self._position + max_records]
         self._position += len(batch)
         return batch

@@ -93,7 +93,7 @@ class Routes:
         await send({"type": "http.response.body", "body": b"routed"})
 
 
-async def through_edge(raw_path: str, *, kind: str = "http") -> tuple[list[dict[str, Any]], Routes]:
+async def through_edge(raw_path: str, *, kind: str = "http", query: bytes = b"") -> tuple[list[dict[str, Any]], Routes]:
     """One request with ``raw_path`` as the client wrote it, decoded as uvicorn decodes it, through the edge."""
     routes = Routes()
     edge = EdgeMiddleware(routes, limiter=AllowAll(), tokens=TOKENS, max_body_bytes=1024)
@@ -102,7 +102,7 @@ async def through_edge(raw_path: str, *, kind: str = "http") -> tuple[list[dict[
         "method": "GET",
         "path": unquote(raw_path),
         "raw_path": raw_path.encode("latin-1"),
-        "query_string": b"",
+        "query_string": query,
         "headers": [(b"x-courier-internal", b"the-real-token")],
         "client": ("192.0.2.1", 40000),
         "extensions": {"websocket.http.response": {}} if kind == "websocket" else {},
@@ -151,6 +151,13 @@ async def test_internal_routes_are_not_found_at_the_public_edge_even_with_the_in
     status, body = answer(sent)
     assert (status, body["error"]["code"]) == (404, "not_found")
     assert routes.paths == []
+
+
+async def test_an_upgrade_whose_query_is_not_utf8_reaches_the_route_unauthenticated() -> None:
+    sent, routes = await through_edge("/v1/ws", kind="websocket", query=b"access_token=\xff\xfe")
+
+    assert routes.paths == ["/v1/ws"]  # where the node answers 4001: no valid token
+    assert sent[0]["type"] == "websocket.accept"
 
 
 async def test_ordinary_paths_reach_the_routes() -> None:
