@@ -57,7 +57,8 @@ WS_SEND_QUEUE_BYTES = Gauge(
 )
 WS_CLOSES = Counter(
     "courier_ws_closes_total",
-    "Client connections closed by the server, by reason (replaced, slow_client, idle, reconnect, shutdown).",
+    "Client connections closed by the server, by reason (replaced, slow_client, idle, reconnect, shutdown, "
+    "rate_limited, unauthorized, revoked, error).",
     ["reason"],
 )
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 
-from services.common.errors import RateLimited
+from services.common.errors import RateLimited, Unavailable
 from services.common.settings import JwtSettings
 from services.common.tokens import AccessTokens, Principal
 from services.delivery.api import WebSocketSettings, build_router
@@ -248,3 +248,22 @@ async def test_frames_count_under_the_address_the_gateway_vouches_for_and_only_w
         client.leave()
         await client.done()
         assert recorder.ips == [expected], headers
+
+
+class Unreachable:
+    async def check(self, *, ip: str, user_id: str | None) -> None:
+        raise Unavailable("redis unreachable")
+
+
+async def test_frames_are_served_while_the_frame_buckets_are_unreachable() -> None:
+    hub = Hub()
+    app, tokens = node(hub, limiter=Unreachable())
+    client = Client(app, token(tokens, uid("u")))
+    for i in range(3):
+        client.send({"type": "ping", "id": i})
+
+    await wait_for(lambda: len(client.frames) == 3, "three pongs")
+    assert client.frames == [{"type": "pong", "ref": i} for i in range(3)]
+    assert client.close_code is None
+    client.leave()
+    await client.done()

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI, Request
 from starlette.requests import Request as StarletteRequest
 
+from services.common.errors import Unavailable
 from services.common.ring import RingSource
 from services.common.settings import JwtSettings, ServiceUrls
 from services.common.tokens import AccessTokens
@@ -93,10 +94,12 @@ class Routes:
         await send({"type": "http.response.body", "body": b"routed"})
 
 
-async def through_edge(raw_path: str, *, kind: str = "http", query: bytes = b"") -> tuple[list[dict[str, Any]], Routes]:
+async def through_edge(
+    raw_path: str, *, kind: str = "http", query: bytes = b"", limiter: Any = None
+) -> tuple[list[dict[str, Any]], Routes]:
     """One request with ``raw_path`` as the client wrote it, decoded as uvicorn decodes it, through the edge."""
     routes = Routes()
-    edge = EdgeMiddleware(routes, limiter=AllowAll(), tokens=TOKENS, max_body_bytes=1024)
+    edge = EdgeMiddleware(routes, limiter=limiter or AllowAll(), tokens=TOKENS, max_body_bytes=1024)
     scope: dict[str, Any] = {
         "type": kind,
         "method": "GET",
@@ -158,6 +161,21 @@ async def test_an_upgrade_whose_query_is_not_utf8_reaches_the_route_unauthentica
 
     assert routes.paths == ["/v1/ws"]  # where the node answers 4001: no valid token
     assert sent[0]["type"] == "websocket.accept"
+
+
+class Unreachable:
+    """The shared buckets' Redis is down."""
+
+    async def check(self, *, ip: str, user_id: str | None) -> None:
+        raise Unavailable("redis unreachable")
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+async def test_requests_go_through_while_the_rate_limit_buckets_are_unreachable(kind: str) -> None:
+    sent, routes = await through_edge("/v1/conversations", kind=kind, limiter=Unreachable())
+
+    assert routes.paths == ["/v1/conversations"]
+    assert sent[0]["type"] == ("http.response.start" if kind == "http" else "websocket.accept")
 
 
 async def test_ordinary_paths_reach_the_routes() -> None:
