@@ -190,7 +190,23 @@ def from_up(state: Mapping[str, object] | None = None) -> Target:
     assert isinstance(processes, list)
     pids = {str(p["name"]): int(p["pid"]) for p in processes}
     delivery = [name for name in pids if name.startswith("delivery")]
+    pids.update(infra_pids())
     return Target(name="up", base_url=base, kind="up", pids=pids, delivery=delivery, cache_key="up")
+
+
+def infra_pids() -> dict[str, int]:
+    """The running servers of ``make infra-up`` (Redis, MariaDB, PostgreSQL, Kafka, MinIO) that ``make up``
+    uses: the server's CPU per message counts the databases and brokers too."""
+    state_file = Path(os.environ.get("COURIER_INFRA_DIR", "/tmp/courier-infra")) / "infra.json"
+    try:
+        services = json.loads(state_file.read_text()).get("services") or {}
+    except (OSError, ValueError):
+        return {}
+    return {
+        str(name): int(service["pid"])
+        for name, service in services.items()
+        if isinstance(service, dict) and service.get("running") and service.get("pid") and alive(int(service["pid"]))
+    }
 
 
 def free_port() -> int:

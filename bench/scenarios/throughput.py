@@ -192,6 +192,21 @@ def summarize(step: Step, options_duration: float, readings: list[Reading], lag:
             else {}
         ),
         "client_loop_lag_ms": Summary.of(lag).scaled(1000.0).as_dict(),
+    } | cost_per_message(
+        cpu_percent(window_readings[0], window_readings[-1]) if len(window_readings) >= 2 else {},
+        rate(received_in_window, options_duration),
+    )
+
+
+def cost_per_message(shares: dict[str, float], delivered_per_s: float) -> dict[str, float | None]:
+    """Server CPU per delivered message (every process of the target, databases and brokers included),
+    and the load tool's CPU as a fraction of the server's: above a quarter, the tool may be the limit."""
+    server = sum(share for name, share in shares.items() if name != "bench")
+    tool = shares.get("bench")
+    return {
+        "server_cpu_percent": round(server, 1) if shares else None,
+        "server_cpu_us_per_msg": (server / 100.0 / delivered_per_s * 1e6) if shares and delivered_per_s > 0 else None,
+        "tool_cpu_of_server": (tool / server) if tool is not None and server > 0 else None,
     }
 
 
@@ -316,6 +331,20 @@ def _figures(result: Result, steps: list[dict[str, Any]], slo_p99_ms: float, *, 
         for name, share in sorted(summary["cpu_percent"].items()):
             if share >= 5.0:
                 result.add(f"cpu_{name}{key}", f"CPU {name}{at}", share, "%")
+        result.add(
+            f"server_cpu_us_per_msg{key}",
+            f"server CPU per delivered message{at}",
+            summary["server_cpu_us_per_msg"],
+            "us",
+            "every server process, databases and brokers included",
+        )
+        result.add(
+            f"tool_cpu_of_server{key}",
+            f"load tool CPU / server CPU{at}",
+            summary["tool_cpu_of_server"],
+            "",
+            "<= 0.25 (else the tool may be the limit)",
+        )
         result.add(f"client_lag_p99_ms{key}", f"load tool loop lag P99{at}", summary["client_loop_lag_ms"]["p99"], "ms")
     if several:
         passing = [s["target_rate"] for s in steps if s["sustainable"]]

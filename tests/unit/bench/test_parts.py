@@ -1,3 +1,5 @@
+import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -7,6 +9,8 @@ from bench.machine import parse_cpu_ticks, parse_vmrss_kib
 from bench.payload import sent_at, stamped
 from bench.report import Result, summary_table
 from bench.scenarios import Options
+from bench.scenarios.throughput import cost_per_message
+from bench.target import infra_pids
 from bench.users import BenchUser, UserCache, username
 
 
@@ -73,3 +77,31 @@ def test_summary_table_has_a_column_per_target_and_counts_errors() -> None:
     assert lines[0].split() == ["scenario", "figure", "dev", "up", "goal", "(issue", "6)"]
     assert "12.5 ms" in lines[2] and "30.0 ms" in lines[2]
     assert "2 (send: unavailable 2)" in lines[3]
+
+
+def test_cost_per_message_counts_every_server_process_and_not_the_tool() -> None:
+    # Two processes at 30% and 20% of a core delivering 500 msg/s: 1 ms of server CPU per message.
+    cost = cost_per_message({"message": 30.0, "mariadb": 20.0, "bench": 10.0}, 500.0)
+
+    assert cost["server_cpu_percent"] == 50.0
+    assert cost["server_cpu_us_per_msg"] == 1000.0
+    assert cost["tool_cpu_of_server"] == 0.2
+
+
+def test_cost_per_message_is_unknown_without_readings_or_deliveries() -> None:
+    assert cost_per_message({}, 100.0)["server_cpu_us_per_msg"] is None
+    assert cost_per_message({"server": 10.0, "bench": 1.0}, 0.0)["server_cpu_us_per_msg"] is None
+
+
+def test_infra_pids_are_the_running_servers_of_infra_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = {
+        "services": {
+            "redis": {"pid": os.getpid(), "running": True},
+            "kafka": {"pid": os.getpid(), "running": False},
+            "minio": {"running": True},
+        }
+    }
+    (tmp_path / "infra.json").write_text(json.dumps(state))
+    monkeypatch.setenv("COURIER_INFRA_DIR", str(tmp_path))
+
+    assert infra_pids() == {"redis": os.getpid()}
