@@ -7,6 +7,7 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections import deque
 from collections.abc import Collection
@@ -178,24 +179,27 @@ async def _advance_read(conn: AsyncConnection, conversation_id: str, user_id: st
 
 
 async def _advance_reads(conn: AsyncConnection, cursors: list[dict[str, Any]]) -> None:
-    """Upsert cursors (distinct keys), each keeping the larger seq (the dialects spell upsert differently)."""
-    dialect = conn.dialect.name
+    """Upsert cursors (distinct keys), each keeping the larger seq (the dialects spell upsert differently).
+
+    One statement of one row executed for many (the driver's executemany), not one multi-row statement:
+    a multi-row INSERT changes shape with the number of rows, and each shape is compiled anew.
+    """
+    await conn.execute(_cursor_upsert(conn.dialect.name), cursors)
+
+
+@functools.cache
+def _cursor_upsert(dialect: str) -> Any:
     if dialect in ("sqlite", "postgresql"):
         module: Any = sqlite if dialect == "sqlite" else postgresql
-        stmt = module.insert(read_cursors).values(cursors)
+        stmt = module.insert(read_cursors)
         larger = case(
             (stmt.excluded.read_seq > read_cursors.c.read_seq, stmt.excluded.read_seq), else_=read_cursors.c.read_seq
         )
-        await conn.execute(
-            stmt.on_conflict_do_update(index_elements=["conversation_id", "user_id"], set_={"read_seq": larger})
-        )
-    elif dialect in ("mysql", "mariadb"):
-        stmt = mysql.insert(read_cursors).values(cursors)
-        await conn.execute(
-            stmt.on_duplicate_key_update(read_seq=func.greatest(read_cursors.c.read_seq, stmt.inserted.read_seq))
-        )
-    else:
-        raise NotImplementedError(f"no upsert for dialect {dialect}")
+        return stmt.on_conflict_do_update(index_elements=["conversation_id", "user_id"], set_={"read_seq": larger})
+    if dialect in ("mysql", "mariadb"):
+        stmt = mysql.insert(read_cursors)
+        return stmt.on_duplicate_key_update(read_seq=func.greatest(read_cursors.c.read_seq, stmt.inserted.read_seq))
+    raise NotImplementedError(f"no upsert for dialect {dialect}")
 
 
 async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) -> dict[str, int]:
