@@ -202,6 +202,9 @@ def _cursor_upsert(dialect: str) -> Any:
     raise NotImplementedError(f"no upsert for dialect {dialect}")
 
 
+MAX_SEQS_CHUNK = 256
+
+
 async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) -> dict[str, int]:
     """The highest stored seq of each conversation that has one.
 
@@ -209,7 +212,11 @@ async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) ->
     GROUP BY over an IN list reads every message of those conversations on PostgreSQL."""
     ids = list(dict.fromkeys(conversation_ids))
     found: dict[str, int] = {}
-    for start in range(0, len(ids), 200):
+    for start in range(0, len(ids), MAX_SEQS_CHUNK):
+        chunk = ids[start : start + MAX_SEQS_CHUNK]
+        # Padded to a power of two by repeating the last id, so a handful of statement shapes serve every
+        # batch size from SQLAlchemy's compiled cache instead of one compilation per size.
+        chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
         heads = [
             select(
                 literal(cid, ID).label("conversation_id"),
@@ -218,7 +225,7 @@ async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) ->
                 .scalar_subquery()
                 .label("seq"),
             )
-            for cid in ids[start : start + 200]
+            for cid in chunk
         ]
         rows = (await conn.execute(union_all(*heads) if len(heads) > 1 else heads[0])).all()
         found.update((cid, int(seq)) for cid, seq in rows if seq is not None)
