@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from services.allinone import create_app
 from services.common.settings import JwtSettings, PasswordSettings, Settings
+from tests.support.asgi import websocket_scope
 
 LONE = "\ud800"
 """A lone surrogate: valid in a JSON escape, but not Unicode text."""
@@ -378,19 +379,7 @@ class Socket:
     def __init__(self, app: FastAPI, token: str) -> None:
         self._incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._outgoing: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0"},
-            "scheme": "ws",
-            "path": "/v1/ws",
-            "raw_path": b"/v1/ws",
-            "root_path": "",
-            "query_string": f"access_token={token}".encode(),
-            "headers": [],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 80),
-            "subprotocols": [],
-        }
+        scope = websocket_scope(token)
         self._incoming.put_nowait({"type": "websocket.connect"})
         self.task = asyncio.create_task(app(scope, self._incoming.get, self._outgoing.put))
 

@@ -18,6 +18,7 @@ from services.delivery.api import WebSocketSettings, build_router
 from services.delivery.hub import Hub
 from services.delivery.pending import MemoryPendingStore, Pending
 from services.delivery.session import SessionDeps
+from tests.support.asgi import websocket_scope
 from tests.unit.delivery.test_pending_contract import message, uid
 from tests.unit.delivery.test_pending_hub import Unused
 
@@ -28,19 +29,7 @@ class Socket:
     def __init__(self, app: FastAPI, token: str) -> None:
         self._incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._outgoing: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0"},
-            "scheme": "ws",
-            "path": "/v1/ws",
-            "raw_path": b"/v1/ws",
-            "root_path": "",
-            "query_string": f"access_token={token}".encode(),
-            "headers": [],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 80),
-            "subprotocols": [],
-        }
+        scope = websocket_scope(token)
         self._incoming.put_nowait({"type": "websocket.connect"})
         self.task = asyncio.create_task(app(scope, self._incoming.get, self._outgoing.put))
 

@@ -20,6 +20,7 @@ from services.delivery.api import WebSocketSettings, build_router
 from services.delivery.hub import CLOSE_TOO_SLOW, WRITE_TIMEOUT, Hub
 from services.delivery.ports import FrameLimiter
 from services.delivery.session import SessionDeps
+from tests.support.asgi import websocket_scope
 from tests.support.waiting import wait_for
 from tests.unit.delivery.test_pending_contract import uid
 from tests.unit.delivery.test_pending_hub import Unused
@@ -47,19 +48,7 @@ class Client:
         self.close_reason = ""
         self._incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._answer_read = asyncio.Event()
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0"},
-            "scheme": "ws",
-            "path": "/v1/ws",
-            "raw_path": b"/v1/ws",
-            "root_path": "",
-            "query_string": f"access_token={token}".encode(),
-            "headers": headers or [],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 80),
-            "subprotocols": [],
-        }
+        scope = websocket_scope(token, headers=headers)
         self._incoming.put_nowait({"type": "websocket.connect"})
         self.task = asyncio.create_task(app(scope, self._receive, self._send))
 
