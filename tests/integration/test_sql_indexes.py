@@ -206,14 +206,16 @@ async def test_high_water_marks_read_one_index_entry_per_conversation(captured: 
     plan = await captured.plan(statement, params)
 
     # Each max(seq) is the last entry of the conversation's range in the (conversation_id, seq) index,
-    # not an aggregate over all of the conversation's messages.
+    # not an aggregate over all of the conversation's messages. The statement asks for a power of two of
+    # them (the last id repeated, so few statement shapes are ever compiled): 12 conversations, 16 lookups.
+    padded = 1 << (len(wanted) - 1).bit_length()
     if captured.engine.dialect.name == "postgresql":
         lines = "\n".join(row[0] for row in plan)
-        assert lines.count("Index Only Scan Backward using uq_message_messages_conversation_id_seq") == len(wanted)
+        assert lines.count("Index Only Scan Backward using uq_message_messages_conversation_id_seq") == padded
         assert "Seq Scan" not in lines and "Bitmap" not in lines and "Aggregate" not in lines, lines
     else:
         lookups = [row for row in plan if row[1] == "SUBQUERY"]
-        assert len(lookups) == len(wanted), plan
+        assert len(lookups) == padded, plan
         assert all(row[-1] == "Select tables optimized away" for row in lookups), plan
 
 
