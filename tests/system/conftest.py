@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,11 +31,20 @@ DEV_ENV = {**SYSTEM_ENV, "COURIER_FILE__PART_SIZE": "1024"}
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """Every scenario runs against ``courier dev`` and against the distributed ``make up`` stack
     (real MariaDB, Redis, Kafka, MinIO; two delivery nodes behind the gateway)."""
-    if request.param == "dev":
-        with run_server(Path(tmp_path_factory.mktemp("courier-system")), DEV_ENV) as running:
+    with dev_or_up(request.param, tmp_path_factory, dev_env=DEV_ENV, up_env=SYSTEM_ENV) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def dev_or_up(
+    kind: str, tmp_path_factory: pytest.TempPathFactory, *, dev_env: dict[str, str], up_env: dict[str, str]
+) -> Iterator[RunningServer]:
+    """A ``courier dev`` of its own (``kind`` "dev") or the ``make up`` stack with these settings."""
+    if kind == "dev":
+        with run_server(Path(tmp_path_factory.mktemp("courier-system")), dev_env) as running:
             yield running
     else:
-        with run_stack(SYSTEM_ENV) as running:
+        with run_stack(up_env) as running:
             yield running
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import orjson
@@ -14,7 +13,8 @@ import pytest
 import websockets
 
 from tests.support.client import Api
-from tests.support.server import RunningServer, run_server, run_stack
+from tests.support.server import RunningServer
+from tests.system.conftest import dev_or_up
 from tests.system.test_metrics_exported import metrics_urls
 
 SOCKET_BYTES = 1 << 20
@@ -34,20 +34,10 @@ EMOJI_TEXT = "\U0001f600" * 4000
 
 
 @pytest.fixture(scope="module", params=["dev", "up"])
-def slow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    if request.param == "dev":
-        with run_server(Path(tmp_path_factory.mktemp("courier-slow")), SLOW_ENV) as running:
-            yield running
-    else:
-        with run_stack(SLOW_ENV) as running:
-            yield running
-
-
-@pytest.fixture
-async def api(slow: RunningServer) -> AsyncIterator[Api]:
-    client = Api(slow.base_url)
-    yield client
-    await client.close()
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """This module's own server (its small queue bounds), under the name the shared ``api`` fixture uses."""
+    with dev_or_up(request.param, tmp_path_factory, dev_env=SLOW_ENV, up_env=SLOW_ENV) as running:
+        yield running
 
 
 async def metric(server: RunningServer, name: str) -> float:
@@ -75,21 +65,21 @@ QUEUED = "courier_ws_send_queue_bytes"
 
 
 async def test_client_that_stops_reading_large_sync_pages_is_closed_with_1013_and_costs_at_most_its_bound(
-    slow: RunningServer, api: Api
+    server: RunningServer, api: Api
 ) -> None:
     alice, bob = await api.register("alice"), await api.register("bob")
     cid = await api.direct(alice, bob)
     for _ in range(100):
         assert (await api.send(alice, cid, EMOJI_TEXT)).status_code == 201
-    slow_closes = await metric(slow, SLOW_CLOSES)
+    slow_closes = await metric(server, SLOW_CLOSES)
     queued_seen: list[float] = []
 
     async def closed_for_being_slow() -> bool:
-        queued_seen.append(await metric(slow, QUEUED))
-        return await metric(slow, SLOW_CLOSES) > slow_closes
+        queued_seen.append(await metric(server, QUEUED))
+        return await metric(server, SLOW_CLOSES) > slow_closes
 
     # max_queue=1: the client library stops reading the socket once it holds one frame nobody took.
-    ws = await websockets.connect(f"{slow.ws_url}?access_token={bob.access_token}", max_size=8 << 20, max_queue=1)
+    ws = await websockets.connect(f"{server.ws_url}?access_token={bob.access_token}", max_size=8 << 20, max_queue=1)
     try:
         for i in range(100):  # 100 pages of 256 KiB: 25 MiB, far more than the TCP buffers take
             await ws.send(orjson.dumps({"type": "sync", "id": i, "cursors": {cid: 0}}).decode())
@@ -108,6 +98,6 @@ async def test_client_that_stops_reading_large_sync_pages_is_closed_with_1013_an
     assert 0 < answers < 100  # what was still queued when it overflowed was dropped
 
     async def nothing_held() -> bool:
-        return await metric(slow, QUEUED) == 0
+        return await metric(server, QUEUED) == 0
 
     await eventually(nothing_held, "the server to give back every byte it held for the socket")
