@@ -12,6 +12,8 @@ from fastapi import Request
 from services.common.errors import Forbidden, Unavailable, from_body
 
 HEADER = "x-courier-internal"
+PREFIX = "/internal"
+"""Where every service serves its service-to-service routes; the public edge never serves this prefix."""
 FORWARDED_FOR = "x-forwarded-for"
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from services.common.batching import Batcher
 from services.common.errors import CourierError
-from services.common.internal import InternalClient, RequireInternal
+from services.common.internal import PREFIX, InternalClient, RequireInternal
 from services.common.push import Push
 from services.common.ring import RingSource
 from services.delivery.routes import RouteTable
@@ -46,7 +46,7 @@ class PushFramesBody(BaseModel):
 
 
 def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
-    router = APIRouter(prefix="/internal", dependencies=[Depends(guard)], include_in_schema=False)
+    router = APIRouter(prefix=PREFIX, dependencies=[Depends(guard)], include_in_schema=False)
 
     @router.post("/push", status_code=204)
     async def push(body: PushBody) -> Response:

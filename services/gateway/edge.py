@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
+from services.common import internal
 from services.common.errors import (
     CourierError,
     InvalidRequest,
@@ -36,9 +37,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CLOSE_RATE_LIMITED = 4008
 log = logging.getLogger("courier.gateway.edge")
 UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics")
-# Service-to-service routes: served on the services' own ports to callers with the internal token, never
-# to a client through the public edge.
-INTERNAL_PREFIX = "/internal"
 # Headers only the gateway sets, dropped from what a client sends: who the client is (services trust the
 # gateway's X-Forwarded-For), and x-courier-* (the internal token, the gateway's verdicts on an upgrade),
 # which the services trust from each other.
@@ -170,7 +168,8 @@ def _refuse_path(scope: Scope) -> CourierError | None:
     if reason is not None:
         return InvalidRequest(reason)
     path = str(scope["path"])
-    if path == INTERNAL_PREFIX or path.startswith(INTERNAL_PREFIX + "/"):
+    # Service-to-service routes: served to callers with the internal token, never through the public edge.
+    if path == internal.PREFIX or path.startswith(internal.PREFIX + "/"):
         return NotFound(f"no route for {path}")
     return None
 
