@@ -15,16 +15,12 @@ from fastapi import FastAPI, Request
 from starlette.requests import Request as StarletteRequest
 
 from services.common.errors import Unavailable
-from services.common.ring import RingSource
-from services.common.settings import JwtSettings, ServiceUrls
-from services.common.tokens import AccessTokens
+from services.common.settings import ServiceUrls
 from services.gateway.edge import EdgeMiddleware, unsafe_path
-from services.gateway.front import Front
 from services.gateway.proxy import Proxy
+from tests.support import gateway
 from tests.support.loopback import serving
 from tests.support.waiting import wait_for
-
-TOKENS = AccessTokens(JwtSettings(keys={"k1": "test-secret-of-at-least-32-bytes-long!"}, active_kid="k1"))
 
 TRAVERSALS = [
     "/v1/conversations/../../internal/conversations/of/u1",
@@ -72,11 +68,6 @@ def test_ordinary_paths_are_safe(path: str) -> None:
     assert unsafe_path(path) is None
 
 
-class AllowAll:
-    async def check(self, *, ip: str, user_id: str | None) -> None:
-        return None
-
-
 class Routes:
     """The app behind the edge: answers 200 and remembers every path it was asked for."""
 
@@ -99,7 +90,7 @@ async def through_edge(
 ) -> tuple[list[dict[str, Any]], Routes]:
     """One request with ``raw_path`` as the client wrote it, decoded as uvicorn decodes it, through the edge."""
     routes = Routes()
-    edge = EdgeMiddleware(routes, limiter=limiter or AllowAll(), tokens=TOKENS, max_body_bytes=1024)
+    edge = EdgeMiddleware(routes, limiter=limiter or gateway.AllowAll(), tokens=gateway.TOKENS, max_body_bytes=1024)
     scope: dict[str, Any] = {
         "type": kind,
         "method": "GET",
@@ -272,8 +263,7 @@ async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
         writer.close()
 
     delivery = await asyncio.start_server(node, "127.0.0.1", 0)
-    ring = RingSource(nodes={"delivery-0": f"http://127.0.0.1:{delivery.sockets[0].getsockname()[1]}"})
-    front = Front(ring=ring, tokens=TOKENS, limiter=AllowAll(), http_upstream=("127.0.0.1", 9), internal_token="t" * 32)
+    front = gateway.front({"delivery-0": f"http://127.0.0.1:{delivery.sockets[0].getsockname()[1]}"})
     server = await front.serve("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
@@ -293,7 +283,8 @@ async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
 
     forwarded = heads[0].lower()
     assert b"the-real-token" not in forwarded
-    assert b"x-courier-internal: " + b"t" * 32 in forwarded  # the front's own, vouching for the address
+    # The front's own internal token, vouching for the address it forwards.
+    assert f"x-courier-internal: {gateway.INTERNAL_TOKEN}".encode() in forwarded
     assert b"x-courier-reject" not in forwarded
     assert b"1.2.3.4" not in forwarded
     assert b"x-forwarded-for: 127.0.0.1" in forwarded

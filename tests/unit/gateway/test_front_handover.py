@@ -6,26 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from services.common.ring import RingSource
-from services.common.settings import JwtSettings
-from services.common.tokens import AccessTokens
 from services.gateway.front import Front
+from tests.support import gateway
 from tests.support.waiting import wait_for
 
 UPGRADE = b"GET /v1/ws HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
 DRAINING = b"HTTP/1.1 503 Service Unavailable\r\nx-courier-draining: %s\r\ncontent-length: 0\r\n\r\n"
-
-
-class AllowAll:
-    async def check(self, *, ip: str, user_id: str | None) -> None:
-        return None
 
 
 @dataclass
@@ -57,12 +49,6 @@ class Node:
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def nodes() -> AsyncIterator[dict[str, Node]]:
     made = {name: Node(name) for name in ("delivery-0", "delivery-1", "delivery-2")}
@@ -73,17 +59,9 @@ async def nodes() -> AsyncIterator[dict[str, Node]]:
 
 
 async def front_for(nodes: dict[str, Node], urls: dict[str, str]) -> tuple[Front, int]:
-    tokens = AccessTokens(JwtSettings(keys={"k1": "test-secret-of-at-least-32-bytes-long!"}, active_kid="k1"))
-    ring = RingSource(nodes=urls)
-    front = Front(
-        ring=ring,
-        tokens=tokens,
-        limiter=AllowAll(),
-        http_upstream=("127.0.0.1", closed_port()),
-        internal_token="t" * 32,
-    )
-    server = await front.serve("127.0.0.1", 0)
-    return front, server.sockets[0].getsockname()[1]
+    splicer = gateway.front(urls)
+    server = await splicer.serve("127.0.0.1", 0)
+    return splicer, server.sockets[0].getsockname()[1]
 
 
 async def upgrade(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
@@ -126,7 +104,7 @@ async def test_an_upgrade_for_a_node_that_is_gone_goes_to_the_next_node_on_the_r
     probe, _ = await front_for(nodes, urls)
     owner = probe._ring.ring.node_for("127.0.0.1")
     await finish(probe)
-    urls[owner] = f"http://127.0.0.1:{closed_port()}"  # its pod is gone: nothing listens there
+    urls[owner] = f"http://127.0.0.1:{gateway.closed_port()}"  # its pod is gone: nothing listens there
     front, port = await front_for(nodes, urls)
     _, writer, head = await upgrade(port)
     assert head == SWITCHING

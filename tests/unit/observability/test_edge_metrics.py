@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,16 @@ from services import run
 from services.common.errors import RateLimited, Unavailable
 from services.common.ids import new_id
 from services.common.ring import Ring, RingSource
-from services.common.settings import Bucket, JwtSettings, LimitSettings, ServiceUrls
-from services.common.tokens import AccessTokens
+from services.common.settings import Bucket, LimitSettings, ServiceUrls
 from services.gateway.front import Front
 from services.gateway.proxy import Proxy
 from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
+from tests.support import gateway
 from tests.support.waiting import wait_for
 
 
 def value(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_refusal_is_counted_under_the_limit_that_refused() -> None:
@@ -52,7 +45,7 @@ async def test_a_refusal_is_counted_under_the_limit_that_refused() -> None:
 
 
 async def test_an_unreachable_service_is_counted_by_upstream() -> None:
-    proxy = Proxy(ServiceUrls(identity=f"http://127.0.0.1:{closed_port()}"))
+    proxy = Proxy(ServiceUrls(identity=f"http://127.0.0.1:{gateway.closed_port()}"))
     before = value("courier_gateway_upstream_errors_total", {"upstream": "identity"})
     assert REGISTRY.get_sample_value("courier_gateway_upstream_errors_total", {"upstream": "file"}) is not None
     scope = {
@@ -74,23 +67,10 @@ async def test_an_unreachable_service_is_counted_by_upstream() -> None:
     assert value("courier_gateway_upstream_errors_total", {"upstream": "identity"}) == before + 1
 
 
-class AllowAll:
-    async def check(self, *, ip: str, user_id: str | None) -> None:
-        return None
-
-
 @pytest.fixture
 async def front() -> AsyncIterator[tuple[int, Front]]:
     """A front with an empty ring and an HTTP upstream nobody listens on."""
-    tokens = AccessTokens(JwtSettings(keys={"k1": "test-secret-of-at-least-32-bytes-long!"}, active_kid="k1"))
-    ring = RingSource(nodes={})
-    splicer = Front(
-        ring=ring,
-        tokens=tokens,
-        limiter=AllowAll(),
-        http_upstream=("127.0.0.1", closed_port()),
-        internal_token="t" * 32,
-    )
+    splicer = gateway.front({})
     server = await splicer.serve("127.0.0.1", 0)
     try:
         yield int(server.sockets[0].getsockname()[1]), splicer
@@ -179,15 +159,7 @@ async def test_a_spliced_websocket_is_counted_while_it_lasts() -> None:
 
     upstream = await asyncio.start_server(node, "127.0.0.1", 0)
     node_port = upstream.sockets[0].getsockname()[1]
-    tokens = AccessTokens(JwtSettings(keys={"k1": "test-secret-of-at-least-32-bytes-long!"}, active_kid="k1"))
-    ring = RingSource(nodes={"delivery-0": f"http://127.0.0.1:{node_port}"})
-    splicer = Front(
-        ring=ring,
-        tokens=tokens,
-        limiter=AllowAll(),
-        http_upstream=("127.0.0.1", closed_port()),
-        internal_token="t" * 32,
-    )
+    splicer = gateway.front({"delivery-0": f"http://127.0.0.1:{node_port}"})
     server = await splicer.serve("127.0.0.1", 0)
     before = value("courier_gateway_websocket_splices")
     try:
