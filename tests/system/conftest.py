@@ -12,16 +12,20 @@ from tests.support.client import Api
 from tests.support.server import RunningServer, run_server, run_stack
 
 # Generous limits so tests sharing the server never trip them; the rate-limit tests start their own.
-SYSTEM_ENV = {
-    "COURIER_ACK_TIMEOUT_S": "1.5",
-    "COURIER_MAX_REDELIVERIES": "3",
-    "COURIER_DELIVERY__RETRANSMIT_TICK_S": "0.2",
+# Rate limits no test trips by accident; a test of the limits sets its own.
+ROOMY_LIMITS = {
     "COURIER_LIMITS__GLOBAL__RATE": "100000",
     "COURIER_LIMITS__GLOBAL__BURST": "200000",
     "COURIER_LIMITS__IP__RATE": "100000",
     "COURIER_LIMITS__IP__BURST": "200000",
     "COURIER_LIMITS__USER__RATE": "100000",
     "COURIER_LIMITS__USER__BURST": "200000",
+}
+SYSTEM_ENV = {
+    "COURIER_ACK_TIMEOUT_S": "1.5",
+    "COURIER_MAX_REDELIVERIES": "3",
+    "COURIER_DELIVERY__RETRANSMIT_TICK_S": "0.2",
+    **ROOMY_LIMITS,
 }
 # Small parts exercise multipart uploads on the local store; S3 needs parts of at least 5 MiB.
 DEV_ENV = {**SYSTEM_ENV, "COURIER_FILE__PART_SIZE": "1024"}

@@ -25,20 +25,13 @@ import orjson
 import pytest
 
 from tests.support.server import RunningServer, free_port, run_server, stop
+from tests.system.conftest import ROOMY_LIMITS
 
 READY_DEADLINE_S = 60.0
 ANSWER_DEADLINE_S = 30.0
 INTERNAL_TOKEN = secrets.token_hex(32)
-ROOMY = {
-    "COURIER_LIMITS__GLOBAL__RATE": "100000",
-    "COURIER_LIMITS__GLOBAL__BURST": "200000",
-    "COURIER_LIMITS__IP__RATE": "100000",
-    "COURIER_LIMITS__IP__BURST": "200000",
-    "COURIER_LIMITS__USER__RATE": "100000",
-    "COURIER_LIMITS__USER__BURST": "200000",
-}
 # Five requests per address, then one more every 100 s: however slowly the test runs, the sixth is refused.
-TIGHT_IP = {**ROOMY, "COURIER_LIMITS__IP__RATE": "0.01", "COURIER_LIMITS__IP__BURST": "5"}
+TIGHT_IP = {**ROOMY_LIMITS, "COURIER_LIMITS__IP__RATE": "0.01", "COURIER_LIMITS__IP__BURST": "5"}
 # Each way of walking from a public conversation route up to the conversation service's internal one.
 TRAVERSALS = [
     "/v1/conversations/../../internal/conversations/of/u1",
@@ -203,13 +196,13 @@ def stand_in() -> Iterator[Services]:
 
 @pytest.fixture(scope="module")
 def gateway(stand_in: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with run_gateway(stand_in, tmp_path_factory.mktemp("gateway") / "gateway.log", ROOMY) as url:
+    with run_gateway(stand_in, tmp_path_factory.mktemp("gateway") / "gateway.log", ROOMY_LIMITS) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    with run_server(Path(tmp_path_factory.mktemp("courier-boundaries")), ROOMY) as running:
+    with run_server(Path(tmp_path_factory.mktemp("courier-boundaries")), ROOMY_LIMITS) as running:
         yield running
 
 

@@ -14,17 +14,12 @@ import websockets
 
 from tests.support.client import Api
 from tests.support.server import RunningServer
-from tests.system.conftest import dev_or_up
+from tests.system.conftest import ROOMY_LIMITS, dev_or_up
 from tests.system.test_metrics_exported import metrics_urls
 
 SOCKET_BYTES = 1 << 20
 SLOW_ENV = {
-    "COURIER_LIMITS__GLOBAL__RATE": "100000",
-    "COURIER_LIMITS__GLOBAL__BURST": "200000",
-    "COURIER_LIMITS__IP__RATE": "100000",
-    "COURIER_LIMITS__IP__BURST": "200000",
-    "COURIER_LIMITS__USER__RATE": "100000",
-    "COURIER_LIMITS__USER__BURST": "200000",
+    **ROOMY_LIMITS,
     "COURIER_DELIVERY__SEND_QUEUE_BYTES": str(SOCKET_BYTES),
     "COURIER_DELIVERY__SYNC_RESULT_MAX_BYTES": str(256 << 10),
     # Long enough that the queue bound, not the write timeout, is what closes the socket here.
