@@ -568,7 +568,14 @@ async def serve_gateway(settings: Settings) -> None:
     app = create_gateway_app(settings, wiring, limiter, front.client_ip)
     # The client's address comes from the front (client_ip), never from a header a client could send.
     # log_config=None: uvicorn's loggers go to the process's (JSON) root handler.
-    config = uvicorn.Config(app, log_level="warning", log_config=None, proxy_headers=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        log_config=None,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+        ws="websockets-sansio",
+    )
 
     async def drain() -> None:
         """SIGTERM: not ready, but accepting for the lag; then no new connection and the sockets closed spread out."""
