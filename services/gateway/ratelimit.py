@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from services.common.errors import RateLimited
 from services.common.metrics import RATE_LIMIT_REJECTIONS
@@ -21,10 +20,14 @@ from services.common.settings import Bucket, LimitSettings
 # exactly retry_after seconds would be refused again with a retry_after of a few nanoseconds.
 _EPSILON = 1e-9
 LIMITS = ("global", "ip", "user")
+"""The limits in the order ``RateLimiter`` takes from their buckets."""
+SWEEP_EVERY_S = 1.0
+"""How often ``MemoryBucketStore`` looks for refilled buckets to forget."""
 
 
-@dataclass(frozen=True)
-class BucketState:
+class BucketState(NamedTuple):
+    """A tuple rather than a dataclass: one is made per bucket and frame, and a tuple costs a fraction."""
+
     tokens: float
     updated_at: float
 
@@ -37,18 +40,24 @@ def take_tokens(
     Returns the new state and 0.0 when the tokens were taken, else the refilled state and the seconds
     until ``cost`` tokens will be there. No state means a key never seen: a full bucket.
     """
-    if not 0 < cost <= bucket.burst:
-        raise ValueError(f"cost must be in (0, {bucket.burst}], got {cost}")
+    burst = bucket.burst
+    if not 0 < cost <= burst:
+        raise ValueError(f"cost must be in (0, {burst}], got {cost}")
+    # Comparisons rather than min() and max(): this runs for every bucket of every frame.
     if state is None:
-        tokens, updated_at = bucket.burst, now
+        tokens, updated_at = burst, now
     else:
+        tokens, updated_at = state
         # A clock read behind updated_at (another process's clock) refills nothing and keeps the
         # later time, so that stretch is not refilled twice.
-        elapsed = max(0.0, now - state.updated_at)
-        tokens = min(bucket.burst, state.tokens + elapsed * bucket.rate)
-        updated_at = max(now, state.updated_at)
+        if now > updated_at:
+            tokens += (now - updated_at) * bucket.rate
+            updated_at = now
+        if tokens > burst:
+            tokens = burst
     if tokens + _EPSILON >= cost:
-        return BucketState(max(0.0, tokens - cost), updated_at), 0.0
+        left = tokens - cost
+        return BucketState(left if left > 0.0 else 0.0, updated_at), 0.0
     return BucketState(tokens, updated_at), (cost - tokens) / bucket.rate
 
 
@@ -72,14 +81,16 @@ class BucketStore(Protocol):
 
 
 class MemoryBucketStore:
-    """Buckets of one process, bounded: keys whose bucket refilled completely are forgotten (that
-    loses nothing), and past ``max_keys`` the least recently used key is forgotten too."""
+    """Buckets of one process, bounded: past ``max_keys`` the least recently used key is forgotten, and
+    keys whose bucket refilled completely are forgotten too (that loses nothing), looked for at most every
+    ``SWEEP_EVERY_S`` of the clock so that a take does not pay for the look."""
 
     def __init__(self, max_keys: int = 100_000) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[BucketState, Bucket]] = OrderedDict()
+        self._sweep_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -90,31 +101,37 @@ class MemoryBucketStore:
     async def take_each(
         self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
     ) -> tuple[int, float]:
-        states: list[BucketState] = []
+        held = self._buckets
+        states = []
         refused, longest = -1, 0.0
         for index, (key, bucket) in enumerate(buckets):
-            previous = self._buckets.get(key)
+            previous = held.get(key)
             state, wait = take_tokens(previous[0] if previous else None, bucket, now=now, cost=cost)
             states.append(state)
             if wait > longest:  # the refusing bucket that refills last decides when the request can pass
                 refused, longest = index, wait
         for (key, bucket), state in zip(buckets, states, strict=True):
             if refused < 0:
-                self._buckets[key] = (state, bucket)
-            if key in self._buckets:
+                held[key] = (state, bucket)
+            if key in held:
                 # Last is most recently used, refused or not: a key hammered while empty is the one to remember.
-                self._buckets.move_to_end(key)
-        self._forget_idle(now)
+                held.move_to_end(key)
+        while len(held) > self._max_keys:
+            held.popitem(last=False)
+        if now >= self._sweep_at:
+            self._sweep_at = now + SWEEP_EVERY_S
+            self._forget_refilled(now)
         return refused, longest
 
-    def _forget_idle(self, now: float) -> None:
-        # Only the front is looked at, so each take costs amortized O(1); full buckets further back
-        # are dropped when they reach the front.
-        while self._buckets:
-            key, (state, bucket) = next(iter(self._buckets.items()))
-            if len(self._buckets) <= self._max_keys and not is_full(state, bucket, now=now):
+    def _forget_refilled(self, now: float) -> None:
+        # From the least recently used end, up to the first bucket still short of tokens: the ones behind it
+        # were used later and are dropped by a later sweep once they reach the front.
+        held = self._buckets
+        while held:
+            key, (state, bucket) = next(iter(held.items()))
+            if not is_full(state, bucket, now=now):
                 return
-            del self._buckets[key]
+            del held[key]
 
 
 class RateLimiter:
@@ -126,19 +143,18 @@ class RateLimiter:
     """
 
     def __init__(self, limits: LimitSettings, store: BucketStore, clock: Callable[[], float] = time.monotonic) -> None:
-        self._limits = limits
         self._store = store
         self._clock = clock
-        for limit in LIMITS:  # every limit's series exists from start-up, at 0
-            RATE_LIMIT_REJECTIONS.labels(limit)
+        self._global = ("global", limits.global_)
+        self._ip, self._user = limits.ip, limits.user
+        # Bound once; every limit's series exists from start-up, at 0.
+        self._rejections = [RATE_LIMIT_REJECTIONS.labels(limit) for limit in LIMITS]
 
     async def check(self, *, ip: str, user_id: str | None) -> None:
-        now = self._clock()
-        checks = [("global", "global", self._limits.global_), ("ip", f"ip:{ip}", self._limits.ip)]
+        buckets = [self._global, (f"ip:{ip}", self._ip)]
         if user_id is not None:
-            checks.append(("user", f"user:{user_id}", self._limits.user))
-        refused, wait = await self._store.take_each([(key, bucket) for _, key, bucket in checks], now=now)
+            buckets.append((f"user:{user_id}", self._user))
+        refused, wait = await self._store.take_each(buckets, now=self._clock())
         if refused >= 0:
-            which = checks[refused][0]
-            RATE_LIMIT_REJECTIONS.labels(which).inc()
-            raise RateLimited(f"{which} rate limit exceeded", retry_after=wait)
+            self._rejections[refused].inc()
+            raise RateLimited(f"{LIMITS[refused]} rate limit exceeded", retry_after=wait)

@@ -10,7 +10,14 @@ import pytest
 
 from services.common.errors import RateLimited
 from services.common.settings import Bucket, LimitSettings
-from services.gateway.ratelimit import BucketState, MemoryBucketStore, RateLimiter, is_full, take_tokens
+from services.gateway.ratelimit import (
+    SWEEP_EVERY_S,
+    BucketState,
+    MemoryBucketStore,
+    RateLimiter,
+    is_full,
+    take_tokens,
+)
 
 BUCKET = Bucket(rate=2, burst=5)
 
@@ -73,6 +80,20 @@ async def test_store_forgets_keys_whose_bucket_refilled() -> None:
     assert len(store) == 3
     await store.take(key(), BUCKET, now=10.0)
     assert len(store) == 1
+
+
+async def test_store_looks_for_refilled_buckets_once_per_sweep_interval_not_on_every_take() -> None:
+    store = MemoryBucketStore()
+    first, second, third = key(), key(), key()
+    await store.take(first, BUCKET, now=0.0)  # refilled at 0.5 s
+    await store.take(second, BUCKET, now=SWEEP_EVERY_S - 0.1)
+    assert len(store) == 2  # first is full, but no sweep is due yet
+    await store.take(third, BUCKET, now=SWEEP_EVERY_S)
+    assert len(store) == 2  # first forgotten; second is still short of its burst
+    # second kept its state (4 tokens at 0.9 s, 4.2 at the sweep), so its fifth take is refused
+    waits = [await store.take(second, BUCKET, now=SWEEP_EVERY_S) for _ in range(5)]
+    assert waits[:4] == [0.0] * 4
+    assert waits[4] > 0
 
 
 async def test_store_keeps_at_most_max_keys_dropping_the_least_recently_used() -> None:
