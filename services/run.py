@@ -574,7 +574,7 @@ async def serve_gateway(settings: Settings) -> None:
         log_config=None,
         proxy_headers=False,
         timeout_graceful_shutdown=5,
-        ws="websockets-sansio",
+        ws="services.common.wsprotocol:BoundedCloseProtocol",
     )
 
     async def drain() -> None:
