@@ -1,6 +1,6 @@
 """The composition root of ``courier dev``: every service in one process on embedded adapters.
 
-SQLite under ``data_dir``, the in-process cache, counters and event log, the local-disk object
+SQLite under ``data_dir``, the in-process cache and event log, the local-disk object
 store, and in-process calls where the distributed mode uses HTTP. The use-case code is the same.
 """
 
@@ -44,7 +44,7 @@ from services.gateway.edge import EdgeMiddleware
 from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
 from services.identity.main import build_identity
 from services.message import app as message_app
-from services.message.adapters.memory import MemoryEventLog, MemoryInbox, MemorySeqCounter, MemoryTimeline
+from services.message.adapters.memory import MemoryEventLog, MemoryInbox, MemoryTimeline
 from services.message.adapters.sql import SqlMessageStore
 from services.message.api import build_router as build_message_router
 from services.message.ports import Conversation
@@ -142,14 +142,13 @@ class AllInOne:
         self.event_log = MemoryEventLog()
         self.store = store = SqlMessageStore(self.engine)
         self.relay = OutboxRelay(store, self.event_log)
+        store.publish_on_commit(self.relay)
         deps = message_app.MessageDeps(
             store=store,
-            counter=MemorySeqCounter(),
             conversations=conversations,
             files=self.files.shares,
             locks=message_app.ConversationLocks(),
             limits=message_app.Limits(settings.max_text_length, settings.recall_window_s, settings.edit_window_s),
-            on_stored=self.relay.wake,
         )
         self.messages = MessageService(
             deps, MemoryInbox(), MemoryTimeline(), self.hub, sync_limit=settings.delivery.sync_page_limit

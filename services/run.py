@@ -167,7 +167,7 @@ def build_message(w: Wiring) -> Built:
     from services.conversation.internal import ConversationsClient
     from services.file.internal import FileSharesClient
     from services.message import app as message_app
-    from services.message.adapters.memory import MemoryEventLog, MemoryInbox, MemorySeqCounter, MemoryTimeline
+    from services.message.adapters.memory import MemoryEventLog, MemoryInbox, MemoryTimeline
     from services.message.adapters.sql import SqlMessageStore
     from services.message.api import build_router
     from services.message.internal import internal_router
@@ -188,19 +188,15 @@ def build_message(w: Wiring) -> Built:
     engine = w.engine()
     store = SqlMessageStore(engine)
     redis = w.redis()
-    counter: Any
     inbox: Any
     timeline: Any
     if redis is not None:
-        from services.message.adapters.redis import RedisInbox, RedisSeqCounter, RedisTimeline
+        from services.message.adapters.redis import RedisInbox, RedisTimeline
 
-        counter, inbox, timeline = (
-            RedisSeqCounter(redis),
-            RedisInbox(redis),
-            RedisTimeline(redis, keep=settings.redis.timeline_keep, ttl_s=settings.redis.timeline_ttl_s),
-        )
+        inbox = RedisInbox(redis)
+        timeline = RedisTimeline(redis, keep=settings.redis.timeline_keep, ttl_s=settings.redis.timeline_ttl_s)
     else:
-        counter, inbox, timeline = MemorySeqCounter(), MemoryInbox(), MemoryTimeline()
+        inbox, timeline = MemoryInbox(), MemoryTimeline()
     on_stop: list[Callable[[], Awaitable[None]]] = []
     if settings.kafka.bootstrap:
         from services.message.adapters.kafka import KafkaConsumer, KafkaEventLog, KafkaLogMonitor
@@ -213,14 +209,13 @@ def build_message(w: Wiring) -> Built:
         event_log = monitor = MemoryEventLog()
         consumer = event_log.consumer(MESSAGES_TOPIC, FANOUT_GROUP)
     relay = OutboxRelay(store, event_log)
+    store.publish_on_commit(relay)
     deps = message_app.MessageDeps(
         store=store,
-        counter=counter,
         conversations=ConversationsClient(w.client("conversation")),
         files=FileSharesClient(w.client("file")),
         locks=message_app.ConversationLocks(),
         limits=message_app.Limits(settings.max_text_length, settings.recall_window_s, settings.edit_window_s),
-        on_stored=relay.wake,
     )
     service = MessageService(deps, inbox, timeline, w.pusher(), sync_limit=settings.delivery.sync_page_limit)
     fanout = FanoutWorker(consumer, event_log, service.handle_record)

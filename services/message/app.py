@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,21 +24,17 @@ from services.message.ports import (
     ClientMsgIdTaken,
     Conversation,
     Conversations,
+    Draft,
     FileShares,
     Inbox,
     InboxEntry,
     MessageStore,
     Page,
-    SeqCounter,
-    SeqGap,
     SeqTaken,
     Timeline,
 )
 
 SEQ_RETRIES = 8
-# How long a missing lower seq may stay in flight before it is taken as abandoned.
-SEQ_GAP_WAIT_S = 1.0
-SEQ_GAP_POLL_S = 0.01
 log = logging.getLogger("courier.message")
 
 
@@ -66,11 +61,8 @@ class Limits:
 
 
 class ConversationLocks:
-    """One lock per conversation, held while a seq is taken and committed.
-
-    A seq handed out and then not committed (the transaction failed) is taken back by re-seeding
-    from the store before anyone else draws one, so seqs have no gaps.
-    """
+    """One lock per conversation, held by a recall or an edit from reading its target to committing
+    the change, so two of them cannot both pass their checks on the same old target."""
 
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
@@ -100,13 +92,10 @@ class _Held:
 @dataclass(frozen=True)
 class MessageDeps:
     store: MessageStore
-    counter: SeqCounter
     conversations: Conversations
     files: FileShares
     locks: ConversationLocks
     limits: Limits
-    on_stored: Callable[[], None] = lambda: None
-    """Called after each commit: wakes the outbox relay of this process."""
 
 
 async def member_conversation(conversation_id: str, user_id: str, *, conversations: Conversations) -> Conversation:
@@ -115,11 +104,6 @@ async def member_conversation(conversation_id: str, user_id: str, *, conversatio
     if conversation is None or user_id not in conversation.roles:
         raise NotFound("no such conversation")
     return conversation
-
-
-def event_payload(event: Message) -> bytes:
-    """The outbox / Kafka record of a stored event."""
-    return orjson.dumps({"event": event.to_wire()})
 
 
 TRACE_CONTEXT_MAX = 512
@@ -138,56 +122,22 @@ def trace_context() -> str | None:
     return text if len(text) <= TRACE_CONTEXT_MAX else None
 
 
-async def _resync_counter(conversation_id: str, deps: MessageDeps) -> None:
-    """After a failed commit: put the counter back on the store's high-water mark, or drop it so
-    the next draw seeds from the store. Either way the seq just drawn is not skipped."""
-    try:
-        await deps.counter.reseed(conversation_id, await deps.store.max_seq(conversation_id))
-    except Exception:  # noqa: BLE001 - any failure to re-seed falls back to invalidating
-        log.warning("could not re-seed the seq counter of %s; invalidating it", conversation_id, exc_info=True)
-        await deps.counter.invalidate(conversation_id)
-
-
 async def _commit_event(
-    event_factory: Callable[[int], Message], conversation_id: str, deps: MessageDeps, *, replace: Message | None = None
+    conversation: Conversation, build: Callable[[int], Message], deps: MessageDeps, *, replace: Message | None = None
 ) -> Message:
-    """Take the next seq and commit the event built for it. The caller holds the conversation lock.
+    """Commit the event ``build`` makes for the conversation's next seq, which the store gives it.
 
-    A seq already stored means the counter is behind: re-seed and draw again. A seq beyond the next
-    means a lower one is in flight in another replica, or was drawn by a process that died: wait a
-    moment for it, then take it over (re-seed from the store) so no gap is ever committed.
-    """
-    store, counter = deps.store, deps.counter
-    seq: int | None = None
-    gap_since: float | None = None
-    retries = 0
-    while retries < SEQ_RETRIES:
-        if seq is None:
-            seq = await counter.next(conversation_id, seed=lambda: store.max_seq(conversation_id))
-        event = event_factory(seq)
-        try:
-            await store.append(event, outbox=event_payload(event), replace=replace, trace_context=trace_context())
-        except SeqTaken:
-            retries += 1
-            await counter.advance(conversation_id, await store.max_seq(conversation_id))
-            seq, gap_since = None, None
-            continue
-        except SeqGap:
-            now = time.monotonic()
-            gap_since = gap_since if gap_since is not None else now
-            if now - gap_since < SEQ_GAP_WAIT_S:
-                await asyncio.sleep(SEQ_GAP_POLL_S)
-                continue
-            retries += 1
-            log.warning("seq before %d of %s was abandoned; taking it over", seq, conversation_id)
-            await _resync_counter(conversation_id, deps)
-            seq, gap_since = None, None
-            continue
-        except BaseException:
-            await _resync_counter(conversation_id, deps)
-            raise
-        deps.on_stored()
-        return event
+    ``SeqTaken`` means another process committed that seq first: ask again, for the one after it."""
+    draft = Draft(
+        conversation.conversation_id,
+        build,
+        recipients=None if conversation.large else list(conversation.roles),
+        replace=replace,
+        trace_context=trace_context(),
+    )
+    for _ in range(SEQ_RETRIES):
+        with contextlib.suppress(SeqTaken):
+            return await deps.store.append(draft)
     raise Unavailable("could not allocate a sequence number; retry")
 
 
@@ -196,7 +146,7 @@ async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
     content = domain.validate_content(cmd.content, max_text_length=deps.limits.max_text_length)
     # No look-up of client_msg_id first: a resend is rare, and the store's unique key on (sender,
     # client_msg_id) refuses it at the insert (ClientMsgIdTaken, below) at no cost to every other send.
-    await member_conversation(cmd.conversation_id, cmd.sender_id, conversations=deps.conversations)
+    conversation = await member_conversation(cmd.conversation_id, cmd.sender_id, conversations=deps.conversations)
     if content["type"] == "file":
         shared = await deps.files.attach(content["file_id"], cmd.conversation_id, cmd.sender_id)
         content = {**content, **{k: shared[k] for k in ("name", "size", "content_type")}}
@@ -214,8 +164,7 @@ async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
         )
 
     try:
-        async with deps.locks(cmd.conversation_id):
-            stored = await _commit_event(build, cmd.conversation_id, deps)
+        stored = await _commit_event(conversation, build, deps)
     except ClientMsgIdTaken:
         existing = await deps.store.find_by_client_id(cmd.sender_id, client_msg_id)
         assert existing is not None
@@ -298,12 +247,12 @@ async def recall(conversation_id: str, seq: int, *, by: str, device_id: str, dep
             )
 
         with contextlib.suppress(ClientMsgIdTaken):  # recalled concurrently elsewhere: same outcome
-            await _commit_event(build, conversation_id, deps, replace=wiped)
+            await _commit_event(conversation, build, deps, replace=wiped)
     return wiped
 
 
 async def edit(conversation_id: str, seq: int, content: Any, *, by: str, device_id: str, deps: MessageDeps) -> Message:
-    await member_conversation(conversation_id, by, conversations=deps.conversations)
+    conversation = await member_conversation(conversation_id, by, conversations=deps.conversations)
     new_content = domain.validate_content(content, max_text_length=deps.limits.max_text_length)
     if new_content["type"] != "text":
         raise InvalidRequest("an edit must be text")
@@ -324,7 +273,7 @@ async def edit(conversation_id: str, seq: int, content: Any, *, by: str, device_
                 created_at=utcnow(),
             )
 
-        await _commit_event(build, conversation_id, deps, replace=changed)
+        await _commit_event(conversation, build, deps, replace=changed)
     return changed
 
 
@@ -405,50 +354,30 @@ def _preview(event: Message) -> dict[str, Any]:
 async def fan_out(
     event: Message,
     *,
-    conversation: Conversation | None,
+    recipients: Collection[str],
+    large: bool,
     inbox: Inbox,
     timeline: Timeline,
     pusher: Pusher,
     fanout_concurrency: int = 64,
 ) -> None:
-    """Record a stored event in the members' inboxes (small) or the shared timeline (large), then
-    push it to every device of every member but the one it came from."""
-    if conversation is None:
-        return  # the conversation is gone; members will not see the event anywhere
-    with metrics.FANOUT_DURATION.labels("timeline" if conversation.large else "inbox").time():
-        await _fan_out(
-            event, conversation, inbox=inbox, timeline=timeline, pusher=pusher, fanout_concurrency=fanout_concurrency
+    """Record a stored event in the recipients' inboxes (small) or the shared timeline (large), then
+    push it to every device of every recipient but the one it came from."""
+    with metrics.FANOUT_DURATION.labels("timeline" if large else "inbox").time():
+        if large:
+            await timeline.append(event.conversation_id, seq=event.seq, message=event.to_wire(), at=event.created_at)
+        else:
+            wire = event.to_wire()
+            members = list(recipients)
+            for start in range(0, len(members), fanout_concurrency):
+                await inbox.bump(
+                    members[start : start + fanout_concurrency],
+                    event.conversation_id,
+                    seq=event.seq,
+                    last_message=wire,
+                    at=event.created_at,
+                    reader_id=event.sender_id,
+                )
+        await pusher.push(
+            recipients, domain.push_frame(event), tracked=True, skip_device=(event.sender_id, event.sender_device_id)
         )
-
-
-async def _fan_out(
-    event: Message,
-    conversation: Conversation,
-    *,
-    inbox: Inbox,
-    timeline: Timeline,
-    pusher: Pusher,
-    fanout_concurrency: int,
-) -> None:
-    members: Collection[str] = list(conversation.roles)
-    wire = event.to_wire()
-    if conversation.large:
-        await timeline.append(event.conversation_id, seq=event.seq, message=wire, at=event.created_at)
-    else:
-        batches = [list(members)[i : i + fanout_concurrency] for i in range(0, len(members), fanout_concurrency)]
-        for batch in batches:
-            await inbox.bump(
-                batch,
-                event.conversation_id,
-                seq=event.seq,
-                last_message=wire,
-                at=event.created_at,
-                reader_id=event.sender_id,
-            )
-    await pusher.push(
-        members, domain.push_frame(event), tracked=True, skip_device=(event.sender_id, event.sender_device_id)
-    )
-
-
-def decode_event(payload: bytes) -> Message:
-    return Message.from_wire(orjson.loads(payload)["event"])

@@ -7,9 +7,12 @@ edit are tombstones whose content names the ``target_seq`` they change.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from services.common.clock import rfc3339
 from services.common.errors import Forbidden, InvalidRequest
@@ -163,6 +166,23 @@ def push_frame(event: Message) -> dict[str, Any]:
     if event.is_tombstone:
         return tombstone_frame(event)
     return {"type": "message", **event.to_wire()}
+
+
+def encode_event(event: Message, recipients: Sequence[str] | None = None) -> bytes:
+    """The outbox row and event-log record of a stored event; ``recipients`` spare the fan-out a
+    look-up of the conversation's members (small conversations)."""
+    body: dict[str, Any] = {"event": event.to_wire()}
+    if recipients is not None:
+        body["recipients"] = list(recipients)
+    return orjson.dumps(body)
+
+
+def decode_event(payload: bytes) -> tuple[Message, list[str] | None]:
+    """An event-log record: the event, and its recipients when the record carries them (a record of
+    a large conversation, or of a release before they were carried, does not)."""
+    body = orjson.loads(payload)
+    recipients = body.get("recipients")
+    return Message.from_wire(body["event"]), None if recipients is None else [str(r) for r in recipients]
 
 
 def clamp_limit(limit: int | None, *, default: int = 50, maximum: int = 200) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,16 +11,26 @@ from services.message.domain import Message
 
 
 class SeqTaken(Exception):
-    """The seq given to a new event is already stored: the counter is behind the store."""
-
-
-class SeqGap(Exception):
-    """The seq given to a new event is beyond the store's next one: a lower seq was drawn and is
-    not committed yet (another replica is about to) or never will be (its process died)."""
+    """Another process committed the conversation's next seq first (its unique key refused ours): the
+    append stored nothing and may simply be made again."""
 
 
 class ClientMsgIdTaken(Exception):
     """Another request stored a message with this ``(sender_id, client_msg_id)`` first."""
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An event for the store to append: built for the seq the store gives it, the conversation's next."""
+
+    conversation_id: str
+    build: Callable[[int], Message]
+    recipients: Sequence[str] | None = None
+    """Who the fan-out pushes the event to, carried with it (small conversations); None: looked up there."""
+    replace: Message | None = None
+    """The target a recall or edit rewrites, in the same transaction."""
+    trace_context: str | None = None
+    """The sender's W3C trace context (JSON), for the outbox row: the relay's publish continues it."""
 
 
 @dataclass(frozen=True)
@@ -66,14 +76,17 @@ class MessageStore(Protocol):
 
     async def get(self, conversation_id: str, seq: int) -> Message | None: ...
 
-    async def append(
-        self, event: Message, *, outbox: bytes, replace: Message | None = None, trace_context: str | None = None
-    ) -> None:
-        """In ONE transaction: insert ``event``, overwrite ``replace`` (a recalled or edited target),
-        insert the outbox row (with ``trace_context``) and move the sender's read cursor to ``event.seq``.
-        ``event.seq`` must be exactly the stored maximum + 1: ``SeqTaken`` at or below it (and on
-        the unique constraint), ``SeqGap`` above it; ``ClientMsgIdTaken`` when the sender already
-        used the client_msg_id."""
+    async def append(self, draft: Draft) -> Message:
+        """In ONE transaction: give the draft the conversation's next seq (the stored maximum + 1, so
+        seqs have no gaps), insert the event it builds, overwrite ``draft.replace``, insert the outbox
+        row and move the sender's read cursor to the seq. Returns the stored event.
+
+        ``SeqTaken`` when another process committed that seq first; ``ClientMsgIdTaken`` when the
+        sender already used the client_msg_id. Either way nothing was stored."""
+        ...
+
+    def publish_on_commit(self, publisher: CommitPublisher) -> None:
+        """From now on, hand each committed outbox row to ``publisher`` when it may go out at once."""
         ...
 
     async def max_seq(self, conversation_id: str) -> int: ...
@@ -98,6 +111,10 @@ class MessageStore(Protocol):
         conversation whose earlier row another relay holds (each conversation is published in order)."""
         ...
 
+    async def release_outbox(self, outbox_ids: Collection[int]) -> None:
+        """End the leases of these rows now: the sweep takes them (their publisher gave up on them)."""
+        ...
+
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None: ...
 
     async def outbox_stats(self) -> tuple[int, datetime | None]:
@@ -105,21 +122,25 @@ class MessageStore(Protocol):
         ...
 
 
-class SeqCounter(Protocol):
-    """Hands out the next seq of a conversation; seeded from the store's high-water mark on a miss."""
+class CommitPublisher(Protocol):
+    """Publish on commit: takes outbox rows to the event log as soon as their transaction commits.
 
-    async def next(self, conversation_id: str, *, seed: Callable[[], Awaitable[int]]) -> int: ...
+    The store inserts such a row already leased with ``lease_token`` for ``lease_s``, so no relay
+    sweeps it meanwhile, and only when every earlier row of its conversation still waiting is one of
+    these too (queued before it, so published before it). Any other row is inserted free, for the
+    relays' sweep, which keeps each conversation in order. A row whose publisher died is swept when
+    its lease runs out."""
 
-    async def reseed(self, conversation_id: str, high_water: int) -> None:
-        """Set the counter to exactly ``high_water`` (seqs above it were abandoned)."""
-        ...
+    @property
+    def lease_token(self) -> str: ...
 
-    async def advance(self, conversation_id: str, high_water: int) -> None:
-        """Move the counter up to ``high_water`` if it is below; never down (others' seqs in flight)."""
-        ...
+    @property
+    def lease_s(self) -> float: ...
 
-    async def invalidate(self, conversation_id: str) -> None:
-        """Forget the counter: the next draw seeds from the store again."""
+    def committed(self, rows: Sequence[OutboxRecord], *, lease_token: str, swept: bool) -> None:
+        """Called right after a commit, in commit order: ``rows`` were inserted leased with
+        ``lease_token`` (the publisher's token when the transaction began); ``swept`` tells that the
+        transaction also inserted rows left to the sweep."""
         ...
 
 

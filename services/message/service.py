@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from services.common.push import Pusher
 from services.message import app
+from services.message.domain import decode_event
 from services.message.ports import Conversation, Inbox, Record, Timeline
 
 
@@ -36,8 +37,13 @@ class MessageService:
 
     async def handle_record(self, record: Record) -> None:
         """The fan-out of one event-log record (the consumer's handler)."""
-        event = app.decode_event(record.value)
-        conversation = await self.deps.conversations.get(event.conversation_id)
+        event, recipients = decode_event(record.value)
+        large = False
+        if recipients is None:  # a large conversation's event (or one of an earlier release): look them up
+            conversation = await self.deps.conversations.get(event.conversation_id)
+            if conversation is None:
+                return  # the conversation is gone; members will not see the event anywhere
+            recipients, large = list(conversation.roles), conversation.large
         await app.fan_out(
-            event, conversation=conversation, inbox=self.inbox, timeline=self.timeline, pusher=self.pusher
+            event, recipients=recipients, large=large, inbox=self.inbox, timeline=self.timeline, pusher=self.pusher
         )

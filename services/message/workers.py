@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+import secrets
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,22 +45,95 @@ def prime_metrics(*, group: str = FANOUT_GROUP, topic: str = MESSAGES_TOPIC) -> 
 
 
 class OutboxRelay:
+    """Takes outbox rows to the event log: those a commit hands over at once (publish on commit), and,
+    in a sweep, every other row nobody holds a live lease on (rows of a process that died, rows a
+    publisher gave up on, rows that had to wait for an earlier row of their conversation).
+
+    Handed-over rows are published in the order they were committed. When publishing them fails, the
+    relay gives up on every row it holds, ends their leases so the sweep takes them in order, and
+    changes its token: a commit that began under the old token hands over rows that are released too.
+    """
+
     def __init__(
         self, store: MessageStore, log_: EventLog, *, batch: int = 200, lease_s: float = 30.0, idle_poll_s: float = 0.2
     ) -> None:
         self._store, self._log = store, log_
         self._batch, self._lease_s, self._idle_poll_s = batch, lease_s, idle_poll_s
+        self._token = secrets.token_hex(16)
+        # Handed over by commits, with the loop time after which they are too close to their lease's end.
+        self._handed: deque[tuple[float, OutboxRecord]] = deque()
+        self._given_up: list[int] = []
+        self._published_not_deleted: list[int] = []
+        self._sweep_due = True
+        self._last_sweep = 0.0
         self._wake = asyncio.Event()
         self.published = 0
 
-    def wake(self) -> None:
+    @property
+    def lease_token(self) -> str:
+        return self._token
+
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
+
+    def committed(self, rows: Sequence[OutboxRecord], *, lease_token: str, swept: bool) -> None:
+        if lease_token == self._token:
+            stale_at = asyncio.get_running_loop().time() + self._lease_s / 2
+            self._handed.extend((stale_at, row) for row in rows)
+        else:
+            self._given_up.extend(row.outbox_id for row in rows)
+        self._sweep_due = self._sweep_due or swept
         self._wake.set()
 
     async def relay_once(self) -> int:
-        """Publish one batch; returns how many rows went out."""
-        rows = await self._store.claim_outbox(limit=self._batch, lease_s=self._lease_s)
-        if not rows:
+        """Finish what earlier rounds left (deletes, releases), then publish the rows commits handed over,
+        or else sweep when one is due; returns how many rows went out."""
+        await self._settle()
+        now = asyncio.get_running_loop().time()
+        if self._handed and self._handed[0][0] <= now:
+            self._give_up()  # publishing has stalled for half a lease: the sweep takes over, in order
+            await self._settle()
+        if self._handed:
+            rows = [self._handed.popleft()[1] for _ in range(min(self._batch, len(self._handed)))]
+            try:
+                await self._publish(rows)
+            except Exception:
+                self._handed.extendleft((0.0, row) for row in reversed(rows))
+                self._give_up()
+                raise
+        elif self._sweep_due or now - self._last_sweep >= self._idle_poll_s:
+            self._sweep_due, self._last_sweep = False, now
+            rows = await self._store.claim_outbox(limit=self._batch, lease_s=self._lease_s)
+            if rows:
+                self._sweep_due = True  # there may be more
+                try:
+                    await self._publish(rows)
+                except Exception:
+                    self._given_up.extend(row.outbox_id for row in rows)  # free for the next sweep at once
+                    raise
+        else:
             return 0
+        self._published_not_deleted.extend(row.outbox_id for row in rows)
+        await self._settle()
+        return len(rows)
+
+    def _give_up(self) -> None:
+        self._token = secrets.token_hex(16)
+        self._given_up.extend(row.outbox_id for _, row in self._handed)
+        self._handed.clear()
+        self._sweep_due = True
+
+    async def _settle(self) -> None:
+        """Delete what went out and release what was given up (kept for the next round if this fails)."""
+        if self._published_not_deleted:
+            await self._store.delete_outbox(self._published_not_deleted)
+            self._published_not_deleted = []
+        if self._given_up:
+            await self._store.release_outbox(self._given_up)
+            self._given_up = []
+
+    async def _publish(self, rows: list[OutboxRecord]) -> None:
         # One span per row, child of the send that wrote it; its context travels in the record's headers.
         tracer = telemetry.tracer(__name__)
         spans = [
@@ -82,10 +156,8 @@ class OutboxRelay:
         finally:
             for span in spans:
                 span.end()
-        await self._store.delete_outbox([row.outbox_id for row in rows])
         self.published += len(rows)
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
-        return len(rows)
 
     async def run(self) -> None:
         backoff = 0.0

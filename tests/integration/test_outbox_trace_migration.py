@@ -13,6 +13,7 @@ from services.common.db import create_all, create_engine
 from services.common.ids import new_id
 from services.message.adapters.sql import SqlMessageStore, outbox_rows
 from services.message.domain import Message
+from services.message.ports import Draft
 from services.migrate import BASELINE, current_revision, downgrade, head_revision, upgrade
 from tests.integration.test_sql_support import SQL_BACKENDS, empty_database
 
@@ -54,7 +55,8 @@ async def test_upgrading_a_0001_database_adds_the_trace_context_and_keeps_waitin
             assert (old.conversation_id, old.trace_context) == ("c-old", None)
 
             context = '{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
-            await store.append(_message(), outbox=b"{}", trace_context=context)
+            event = _message()
+            await store.append(Draft(event.conversation_id, lambda seq: event, trace_context=context))
             [new] = await store.claim_outbox(limit=10, lease_s=30)
             assert new.trace_context == context
 

@@ -12,21 +12,14 @@ from redis.asyncio import Redis
 from services.common.errors import Unavailable
 from services.common.settings import Bucket
 from services.gateway.redis_buckets import RedisBucketStore
-from services.message.adapters.redis import RedisInbox, RedisSeqCounter, RedisTimeline, connect
+from services.message.adapters.redis import RedisInbox, RedisTimeline, connect
 from services.message.ports import InboxEntry
 from services.presence.adapters.redis import RedisPresenceStore
 
 AT = datetime(2026, 11, 26, tzinfo=UTC)
 
 
-async def zero() -> int:
-    return 0
-
-
 CALLS: dict[str, Callable[[Redis], Awaitable[object]]] = {
-    "seq next": lambda r: RedisSeqCounter(r).next("c", seed=zero),
-    "seq reseed": lambda r: RedisSeqCounter(r).reseed("c", 3),
-    "seq invalidate": lambda r: RedisSeqCounter(r).invalidate("c"),
     "inbox bump": lambda r: RedisInbox(r).bump(["u"], "c", seq=1, last_message={}, at=AT, reader_id=None),
     "inbox mark_read": lambda r: RedisInbox(r).mark_read("u", "c", 1),
     "inbox entries": lambda r: RedisInbox(r).entries("u", ["c"]),
@@ -62,7 +55,7 @@ async def test_unreachable_redis_is_unavailable(dead_redis: Redis, call: Callabl
 
 
 async def test_a_refused_command_is_unavailable_too(redis_client: Redis, unique_prefix: str) -> None:
-    await redis_client.set(f"{unique_prefix}seq:c", "not a hash")
+    await redis_client.set(f"{unique_prefix}inbox:u", "not a hash")
 
     with pytest.raises(Unavailable, match="redis refused"):
-        await RedisSeqCounter(redis_client, prefix=unique_prefix).next("c", seed=zero)
+        await RedisInbox(redis_client, prefix=unique_prefix).entries("u", ["c"])

@@ -7,6 +7,7 @@ memory store needs no server, so ``-k memory`` runs without the harness.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -18,8 +19,8 @@ from services.common.db import create_engine
 from services.common.ids import new_id
 from services.message.adapters.memory import MemoryMessageStore
 from services.message.adapters.sql import SqlMessageStore
-from services.message.domain import Message
-from services.message.ports import ClientMsgIdTaken, MessageStore, SeqGap, SeqTaken
+from services.message.domain import Message, encode_event
+from services.message.ports import ClientMsgIdTaken, Draft, MessageStore, SeqTaken
 from tests.integration.test_sql_support import SQL_BACKENDS, clean_engine, migrated_database
 
 T0 = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
@@ -86,11 +87,22 @@ def message(conversation_id: str, seq: int, *, sender: str = "alice", client_msg
     )
 
 
+async def put(store: MessageStore, event: Message, *, replace: Message | None = None) -> Message:
+    """Append ``event`` with whatever seq the store gives it (the expected one, where a test wrote it)."""
+    return await store.append(
+        Draft(event.conversation_id, lambda seq: dataclasses.replace(event, seq=seq), replace=replace)
+    )
+
+
 async def append_many(store: MessageStore, conversation_id: str, count: int, *, sender: str = "alice") -> list[Message]:
     stored = [message(conversation_id, seq, sender=sender) for seq in range(1, count + 1)]
     for event in stored:
-        await store.append(event, outbox=event.message_id.encode())
+        await put(store, event)
     return stored
+
+
+def payload_of(event: Message) -> bytes:
+    return encode_event(event)
 
 
 def seqs(messages: list[Message]) -> list[int]:
@@ -101,7 +113,7 @@ async def test_appended_message_reads_back_equal_by_seq_and_client_id(store: Mes
     cid = new_id()
     event = replace(message(cid, 1), content={"type": "text", "text": "hé 🚀", "mentions": ["bob"], "n": 1.5})
 
-    await store.append(event, outbox=b"{}")
+    await put(store, event)
 
     assert await store.get(cid, 1) == event
     assert await store.find_by_client_id(event.sender_id, event.client_msg_id) == event
@@ -116,37 +128,44 @@ async def test_appended_message_reads_back_equal_by_seq_and_client_id(store: Mes
 async def test_a_message_larger_than_64_kib_reads_back_whole(store: MessageStore) -> None:
     cid = new_id()
     event = replace(message(cid, 1), content={"type": "text", "text": "é" * 70_000})
-    payload = b"x" * 100_000
 
-    await store.append(event, outbox=payload)
+    await put(store, event)
 
     assert await store.get(cid, 1) == event
     claimed = await store.claim_outbox(limit=10, lease_s=60)
-    assert [record.payload for record in claimed] == [payload]
+    assert [record.payload for record in claimed] == [payload_of(event)]
 
 
-async def test_appending_a_taken_seq_raises_seq_taken_and_stores_nothing(store: MessageStore) -> None:
+async def test_appends_to_one_conversation_take_its_next_seqs_and_the_sender_reads_them(store: MessageStore) -> None:
+    cid, other = new_id(), new_id()
+    await append_many(store, other, 2)
+
+    stored = [await put(store, message(cid, 99, sender=sender)) for sender in ("alice", "bob", "alice")]
+
+    assert seqs(stored) == [1, 2, 3]
+    assert [await store.get(cid, seq) for seq in (1, 2, 3)] == stored
+    assert await store.read_seqs("alice", [cid]) == {cid: 3}
+    assert await store.read_seqs("bob", [cid]) == {cid: 2}
+    assert await store.max_seq(other) == 2
+
+
+async def test_an_event_carries_its_recipients_to_the_outbox(store: MessageStore) -> None:
     cid = new_id()
-    first = message(cid, 1)
-    await store.append(first, outbox=b"1")
-    clash = message(cid, 1, sender="bob")
+    event = message(cid, 1)
 
-    with pytest.raises(SeqTaken):
-        await store.append(clash, outbox=b"2")
+    await store.append(Draft(cid, lambda seq: replace(event, seq=seq), recipients=["alice", "bob"]))
 
-    assert await store.get(cid, 1) == first
-    assert await store.find_by_client_id("bob", clash.client_msg_id) is None
-    assert (await store.outbox_stats())[0] == 1
-    assert await store.read_seqs("bob", [cid]) == {}
+    [record] = await store.claim_outbox(limit=10, lease_s=60)
+    assert record.payload == encode_event(event, ["alice", "bob"])
 
 
 async def test_reusing_a_client_msg_id_raises_client_msg_id_taken_and_stores_nothing(store: MessageStore) -> None:
     cid = new_id()
     first = message(cid, 1, client_msg_id="retry-1")
-    await store.append(first, outbox=b"1")
+    await put(store, first)
 
     with pytest.raises(ClientMsgIdTaken):
-        await store.append(message(cid, 2, client_msg_id="retry-1"), outbox=b"2")
+        await put(store, message(cid, 2, client_msg_id="retry-1"))
 
     assert await store.find_by_client_id("alice", "retry-1") == first
     assert await store.get(cid, 2) is None
@@ -156,18 +175,18 @@ async def test_reusing_a_client_msg_id_raises_client_msg_id_taken_and_stores_not
 
 async def test_the_same_client_msg_id_of_another_sender_is_another_message(store: MessageStore) -> None:
     cid = new_id()
-    await store.append(message(cid, 1, sender="alice", client_msg_id="same"), outbox=b"1")
+    await put(store, message(cid, 1, sender="alice", client_msg_id="same"))
 
-    await store.append(message(cid, 2, sender="bob", client_msg_id="same"), outbox=b"2")
+    await put(store, message(cid, 2, sender="bob", client_msg_id="same"))
 
     assert await store.max_seq(cid) == 2
 
 
 async def test_client_msg_ids_differing_only_in_case_are_different_messages(store: MessageStore) -> None:
     cid = new_id()
-    await store.append(message(cid, 1, client_msg_id="Msg-A"), outbox=b"1")
+    await put(store, message(cid, 1, client_msg_id="Msg-A"))
 
-    await store.append(message(cid, 2, client_msg_id="msg-a"), outbox=b"2")
+    await put(store, message(cid, 2, client_msg_id="msg-a"))
 
     upper, lower = await store.find_by_client_id("alice", "Msg-A"), await store.find_by_client_id("alice", "msg-a")
     assert upper is not None
@@ -179,7 +198,7 @@ async def test_concurrent_lookups_each_get_their_own_message_or_none(store: Mess
     cid = new_id()
     stored = [message(cid, seq, sender=f"user{seq % 3}", client_msg_id=f"burst-{seq}") for seq in range(1, 9)]
     for event in stored:
-        await store.append(event, outbox=b"x")
+        await put(store, event)
     asked = [(e.sender_id, e.client_msg_id) for e in stored] + [("user0", "burst-2"), ("nobody", "burst-1")]
 
     found = await asyncio.gather(*(store.find_by_client_id(sender, cmid) for sender, cmid in asked))
@@ -187,70 +206,50 @@ async def test_concurrent_lookups_each_get_their_own_message_or_none(store: Mess
     assert found == [*stored, None, None]  # burst-2 was sent by user2, not user0
 
 
-async def test_concurrent_appends_of_one_seq_store_exactly_one(store: MessageStore) -> None:
+async def test_concurrent_appends_to_one_conversation_take_distinct_consecutive_seqs(store: MessageStore) -> None:
     cid = new_id()
     contenders = [message(cid, 1, sender=f"user{i}") for i in range(6)]
 
-    results = await asyncio.gather(*(store.append(event, outbox=b"x") for event in contenders), return_exceptions=True)
+    stored = await asyncio.gather(*(put(store, event) for event in contenders))
 
-    assert sum(result is None for result in results) == 1
-    assert all(isinstance(result, SeqTaken) for result in results if result is not None)
-    stored = await store.get(cid, 1)
-    assert stored in contenders
-    assert (await store.outbox_stats())[0] == 1
+    assert sorted(seqs(stored)) == [1, 2, 3, 4, 5, 6]
+    page = await store.page(cid, after_seq=0, before_seq=None, limit=10)
+    assert page.messages == sorted(stored, key=lambda m: m.seq)
+    assert (await store.outbox_stats())[0] == 6
 
 
 async def test_concurrent_appends_of_one_client_msg_id_store_exactly_one(store: MessageStore) -> None:
     # One conversation each, so only the (sender_id, client_msg_id) key can refuse them.
     contenders = [message(new_id(), 1, client_msg_id="once") for _ in range(6)]
 
-    results = await asyncio.gather(*(store.append(event, outbox=b"x") for event in contenders), return_exceptions=True)
+    results = await asyncio.gather(*(put(store, event) for event in contenders), return_exceptions=True)
 
-    assert sum(result is None for result in results) == 1
-    assert all(isinstance(result, ClientMsgIdTaken) for result in results if result is not None)
+    assert sum(isinstance(result, Message) for result in results) == 1
+    assert all(isinstance(result, ClientMsgIdTaken) for result in results if not isinstance(result, Message))
     stored = await store.find_by_client_id("alice", "once")
     assert stored in contenders
     assert (await store.outbox_stats())[0] == 1
 
 
 async def test_concurrent_appends_to_many_conversations_each_get_their_own_answer(store: MessageStore) -> None:
-    # Sends arriving together are committed together (group commit); one bad seq among them must
+    # Sends arriving together are committed together (group commit); one resend among them must
     # refuse only itself.
-    taken, gapped = new_id(), new_id()
-    await store.append(message(taken, 1), outbox=b"first")
+    resent = message(new_id(), 1, client_msg_id="resent")
+    first = await put(store, resent)
     fine = [message(new_id(), 1) for _ in range(20)]
-    contenders = [*fine[:10], message(taken, 1), message(gapped, 2), *fine[10:]]
+    contenders = [*fine[:10], replace(resent, message_id=new_id()), *fine[10:]]
 
-    results = await asyncio.gather(
-        *(store.append(event, outbox=event.message_id.encode()) for event in contenders), return_exceptions=True
-    )
+    results = await asyncio.gather(*(put(store, event) for event in contenders), return_exceptions=True)
 
     answers = dict(zip((event.message_id for event in contenders), results, strict=True))
-    assert isinstance(answers[contenders[10].message_id], SeqTaken)
-    assert isinstance(answers[contenders[11].message_id], SeqGap)
-    assert all(answers[event.message_id] is None for event in fine)
+    assert isinstance(answers[contenders[10].message_id], ClientMsgIdTaken)
+    assert all(answers[event.message_id] == event for event in fine)
     for event in fine:
         assert await store.get(event.conversation_id, 1) == event
         assert (await store.read_seqs("alice", [event.conversation_id])) == {event.conversation_id: 1}
-    assert await store.max_seq(gapped) == 0
+    assert await store.max_seq(resent.conversation_id) == 1
     claimed = await store.claim_outbox(limit=100, lease_s=60)
-    assert sorted(record.payload for record in claimed) == sorted([b"first", *(e.message_id.encode() for e in fine)])
-
-
-async def test_appending_past_the_next_seq_raises_seq_gap_and_stores_nothing(store: MessageStore) -> None:
-    cid = new_id()
-    await append_many(store, cid, 2)
-    # Seq 3 was drawn by a process that died before committing it: 4 would leave a hole.
-    ahead = message(cid, 4)
-
-    with pytest.raises(SeqGap):
-        await store.append(ahead, outbox=b"4")
-    with pytest.raises(SeqGap):
-        await store.append(message(new_id(), 2), outbox=b"2")
-
-    assert await store.max_seq(cid) == 2
-    assert await store.find_by_client_id("alice", ahead.client_msg_id) is None
-    assert (await store.outbox_stats())[0] == 2
+    assert sorted(record.payload for record in claimed) == sorted(payload_of(e) for e in [first, *fine])
 
 
 async def test_append_with_replace_rewrites_the_target_in_the_same_transaction(store: MessageStore) -> None:
@@ -259,24 +258,26 @@ async def test_append_with_replace_rewrites_the_target_in_the_same_transaction(s
     recalled = replace(target, content={"type": "text", "text": ""}, recalled=True)
     tombstone = replace(message(cid, 2), content={"type": "recall", "target_seq": 1})
 
-    await store.append(tombstone, outbox=b"recall", replace=recalled)
+    await put(store, tombstone, replace=recalled)
 
     assert await store.get(cid, 1) == recalled
     assert await store.get(cid, 2) == tombstone
     assert await store.find_by_client_id(target.sender_id, target.client_msg_id) == recalled
     edited = replace(target, content={"type": "text", "text": "better"}, edited=True)
-    await store.append(replace(message(cid, 3), content={"type": "edit", "target_seq": 1}), outbox=b"e", replace=edited)
+    await put(store, replace(message(cid, 3), content={"type": "edit", "target_seq": 1}), replace=edited)
     assert await store.get(cid, 1) == edited
 
 
 async def test_a_failed_append_leaves_the_replace_target_untouched(store: MessageStore) -> None:
     cid = new_id()
-    target, _ = await append_many(store, cid, 2)
+    target, second = await append_many(store, cid, 2)
     recalled = replace(target, content={"type": "text", "text": ""}, recalled=True)
-    tombstone = replace(message(cid, 2), content={"type": "recall", "target_seq": 1})
+    tombstone = replace(
+        message(cid, 3, client_msg_id=second.client_msg_id), content={"type": "recall", "target_seq": 1}
+    )
 
-    with pytest.raises(SeqTaken):
-        await store.append(tombstone, outbox=b"recall", replace=recalled)
+    with pytest.raises(ClientMsgIdTaken):
+        await put(store, tombstone, replace=recalled)
 
     assert await store.get(cid, 1) == target
     assert (await store.outbox_stats())[0] == 2
@@ -290,7 +291,7 @@ async def test_append_moves_the_senders_read_cursor_forward_only(store: MessageS
     assert await store.read_seqs("alice", [cid]) == {cid: 5}
 
     for seq in range(4, 8):
-        await store.append(message(cid, seq), outbox=b"x")
+        await put(store, message(cid, seq))
     assert await store.read_seqs("alice", [cid]) == {cid: 7}
     assert await store.read_seqs("bob", [cid]) == {}
 
@@ -320,7 +321,7 @@ async def test_last_messages_are_the_newest_of_each_conversation(store: MessageS
 async def test_last_messages_of_many_conversations_are_all_found(store: MessageStore) -> None:
     conversations = [new_id() for _ in range(205)]
     for cid in conversations:
-        await store.append(message(cid, 1), outbox=b"x")
+        await put(store, message(cid, 1))
 
     found = await store.last_messages(conversations)
 
@@ -424,8 +425,8 @@ async def test_outbox_rows_are_claimed_oldest_first_once_per_lease(store: Messag
     await store.delete_outbox([r.outbox_id for r in claimed])
     rest = await store.claim_outbox(limit=10, lease_s=60)
 
-    assert [r.payload for r in claimed] == [m.message_id.encode() for m in stored[:3]]
-    assert [r.payload for r in rest] == [m.message_id.encode() for m in stored[3:]]
+    assert [r.payload for r in claimed] == [payload_of(m) for m in stored[:3]]
+    assert [r.payload for r in rest] == [payload_of(m) for m in stored[3:]]
     assert all(r.conversation_id == cid for r in claimed + rest)
     ids = [r.outbox_id for r in claimed + rest]
     assert ids == sorted(ids)
@@ -523,7 +524,7 @@ async def test_booleans_and_times_survive_the_round_trip(store: MessageStore) ->
     cid = new_id()
     event = replace(message(cid, 1), recalled=True, edited=True, created_at=T0)
 
-    await store.append(event, outbox=b"x")
+    await put(store, event)
 
     found = await store.get(cid, 1)
     assert found is not None
@@ -532,26 +533,26 @@ async def test_booleans_and_times_survive_the_round_trip(store: MessageStore) ->
 
 
 async def test_replicas_racing_for_next_seqs_store_one_to_n_without_gaps(stores: Stores) -> None:
-    # Two replicas append to one conversation at once, each taking max + 1 and retrying on SeqTaken as
-    # the send path does: every append commits once, and the seqs are 1..N.
+    # Two replicas append to one conversation at once, each retrying on SeqTaken as the send path does:
+    # every append commits once, and the seqs are 1..N.
     cid = new_id()
     replicas = [stores.store, await stores.open_replica()]
-    wanted = 30
+    each = 15
 
-    async def send(replica: MessageStore, sender: str) -> int:
-        sent = 0
-        while (high := await replica.max_seq(cid)) < wanted:
-            event = message(cid, high + 1, sender=sender)
-            try:
-                await replica.append(event, outbox=event.message_id.encode())
-            except SeqTaken:
-                continue  # the other replica took it; draw again
-            sent += 1
-        return sent
+    async def send(replica: MessageStore, sender: str) -> list[int]:
+        stored = []
+        for _ in range(each):
+            while True:
+                try:
+                    stored.append((await put(replica, message(cid, 0, sender=sender))).seq)
+                    break
+                except SeqTaken:
+                    continue  # the other replica took it; ask again
+        return stored
 
     sent = await asyncio.gather(send(replicas[0], "alice"), send(replicas[1], "bob"))
 
     page = await stores.store.page(cid, after_seq=0, before_seq=None, limit=100)
-    assert seqs(page.messages) == list(range(1, wanted + 1))
-    assert sum(sent) == wanted
-    assert (await stores.store.outbox_stats())[0] == wanted
+    assert seqs(page.messages) == list(range(1, 2 * each + 1))
+    assert sorted(sent[0] + sent[1]) == list(range(1, 2 * each + 1))
+    assert (await stores.store.outbox_stats())[0] == 2 * each

@@ -1,54 +1,28 @@
-"""In-process adapters: the embedded mode's cache, counters and broker, and the unit tests' store."""
+"""In-process adapters: the embedded mode's cache and broker, and the unit tests' store."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from services.common.clock import utcnow
-from services.message.domain import Message
+from services.message.domain import Message, encode_event
 from services.message.ports import (
     ClientMsgIdTaken,
+    CommitPublisher,
+    Draft,
     InboxEntry,
     OutboxRecord,
     Page,
     Record,
-    SeqGap,
-    SeqTaken,
     TimelineHead,
     in_conversation_order,
 )
-
-
-class MemorySeqCounter:
-    def __init__(self) -> None:
-        self._seqs: dict[str, int] = {}
-
-    async def next(self, conversation_id: str, *, seed: Callable[[], Awaitable[int]]) -> int:
-        if conversation_id not in self._seqs:
-            high_water = await seed()
-            self._seqs.setdefault(conversation_id, high_water)
-        self._seqs[conversation_id] += 1
-        return self._seqs[conversation_id]
-
-    async def reseed(self, conversation_id: str, high_water: int) -> None:
-        self._seqs[conversation_id] = high_water
-
-    async def advance(self, conversation_id: str, high_water: int) -> None:
-        if conversation_id in self._seqs:
-            self._seqs[conversation_id] = max(self._seqs[conversation_id], high_water)
-
-    async def invalidate(self, conversation_id: str) -> None:
-        self._seqs.pop(conversation_id, None)
-
-    def forget(self) -> None:
-        """Lose every counter, as a cache flush would (tests of re-seeding)."""
-        self._seqs.clear()
 
 
 class MemoryInbox:
@@ -171,6 +145,10 @@ class MemoryConsumer:
         self._position = self._log._committed[(self._topic, self._group)]
 
 
+SWEPT = "swept"
+"""The lease token of a row a sweep claimed (never a publisher's)."""
+
+
 class MemoryMessageStore:
     """The unit tests' store: the same semantics as the SQL store, held in dicts."""
 
@@ -178,7 +156,8 @@ class MemoryMessageStore:
         self._by_seq: dict[str, dict[int, Message]] = defaultdict(dict)
         self._by_client: dict[tuple[str, str], Message] = {}
         self._reads: dict[tuple[str, str], int] = {}
-        self._outbox: dict[int, tuple[OutboxRecord, datetime, float]] = {}
+        self._outbox: dict[int, _OutboxRow] = {}
+        self._publisher: CommitPublisher | None = None
         self._next_outbox = 1
         self.fail_next_append: Exception | None = None
 
@@ -188,27 +167,40 @@ class MemoryMessageStore:
     async def get(self, conversation_id: str, seq: int) -> Message | None:
         return self._by_seq[conversation_id].get(seq)
 
-    async def append(
-        self, event: Message, *, outbox: bytes, replace: Message | None = None, trace_context: str | None = None
-    ) -> None:
+    def publish_on_commit(self, publisher: CommitPublisher) -> None:
+        self._publisher = publisher
+
+    async def append(self, draft: Draft) -> Message:
         if self.fail_next_append is not None:
             error, self.fail_next_append = self.fail_next_append, None
             raise error
-        if event.seq in self._by_seq[event.conversation_id]:
-            raise SeqTaken(f"{event.conversation_id}/{event.seq}")
-        if event.seq != max(self._by_seq[event.conversation_id], default=0) + 1:
-            raise SeqGap(f"{event.conversation_id}/{event.seq} would leave a gap")
+        event = draft.build(await self.max_seq(draft.conversation_id) + 1)
         if (event.sender_id, event.client_msg_id) in self._by_client:
             raise ClientMsgIdTaken(event.client_msg_id)
         self._by_seq[event.conversation_id][event.seq] = event
         self._by_client[(event.sender_id, event.client_msg_id)] = event
-        if replace is not None:
+        if draft.replace is not None:
+            replace = draft.replace
             self._by_seq[replace.conversation_id][replace.seq] = replace
             self._by_client[(replace.sender_id, replace.client_msg_id)] = replace
-        row = OutboxRecord(self._next_outbox, event.conversation_id, outbox, trace_context)
-        self._outbox[self._next_outbox] = (row, utcnow(), 0)
-        self._next_outbox += 1
         await self.set_read(event.conversation_id, event.sender_id, event.seq)
+        record = OutboxRecord(
+            self._next_outbox, event.conversation_id, encode_event(event, draft.recipients), draft.trace_context
+        )
+        self._next_outbox += 1
+        row = _OutboxRow(record, utcnow())
+        publisher, now = self._publisher, asyncio.get_running_loop().time()
+        if publisher is None:
+            self._outbox[record.outbox_id] = row
+            return event
+        token = publisher.lease_token
+        waiting = [r for r in self._outbox.values() if r.record.conversation_id == event.conversation_id]
+        direct = all(r.token == token and r.until > now for r in waiting)
+        if direct:
+            row.token, row.until = token, now + publisher.lease_s
+        self._outbox[record.outbox_id] = row
+        publisher.committed([record] if direct else [], lease_token=token, swept=not direct)
+        return event
 
     async def max_seq(self, conversation_id: str) -> int:
         return max(self._by_seq[conversation_id], default=0)
@@ -241,22 +233,36 @@ class MemoryMessageStore:
     async def claim_outbox(self, *, limit: int, lease_s: float) -> list[OutboxRecord]:
         now = asyncio.get_running_loop().time()
         rows = sorted(self._outbox.items())
-        free = [(outbox_id, record.conversation_id) for outbox_id, (record, _, until) in rows if until <= now][:limit]
+        free = [(outbox_id, row.record.conversation_id) for outbox_id, row in rows if row.until <= now][:limit]
         if not free:
             return []
         last, cids = free[-1][0], {cid for _, cid in free}
-        waiting = [(i, row.conversation_id) for i, (row, _, _) in rows if i <= last and row.conversation_id in cids]
+        waiting = [(i, r.record.conversation_id) for i, r in rows if i <= last and r.record.conversation_id in cids]
         claimed: list[OutboxRecord] = []
         for outbox_id in in_conversation_order(free, waiting):
-            record, created, _ = self._outbox[outbox_id]
-            self._outbox[outbox_id] = (record, created, now + lease_s)
-            claimed.append(record)
+            row = self._outbox[outbox_id]
+            row.token, row.until = SWEPT, now + lease_s
+            claimed.append(row.record)
         return claimed
+
+    async def release_outbox(self, outbox_ids: Collection[int]) -> None:
+        for outbox_id in outbox_ids:
+            if (row := self._outbox.get(outbox_id)) is not None:
+                row.token, row.until = None, 0.0
 
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None:
         for outbox_id in outbox_ids:
             self._outbox.pop(outbox_id, None)
 
     async def outbox_stats(self) -> tuple[int, datetime | None]:
-        oldest = min((created for _, created, _ in self._outbox.values()), default=None)
+        oldest = min((row.created for row in self._outbox.values()), default=None)
         return len(self._outbox), oldest
+
+
+@dataclass(eq=False)
+class _OutboxRow:
+    record: OutboxRecord
+    created: datetime
+    until: float = 0.0
+    """Leased until this loop time; at or below now it is free for the sweep."""
+    token: str | None = None

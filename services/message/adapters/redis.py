@@ -1,9 +1,8 @@
-"""Redis adapters of the message service: the seq counter, the inbox (write-diffusion) and the timeline
-(read-diffusion), each read-modify-write one Lua script so every message-service replica can share them.
+"""Redis adapters of the message service: the inbox (write-diffusion) and the timeline (read-diffusion),
+each read-modify-write one Lua script so every message-service replica can share them.
 
 Keys, all under the constructor's ``prefix`` (default ``courier:``):
 
-    seq:{conversation_id}        hash  n = last seq handed out, t = token of the draw that set it
     inbox:{user_id}              hash  per conversation: max:{cid} read:{cid} msg:{cid} (JSON) at:{cid}
     timeline:{conversation_id}   zset  score = seq, member = JSON {"at", "message"}; newest ``keep``
 
@@ -14,16 +13,13 @@ HMGET; a whole idle inbox expires at once and is rebuilt on the next read.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from services.common.errors import Unavailable
 from services.common.redis import ScriptBatcher, unavailable
 from services.common.redis import connect as connect
 from services.message.ports import InboxEntry, TimelineHead
@@ -36,106 +32,6 @@ BUMP_BATCH = 500
 def _text(value: bytes | str) -> str:
     """Replies are bytes unless the client decodes them; accept both."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-# --- seq counter ------------------------------------------------------------------------------------
-
-# The token makes a draw idempotent: redis-py retries a command whose connection broke, and a draw that
-# already ran must return its seq again instead of taking (and skipping) another one.
-_DRAW = """
-local n = redis.call('HGET', KEYS[1], 'n')
-if not n then return false end
-if redis.call('HGET', KEYS[1], 't') == ARGV[1] then return tonumber(n) end
-local seq = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('HSET', KEYS[1], 't', ARGV[1])
-if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return seq
-"""
-
-# Seeded concurrently by every caller that found no counter: the larger of what is there and the
-# store's high-water mark wins, so none of them reuses a seq another one already drew.
-_SEED = """
-local n = redis.call('HGET', KEYS[1], 'n')
-if n and redis.call('HGET', KEYS[1], 't') == ARGV[2] then return tonumber(n) end
-if not n or tonumber(n) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
-local seq = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('HSET', KEYS[1], 't', ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-return seq
-"""
-
-_RESEED = """
-redis.call('HSET', KEYS[1], 'n', ARGV[1], 't', '')
-if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 1
-"""
-
-
-# Forward only: a counter behind the store jumps to it; one ahead (seqs in flight) is left alone.
-_ADVANCE = """
-local n = redis.call('HGET', KEYS[1], 'n')
-if n and tonumber(n) < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
-return 1
-"""
-
-
-class RedisSeqCounter:
-    """Per-conversation seq counters seeded from the store's high-water mark when missing.
-
-    A counter lost with Redis (FLUSHALL, expiry) is seeded again from SQL, so no committed seq is reused
-    and none is skipped. When a call fails without telling whether Redis applied it, the counter may be
-    ahead of what was handed out; it is then dropped before the next draw (``_suspect``), which re-seeds
-    it from the store instead of leaving a gap.
-    """
-
-    def __init__(self, client: Redis, *, prefix: str = DEFAULT_PREFIX, idle_ttl_s: int = 30 * 24 * 3600) -> None:
-        self._client = client
-        self._prefix = prefix
-        # An idle counter may expire: seeding it again costs one indexed SQL query.
-        self._ttl = idle_ttl_s
-        self._draw = client.register_script(_DRAW)
-        self._seed = client.register_script(_SEED)
-        self._reseed = client.register_script(_RESEED)
-        self._advance = client.register_script(_ADVANCE)
-        self._suspect: set[str] = set()
-
-    def _key(self, conversation_id: str) -> str:
-        return f"{self._prefix}seq:{conversation_id}"
-
-    @contextmanager
-    def _guard(self, conversation_id: str, what: str) -> Iterator[None]:
-        try:
-            with unavailable(what):
-                yield
-        except Unavailable:
-            self._suspect.add(conversation_id)
-            raise
-
-    async def next(self, conversation_id: str, *, seed: Callable[[], Awaitable[int]]) -> int:
-        if conversation_id in self._suspect:
-            await self.invalidate(conversation_id)
-        key, token = self._key(conversation_id), uuid.uuid4().hex
-        with self._guard(conversation_id, "drawing a seq"):
-            seq = await self._draw(keys=[key], args=[token, self._ttl])
-        if seq is None:
-            high_water = await seed()
-            with self._guard(conversation_id, "seeding a seq counter"):
-                seq = await self._seed(keys=[key], args=[high_water, token, self._ttl])
-        return int(seq)
-
-    async def reseed(self, conversation_id: str, high_water: int) -> None:
-        with self._guard(conversation_id, "re-seeding a seq counter"):
-            await self._reseed(keys=[self._key(conversation_id)], args=[high_water, self._ttl])
-        self._suspect.discard(conversation_id)
-
-    async def advance(self, conversation_id: str, high_water: int) -> None:
-        with self._guard(conversation_id, "advancing a seq counter"):
-            await self._advance(keys=[self._key(conversation_id)], args=[high_water])
-
-    async def invalidate(self, conversation_id: str) -> None:
-        with self._guard(conversation_id, "dropping a seq counter"):
-            await self._client.delete(self._key(conversation_id))
-        self._suspect.discard(conversation_id)
 
 
 # --- inbox ------------------------------------------------------------------------------------------

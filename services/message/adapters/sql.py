@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import secrets
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     case,
     func,
     literal,
@@ -48,8 +49,16 @@ from services.common.batching import Batcher
 from services.common.clock import utcnow
 from services.common.db import UtcDateTime, metadata
 from services.common.errors import Unavailable
-from services.message.domain import Message
-from services.message.ports import ClientMsgIdTaken, OutboxRecord, Page, SeqGap, SeqTaken, in_conversation_order
+from services.message.domain import Message, encode_event
+from services.message.ports import (
+    ClientMsgIdTaken,
+    CommitPublisher,
+    Draft,
+    OutboxRecord,
+    Page,
+    SeqTaken,
+    in_conversation_order,
+)
 
 ID = String(32)
 # Most appends committed in one transaction (group commit).
@@ -141,27 +150,23 @@ def _columns(message: Message) -> dict[str, Any]:
     }
 
 
-def _seq_error(event: Message, highest: int) -> Exception | None:
-    if event.seq <= highest:
-        return SeqTaken(f"{event.conversation_id}/{event.seq} is already stored")
-    if event.seq > highest + 1:
-        return SeqGap(f"{event.conversation_id}/{event.seq} would leave a gap after {highest}")
-    return None
-
-
-def _outbox_row(event: Message, payload: bytes, trace_context: str | None, now: datetime) -> dict[str, Any]:
+def _outbox_row(event: Message, draft: Draft, now: datetime, lease: tuple[str, datetime] | None) -> dict[str, Any]:
+    """A row for the sweep (free now), or leased to the publisher that takes it out on commit."""
+    token, until = lease if lease is not None else (None, now)
     return {
         "conversation_id": event.conversation_id,
-        "payload": payload,
+        "payload": encode_event(event, draft.recipients),
         "created_at": now,
-        "leased_until": now,
-        "trace_context": trace_context,
+        "leased_until": until,
+        "lease_token": token,
+        "trace_context": draft.trace_context,
     }
 
 
-def _sender_cursor(event: Message) -> dict[str, Any]:
-    """The sender has read what they sent."""
-    return {"conversation_id": event.conversation_id, "user_id": event.sender_id, "read_seq": event.seq}
+def _sender_cursors(events: list[Message]) -> list[dict[str, Any]]:
+    """The senders have read what they sent: one cursor per (conversation, sender), at their last seq."""
+    cursors = {(e.conversation_id, e.sender_id): e.seq for e in events}
+    return [{"conversation_id": cid, "user_id": uid, "read_seq": seq} for (cid, uid), seq in cursors.items()]
 
 
 async def _apply_replace(conn: AsyncConnection, replace: Message) -> None:
@@ -172,10 +177,6 @@ async def _apply_replace(conn: AsyncConnection, replace: Message) -> None:
         .where(messages.c.message_id == replace.message_id)
         .values(content=changed["content"], recalled=replace.recalled, edited=replace.edited)
     )
-
-
-async def _advance_read(conn: AsyncConnection, conversation_id: str, user_id: str, seq: int) -> None:
-    await _advance_reads(conn, [{"conversation_id": conversation_id, "user_id": user_id, "read_seq": seq}])
 
 
 async def _advance_reads(conn: AsyncConnection, cursors: list[dict[str, Any]]) -> None:
@@ -232,21 +233,61 @@ async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) ->
     return found
 
 
+_WAITING_ROWS = select(outbox_rows.c.conversation_id, outbox_rows.c.lease_token, outbox_rows.c.leased_until).where(
+    outbox_rows.c.conversation_id.in_(bindparam("conversation_ids", expanding=True))
+)
+
+
+async def _publishable(conn: AsyncConnection, conversation_ids: list[str], token: str, now: datetime) -> set[str]:
+    """The conversations whose rows still waiting are all leased to ``token`` and live: a new row of
+    theirs goes out after those from the same queue. Rows of others, or free ones, must go out first,
+    and the sweep sees to that; the new row is left to it."""
+    waiting = await conn.execute(_WAITING_ROWS, {"conversation_ids": conversation_ids})
+    blocked = {cid for cid, lease_token, leased_until in waiting if lease_token != token or leased_until <= now}
+    return set(conversation_ids) - blocked
+
+
+_MINE = (
+    select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
+    .where(outbox_rows.c.conversation_id.in_(bindparam("conversation_ids", expanding=True)))
+    .where(outbox_rows.c.lease_token == bindparam("token"))
+)
+
+
+async def _insert_outbox(conn: AsyncConnection, rows: list[dict[str, Any]], token: str | None) -> list[int | None]:
+    """Insert the rows in order; the ids of those leased to ``token``, None for the others.
+
+    A multi-row insert numbers its rows in the order given, so the k rows of a conversation leased here
+    take the conversation's k highest ids leased to the token, in order (nobody else writes the token)."""
+    if token is None:
+        await conn.execute(outbox_rows.insert(), rows)
+        return [None] * len(rows)
+    mine = Counter(row["conversation_id"] for row in rows if row["lease_token"] == token)
+    if conn.dialect.insert_executemany_returning:
+        returning = outbox_rows.insert().returning(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
+        found = (await conn.execute(returning, rows)).all()
+    else:  # MySQL: no RETURNING; the token's rows of those conversations, earlier ones included
+        await conn.execute(outbox_rows.insert(), rows)
+        found = (await conn.execute(_MINE, {"conversation_ids": list(mine), "token": token})).all()
+    ids: dict[str, list[int]] = {}
+    for outbox_id, cid in sorted(found):
+        ids.setdefault(cid, []).append(int(outbox_id))
+    new = {cid: deque(ids[cid][-count:]) for cid, count in mine.items()}
+    return [new[row["conversation_id"]].popleft() if row["lease_token"] == token else None for row in rows]
+
+
 @dataclass(eq=False)
 class _Append:
-    event: Message
-    outbox: bytes
-    replace: Message | None
-    trace_context: str | None
-    done: asyncio.Future[None]
+    draft: Draft
+    done: asyncio.Future[Message]
 
-    def settle(self, error: BaseException | None = None) -> None:
+    def settle(self, outcome: Message | Exception) -> None:
         if self.done.done():  # the sender stopped waiting (cancelled); the row stands or not all the same
             return
-        if error is None:
-            self.done.set_result(None)
+        if isinstance(outcome, Message):
+            self.done.set_result(outcome)
         else:
-            self.done.set_exception(error)
+            self.done.set_exception(outcome)
 
 
 class SqlMessageStore:
@@ -254,9 +295,13 @@ class SqlMessageStore:
         self._engine = engine
         self._waiting: deque[_Append] = deque()
         self._committer: asyncio.Task[None] | None = None
+        self._publisher: CommitPublisher | None = None
         self._client_ids: Batcher[tuple[str, str], Message | None] = Batcher(
             self._find_by_client_ids, max_batch=CLIENT_ID_BATCH
         )
+
+    def publish_on_commit(self, publisher: CommitPublisher) -> None:
+        self._publisher = publisher
 
     def _read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         return db.reading(self._engine, "message")
@@ -284,23 +329,19 @@ class SqlMessageStore:
             row = (await conn.execute(query)).first()
         return None if row is None else _message(row)
 
-    async def append(
-        self, event: Message, *, outbox: bytes, replace: Message | None = None, trace_context: str | None = None
-    ) -> None:
-        """Store ``event`` with its outbox row, if its seq is exactly the next one.
-
-        Group commit: appends that arrive while a commit is running wait for it to end and are then
+    async def append(self, draft: Draft) -> Message:
+        """Group commit: appends that arrive while a commit is running wait for it to end and are then
         committed together, one transaction and one multi-row statement per table for all of them,
         so under load the database work per message shrinks with the batch instead of queueing."""
-        item = _Append(event, outbox, replace, trace_context, asyncio.get_running_loop().create_future())
+        item = _Append(draft, asyncio.get_running_loop().create_future())
         self._waiting.append(item)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_waiting(), name="message-group-commit")
-        await item.done
+        return await item.done
 
     async def _commit_waiting(self) -> None:
         while self._waiting:
-            batch = self._next_batch()
+            batch = [self._waiting.popleft() for _ in range(min(GROUP_COMMIT_LIMIT, len(self._waiting)))]
             try:
                 if len(batch) == 1:
                     await self._append_one(batch[0])
@@ -312,47 +353,11 @@ class SqlMessageStore:
                 if not isinstance(exc, Exception):
                     raise
 
-    def _next_batch(self) -> list[_Append]:
-        """Up to ``GROUP_COMMIT_LIMIT`` waiting appends of distinct conversations, oldest first (a second
-        event of a conversation waits for the next batch: one upsert may not touch a row twice)."""
-        batch: list[_Append] = []
-        later: list[_Append] = []
-        seen: set[str] = set()
-        while self._waiting and len(batch) < GROUP_COMMIT_LIMIT:
-            item = self._waiting.popleft()
-            if item.event.conversation_id in seen:
-                later.append(item)
-            else:
-                seen.add(item.event.conversation_id)
-                batch.append(item)
-        self._waiting.extendleft(reversed(later))
-        return batch
-
     async def _append_batch(self, batch: list[_Append]) -> None:
-        now = utcnow()
-        refused: list[tuple[_Append, Exception]] = []
-        accepted: list[_Append] = []
         try:
-            async with self._write() as conn:
-                highest = await _max_seqs(conn, [item.event.conversation_id for item in batch])
-                for item in batch:
-                    error = _seq_error(item.event, highest.get(item.event.conversation_id, 0))
-                    if error is None:
-                        accepted.append(item)
-                    else:
-                        refused.append((item, error))
-                if accepted:
-                    await conn.execute(messages.insert(), [_columns(item.event) for item in accepted])
-                    for item in accepted:
-                        if item.replace is not None:
-                            await _apply_replace(conn, item.replace)
-                    await conn.execute(
-                        outbox_rows.insert(),
-                        [_outbox_row(item.event, item.outbox, item.trace_context, now) for item in accepted],
-                    )
-                    await _advance_reads(conn, [_sender_cursor(item.event) for item in accepted])
+            stored = await self._commit(batch)
         except IntegrityError:
-            # A client_msg_id sent again, or a seq another replica took: the batch rolled back as a
+            # A client_msg_id sent again, or a seq another process took: the batch rolled back as a
             # whole; commit its appends one by one so each gets its own answer.
             for item in batch:
                 try:
@@ -360,35 +365,55 @@ class SqlMessageStore:
                 except Exception as exc:  # noqa: BLE001 - the sender's own error, handed to the sender
                     item.settle(exc)
             return
-        for item in accepted:
-            item.settle()
-        for item, error in refused:
-            item.settle(error)
+        for item, event in zip(batch, stored, strict=True):
+            item.settle(event)
 
     async def _append_one(self, item: _Append) -> None:
-        event = item.event
         try:
-            async with self._write() as conn:
-                # Exactly the next seq: one drawn by a process that died before committing must not leave
-                # a hole. Only committed rows are visible here, so when this passes, seq - 1 is committed.
-                high = await conn.execute(
-                    select(func.max(messages.c.seq)).where(messages.c.conversation_id == event.conversation_id)
-                )
-                error = _seq_error(event, high.scalar() or 0)
-                if error is not None:
-                    raise error
-                await conn.execute(messages.insert().values(_columns(event)))
-                if item.replace is not None:
-                    await _apply_replace(conn, item.replace)
-                await conn.execute(
-                    outbox_rows.insert().values(_outbox_row(event, item.outbox, item.trace_context, utcnow()))
-                )
-                await _advance_reads(conn, [_sender_cursor(event)])
+            [event] = await self._commit([item])
         except IntegrityError as exc:
-            if await self.find_by_client_id(event.sender_id, event.client_msg_id) is not None:
-                raise ClientMsgIdTaken(event.client_msg_id) from exc
-            raise SeqTaken(f"{event.conversation_id}/{event.seq}") from exc
-        item.settle()
+            sample = item.draft.build(0)  # its sender and client_msg_id, whatever the seq
+            if await self.find_by_client_id(sample.sender_id, sample.client_msg_id) is not None:
+                raise ClientMsgIdTaken(sample.client_msg_id) from exc
+            raise SeqTaken(f"the next seq of {item.draft.conversation_id} was taken") from exc
+        item.settle(event)
+
+    async def _commit(self, batch: list[_Append]) -> list[Message]:
+        """One transaction for the batch: each draft takes its conversation's next seq, in batch order.
+
+        Only committed rows are visible to the seq read, so a seq is committed only right after the one
+        before it: no gap, even when a process dies mid-commit. Two processes that read the same maximum
+        insert the same seq, and the unique key refuses the later one (``IntegrityError``)."""
+        now = utcnow()
+        publisher = self._publisher
+        token = publisher.lease_token if publisher is not None else None
+        async with self._write() as conn:
+            highest = await _max_seqs(conn, [item.draft.conversation_id for item in batch])
+            events = []
+            for item in batch:
+                cid = item.draft.conversation_id
+                highest[cid] = highest.get(cid, 0) + 1
+                events.append(item.draft.build(highest[cid]))
+            direct = set() if token is None else await _publishable(conn, list(highest), token, now)
+            await conn.execute(messages.insert(), [_columns(event) for event in events])
+            for item in batch:
+                if item.draft.replace is not None:
+                    await _apply_replace(conn, item.draft.replace)
+            lease = None if publisher is None or token is None else (token, now + timedelta(seconds=publisher.lease_s))
+            rows = [
+                _outbox_row(event, item.draft, now, lease if event.conversation_id in direct else None)
+                for item, event in zip(batch, events, strict=True)
+            ]
+            ids = await _insert_outbox(conn, rows, token if direct else None)
+            await _advance_reads(conn, _sender_cursors(events))
+        if publisher is not None and token is not None:
+            committed = [
+                OutboxRecord(outbox_id, row["conversation_id"], row["payload"], row["trace_context"])
+                for outbox_id, row in zip(ids, rows, strict=True)
+                if outbox_id is not None
+            ]
+            publisher.committed(committed, lease_token=token, swept=len(committed) < len(rows))
+        return events
 
     async def max_seq(self, conversation_id: str) -> int:
         query = select(func.max(messages.c.seq)).where(messages.c.conversation_id == conversation_id)
@@ -428,7 +453,7 @@ class SqlMessageStore:
 
     async def set_read(self, conversation_id: str, user_id: str, seq: int) -> int:
         async with self._write() as conn:
-            await _advance_read(conn, conversation_id, user_id, seq)
+            await _advance_reads(conn, [{"conversation_id": conversation_id, "user_id": user_id, "read_seq": seq}])
             query = select(read_cursors.c.read_seq).where(
                 read_cursors.c.conversation_id == conversation_id, read_cursors.c.user_id == user_id
             )
@@ -490,6 +515,15 @@ class SqlMessageStore:
         return [
             OutboxRecord(int(row.outbox_id), row.conversation_id, bytes(row.payload), row.trace_context) for row in rows
         ]
+
+    async def release_outbox(self, outbox_ids: Collection[int]) -> None:
+        if outbox_ids:
+            async with self._write() as conn:
+                await conn.execute(
+                    update(outbox_rows)
+                    .where(outbox_rows.c.outbox_id.in_(list(outbox_ids)))
+                    .values(leased_until=utcnow(), lease_token=None)
+                )
 
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None:
         if outbox_ids:

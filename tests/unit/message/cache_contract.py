@@ -1,6 +1,6 @@
-"""The contract of the message service's cache ports (SeqCounter, Inbox, Timeline): test functions that a
-runner module imports and feeds with its fixtures ``counter``, ``inbox``, ``timeline`` (keeping
-``TIMELINE_KEEP`` events) and ``lose_cache`` (loses every counter and inbox entry, as FLUSHALL would).
+"""The contract of the message service's cache ports (Inbox, Timeline): test functions that a runner
+module imports and feeds with its fixtures ``inbox``, ``timeline`` (keeping ``TIMELINE_KEEP`` events)
+and ``lose_cache`` (loses every inbox entry, as FLUSHALL would).
 
 Runners: test_cache_contract.py (memory) and tests/integration/test_redis_message.py (memory and Redis).
 """
@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from services.common.ids import new_id
-from services.message.ports import Inbox, InboxEntry, SeqCounter, Timeline
+from services.message.ports import Inbox, InboxEntry, Timeline
 
 # The timelines of this suite keep this many events, so trimming is cheap to reach.
 TIMELINE_KEEP = 3
@@ -20,118 +20,8 @@ T0 = datetime(2026, 11, 26, 20, 24, 15, 123456, tzinfo=UTC)
 LoseCache = Callable[[], Awaitable[None]]
 
 
-class Seed:
-    """The store's high-water mark as the counter asks for it; counts the asks."""
-
-    def __init__(self, high_water: int) -> None:
-        self.high_water = high_water
-        self.calls = 0
-
-    async def __call__(self) -> int:
-        self.calls += 1
-        await asyncio.sleep(0)  # let concurrent draws interleave with the SQL round trip
-        return self.high_water
-
-
 def message(seq: int, text: str = "hi") -> dict[str, object]:
     return {"seq": seq, "content": {"type": "text", "text": text}, "created_at": "2026-11-26T20:24:15.123Z"}
-
-
-# --- SeqCounter ------------------------------------------------------------------------------------
-
-
-async def test_first_draw_continues_from_the_store_high_water_mark(counter: SeqCounter) -> None:
-    cid, seed = new_id(), Seed(41)
-
-    seqs = [await counter.next(cid, seed=seed) for _ in range(3)]
-
-    assert seqs == [42, 43, 44]
-    assert seed.calls == 1
-
-
-async def test_counters_of_different_conversations_are_independent(counter: SeqCounter) -> None:
-    a, b = new_id(), new_id()
-
-    assert await counter.next(a, seed=Seed(0)) == 1
-    assert await counter.next(b, seed=Seed(7)) == 8
-    assert await counter.next(a, seed=Seed(0)) == 2
-
-
-async def test_reseed_puts_the_counter_exactly_on_the_high_water_mark(counter: SeqCounter) -> None:
-    cid, seed = new_id(), Seed(0)
-    for _ in range(5):
-        await counter.next(cid, seed=seed)
-
-    await counter.reseed(cid, 2)
-    behind = await counter.next(cid, seed=seed)
-    await counter.reseed(cid, 10)
-    ahead = await counter.next(cid, seed=seed)
-
-    assert (behind, ahead) == (3, 11)
-    assert seed.calls == 1
-
-
-async def test_advance_moves_a_counter_forward_but_never_back(counter: SeqCounter) -> None:
-    cid, seed = new_id(), Seed(0)
-    for _ in range(5):
-        await counter.next(cid, seed=seed)
-
-    await counter.advance(cid, 2)  # seqs 3..5 are in flight elsewhere: keep them
-    kept = await counter.next(cid, seed=seed)
-    await counter.advance(cid, 20)  # the store is ahead: jump to it
-    jumped = await counter.next(cid, seed=seed)
-
-    assert (kept, jumped) == (6, 21)
-
-
-async def test_reseed_of_a_missing_counter_creates_it(counter: SeqCounter) -> None:
-    cid, seed = new_id(), Seed(0)
-
-    await counter.reseed(cid, 9)
-
-    assert await counter.next(cid, seed=seed) == 10
-    assert seed.calls == 0
-
-
-async def test_invalidated_counter_seeds_from_the_store_again(counter: SeqCounter) -> None:
-    cid = new_id()
-    for _ in range(4):
-        await counter.next(cid, seed=Seed(0))
-
-    await counter.invalidate(cid)
-    seed = Seed(3)  # the fourth draw was never committed
-
-    assert await counter.next(cid, seed=seed) == 4
-    assert seed.calls == 1
-
-
-async def test_counter_lost_mid_conversation_continues_from_the_store_without_reuse_or_gap(
-    counter: SeqCounter, lose_cache: LoseCache
-) -> None:
-    cid = new_id()
-    before = [await counter.next(cid, seed=Seed(0)) for _ in range(5)]
-
-    await lose_cache()
-    after = [await counter.next(cid, seed=Seed(before[-1])) for _ in range(3)]
-
-    assert before + after == list(range(1, 9))
-
-
-async def test_concurrent_draws_are_distinct_and_consecutive(counter: SeqCounter) -> None:
-    cid, seed = new_id(), Seed(100)
-    await counter.next(cid, seed=seed)
-
-    seqs = await asyncio.gather(*(counter.next(cid, seed=seed) for _ in range(200)))
-
-    assert sorted(seqs) == list(range(102, 302))
-
-
-async def test_concurrent_first_draws_on_a_missing_counter_are_distinct_and_consecutive(counter: SeqCounter) -> None:
-    cid, seed = new_id(), Seed(20)
-
-    seqs = await asyncio.gather(*(counter.next(cid, seed=seed) for _ in range(50)))
-
-    assert sorted(seqs) == list(range(21, 71))
 
 
 # --- Inbox -----------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from services.message.adapters.memory import (
     MemoryEventLog,
     MemoryInbox,
     MemoryMessageStore,
-    MemorySeqCounter,
     MemoryTimeline,
 )
 from services.message.ports import Conversation
@@ -81,7 +80,6 @@ class RecordingPusher:
 @dataclass
 class World:
     store: MemoryMessageStore
-    counter: MemorySeqCounter
     conversations: Conversations
     files: Files
     pusher: RecordingPusher
@@ -102,15 +100,14 @@ class World:
 
 @pytest.fixture
 def world() -> World:
-    store, counter, conversations, files = MemoryMessageStore(), MemorySeqCounter(), Conversations(), Files()
+    store, conversations, files = MemoryMessageStore(), Conversations(), Files()
     pusher = RecordingPusher()
     deps = app.MessageDeps(
         store=store,
-        counter=counter,
         conversations=conversations,
         files=files,
         locks=app.ConversationLocks(),
         limits=app.Limits(max_text_length=100, recall_window_s=120, edit_window_s=3600),
     )
     service = MessageService(deps, MemoryInbox(), MemoryTimeline(), pusher)
-    return World(store, counter, conversations, files, pusher, service, MemoryEventLog())
+    return World(store, conversations, files, pusher, service, MemoryEventLog())

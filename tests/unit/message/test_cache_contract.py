@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.message.adapters.memory import MemoryInbox, MemorySeqCounter, MemoryTimeline
+from services.message.adapters.memory import MemoryInbox, MemoryTimeline
 from tests.unit.message.cache_contract import *  # noqa: F403 - the contract's tests, run over the fixtures below
 from tests.unit.message.cache_contract import TIMELINE_KEEP, LoseCache
-
-
-@pytest.fixture
-def counter() -> MemorySeqCounter:
-    return MemorySeqCounter()
 
 
 @pytest.fixture
@@ -25,9 +20,8 @@ def timeline() -> MemoryTimeline:
 
 
 @pytest.fixture
-def lose_cache(counter: MemorySeqCounter, inbox: MemoryInbox) -> LoseCache:
+def lose_cache(inbox: MemoryInbox) -> LoseCache:
     async def lose() -> None:
-        counter.forget()
         inbox.forget()
 
     return lose

@@ -9,7 +9,8 @@ import pytest
 from services.common.errors import Forbidden, NotFound
 from services.message import app
 from services.message.domain import Message
-from services.message.ports import Conversation
+from services.message.ports import Record
+from services.message.workers import MESSAGES_TOPIC
 from tests.unit.message.conftest import World
 
 
@@ -79,14 +80,7 @@ async def test_large_conversations_use_the_timeline_for_activity(world: World) -
     await _fill(world, cid, 3)
     records = await world.store.claim_outbox(limit=10, lease_s=30)
     for record in records:
-        event = app.decode_event(record.payload)
-        await app.fan_out(
-            event,
-            conversation=await world.conversations.get(cid),
-            inbox=world.service.inbox,
-            timeline=world.service.timeline,
-            pusher=world.pusher,
-        )
+        await world.service.handle_record(Record(MESSAGES_TOPIC, cid, record.payload))
     assert await world.service.inbox.entries("bob", [cid]) == {}
     heads = await world.service.timeline.heads([cid])
     assert heads[cid].max_seq == 3
@@ -162,7 +156,8 @@ async def test_fan_out_pushes_to_every_member_but_the_sending_device(world: Worl
     sent = await world.send(cid, "alice", device="phone")
     await app.fan_out(
         sent.message,
-        conversation=Conversation(cid, {"alice": "member", "bob": "member"}, False),
+        recipients=["alice", "bob"],
+        large=False,
         inbox=world.service.inbox,
         timeline=world.service.timeline,
         pusher=world.pusher,

@@ -8,8 +8,8 @@ from prometheus_client import REGISTRY
 
 from services.common.clock import utcnow
 from services.common.ids import new_id
-from services.message import app
 from services.message.adapters.memory import MemoryEventLog
+from services.message.domain import encode_event
 from services.message.ports import Record
 from services.message.workers import (
     DLQ_TOPIC,
@@ -110,5 +110,5 @@ async def test_fanout_of_a_small_conversation_is_timed_as_inbox_diffusion(world:
     cid = world.conversations.add("alice", "bob")
     sent = await world.send(cid, "alice")
     before = value("courier_fanout_duration_seconds_count", diffusion="inbox")
-    await world.service.handle_record(Record(MESSAGES_TOPIC, cid, app.event_payload(sent.message)))
+    await world.service.handle_record(Record(MESSAGES_TOPIC, cid, encode_event(sent.message)))
     assert value("courier_fanout_duration_seconds_count", diffusion="inbox") == before + 1

@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 
-from services.common.errors import Conflict, InvalidRequest, NotFound
+from services.common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from services.message import app
+from services.message.domain import Message, decode_event
+from services.message.ports import Draft, SeqTaken
 from tests.unit.message.conftest import World
 
 
@@ -73,20 +75,25 @@ async def test_failed_commit_leaves_no_gap_in_seqs(world: World) -> None:
     assert (await world.send(cid, "alice")).message.seq == 2
 
 
-async def test_lost_counter_is_reseeded_from_the_store_without_reuse(world: World) -> None:
+async def test_a_seq_another_process_committed_first_is_asked_for_again(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
-    for _ in range(3):
-        await world.send(cid, "alice")
-    world.counter.forget()
-    assert (await world.send(cid, "alice")).message.seq == 4
+    await world.send(cid, "alice")
+    world.store.fail_next_append = SeqTaken("another replica committed seq 2 first")
+    assert (await world.send(cid, "alice")).message.seq == 2
 
 
-async def test_counter_behind_the_store_skips_taken_seqs(world: World) -> None:
+async def test_a_seq_taken_every_time_answers_unavailable_and_stores_nothing(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
-    for _ in range(3):
+    real_append = world.store.append
+
+    async def always_taken(draft: Draft) -> Message:
+        raise SeqTaken("lost the race again")
+
+    world.store.append = always_taken  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
         await world.send(cid, "alice")
-    await world.counter.reseed(cid, 1)  # e.g. a stale cache restored
-    assert (await world.send(cid, "alice")).message.seq == 4
+    world.store.append = real_append  # type: ignore[method-assign]
+    assert await world.store.max_seq(cid) == 0
 
 
 @pytest.mark.parametrize(
@@ -133,31 +140,14 @@ async def test_send_writes_an_outbox_row_in_the_same_transaction(world: World) -
     await world.send(cid, "alice")
     rows = await world.store.claim_outbox(limit=10, lease_s=30)
     assert [r.conversation_id for r in rows] == [cid]
-    assert app.decode_event(rows[0].payload).seq == 1
+    assert decode_event(rows[0].payload)[0].seq == 1
 
 
-async def test_counter_is_invalidated_when_reseeding_after_a_failure_fails_too(world: World) -> None:
-    cid = world.conversations.add("alice", "bob")
-    await world.send(cid, "alice")
-    real_max_seq = world.store.max_seq
-    calls = 0
-
-    async def flaky_max_seq(conversation_id: str) -> int:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise ConnectionError("database still down")
-        return await real_max_seq(conversation_id)
-
-    world.store.max_seq = flaky_max_seq  # type: ignore[method-assign]
-    world.store.fail_next_append = ConnectionError("database went away")
-    with pytest.raises(ConnectionError):
-        await world.send(cid, "alice")
-    assert (await world.send(cid, "alice")).message.seq == 2
-
-
-async def test_a_seq_abandoned_by_a_dead_process_is_not_left_as_a_gap(world: World) -> None:
-    cid = world.conversations.add("alice", "bob")
-    await world.send(cid, "alice")
-    await world.counter.next(cid, seed=lambda: world.store.max_seq(cid))  # drawn, then the process died
-    assert (await world.send(cid, "alice")).message.seq == 2
+async def test_an_event_of_a_small_conversation_carries_its_recipients_and_of_a_large_one_not(world: World) -> None:
+    small = world.conversations.add("alice", "bob", "carol")
+    large = world.conversations.add("alice", "bob", large=True)
+    await world.send(small, "alice")
+    await world.send(large, "alice")
+    rows = await world.store.claim_outbox(limit=10, lease_s=30)
+    recipients = {row.conversation_id: decode_event(row.payload)[1] for row in rows}
+    assert recipients == {small: ["alice", "bob", "carol"], large: None}
