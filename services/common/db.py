@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 from sqlalchemy.types import TypeDecorator
 
+from services.common import inline_sqlite
 from services.common.errors import Unavailable
 
 log = logging.getLogger("courier.db")
@@ -68,11 +69,13 @@ def create_engine(url: str) -> AsyncEngine:
     hashes, and database errors are logged."""
     if url.startswith("sqlite"):
         _use_wal(make_url(url).database)
-        # Connections stay open: aiosqlite runs each on its own thread, and the default pool's overflow
-        # opened and closed one (a thread, a file open, the pragmas) for every burst above five.
+        # Statements run on the loop's thread (inline_sqlite: a thread round trip cost more than they do).
+        # Connections stay open: the default pool's overflow opened and closed one (a file open, the
+        # pragmas) for every burst above five.
+        database = make_url(url).database or ""
         engine = create_async_engine(
             url,
-            connect_args={"timeout": 30},
+            async_creator=inline_sqlite.creator(database, timeout_s=30),
             pool_size=SQLITE_POOL_SIZE,
             max_overflow=0,
             pool_timeout=60,
@@ -85,7 +88,7 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-            dbapi_connection.isolation_level = None  # the "begin" listener below says how
+            # Autocommit as the driver sees it (inline_sqlite connects so): the "begin" listener below says how.
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: Any) -> None:
