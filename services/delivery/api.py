@@ -13,10 +13,10 @@ from fastapi.responses import ORJSONResponse
 from services.common import internal, metrics
 from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
-from services.delivery.hub import CLOSE_TOO_SLOW, WRITE_TIMEOUT, Close, Connection
+from services.delivery.hub import CLOSE_TOO_SLOW, SENT_SERIES, WRITE_TIMEOUT, Close, Connection
 from services.delivery.ports import FrameLimiter
 from services.delivery.protocol import AckWindow, encode, error_frame
-from services.delivery.session import Session, SessionDeps
+from services.delivery.session import RECEIVED_SERIES, Session, SessionDeps
 
 log = logging.getLogger("courier.delivery.ws")
 
@@ -73,7 +73,7 @@ async def _write(websocket: WebSocket, conn: Connection, write_timeout_s: float)
         except TimeoutError:  # the client stopped reading: what it would read next is the close frame
             conn.close(CLOSE_TOO_SLOW, WRITE_TIMEOUT)
             continue
-        metrics.WS_FRAMES_SENT.labels(item.kind).inc()
+        SENT_SERIES[item.kind].inc()
         if item.kind == "message":
             metrics.MESSAGES_PUSHED.inc()
             # Retransmits are counted apart; their ACK-timeout wait is not push latency.
@@ -83,41 +83,76 @@ async def _write(websocket: WebSocket, conn: Connection, write_timeout_s: float)
 
 def _invalid_frame(conn: Connection, code: str, message: str) -> None:
     """A frame refused before the session saw it: counted as type ``invalid``."""
-    metrics.WS_FRAMES_RECEIVED.labels("invalid", "error").inc()
+    RECEIVED_SERIES["invalid", "error"].inc()
     conn.offer(error_frame(None, code, message))
+
+
+class _IdleWatch:
+    """Closes the socket once the reader has waited ``idle_s`` for a frame. One timer per socket, looked at
+    only when it fires, so that a frame costs noting the time: ``asyncio.wait_for`` around every receive
+    cost a task and a timer per frame (docs/performance.md 10)."""
+
+    def __init__(self, conn: Connection, idle_s: float) -> None:
+        self._conn = conn
+        self._idle_s = idle_s
+        self._loop = asyncio.get_running_loop()
+        self._waiting_since: float | None = None
+        """When the reader started waiting for the next frame; None while it handles one."""
+        self._timer = self._loop.call_later(idle_s, self._due)
+
+    def waiting(self) -> None:
+        self._waiting_since = self._loop.time()
+
+    def busy(self) -> None:
+        self._waiting_since = None
+
+    def _due(self) -> None:
+        since = self._waiting_since
+        if since is not None and self._loop.time() - since >= self._idle_s:
+            self._conn.close(CLOSE_IDLE, "idle timeout")  # the reader gets the disconnect that ends the close
+            return
+        self._timer = self._loop.call_at((since if since is not None else self._loop.time()) + self._idle_s, self._due)
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 async def _read(
     websocket: WebSocket, session: Session, settings: WebSocketSettings, limiter: FrameLimiter | None, ip: str
 ) -> None:
     conn = session.conn
-    while conn.closing is None:
-        try:
-            message = await asyncio.wait_for(websocket.receive(), settings.idle_timeout_s)
-        except TimeoutError:
-            conn.close(CLOSE_IDLE, "idle timeout")
-            break
-        if message["type"] == "websocket.disconnect":
-            return
-        if conn.closing is not None:
-            break  # closed while this frame was on its way (replaced, too slow): nothing more is handled
-        data = message.get("text")
-        if data is None:
-            _invalid_frame(conn, "invalid_request", "binary frames are not supported; send JSON text")
-            continue
-        if limiter is not None:
-            try:
-                await limiter.check(ip=ip, user_id=conn.user_id)
-            except RateLimited as exc:
-                refusal = {**error_frame(None, exc.code, exc.message), "retry_after": exc.retry_after}
-                conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}", farewell=refusal)
-                break
-            except CourierError:  # the shared buckets are unreachable: limits step aside meanwhile
-                log.warning("frame rate limiter unavailable; letting frames through", exc_info=True)
-        if len(data) > settings.max_frame_bytes // 4 and len(data.encode()) > settings.max_frame_bytes:
-            _invalid_frame(conn, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes")
-            continue
-        await session.on_text(data)
+    idle = _IdleWatch(conn, settings.idle_timeout_s)
+    try:
+        while conn.closing is None:
+            # A turn for the writer and every other socket between frames: frames that arrived together are
+            # received without waiting, and a burst of them would fill this socket's queue before it is written.
+            await asyncio.sleep(0)
+            idle.waiting()
+            message = await websocket.receive()
+            idle.busy()
+            if message["type"] == "websocket.disconnect":
+                return
+            if conn.closing is not None:
+                break  # closed while this frame was on its way (replaced, too slow): nothing more is handled
+            data = message.get("text")
+            if data is None:
+                _invalid_frame(conn, "invalid_request", "binary frames are not supported; send JSON text")
+                continue
+            if limiter is not None:
+                try:
+                    await limiter.check(ip=ip, user_id=conn.user_id)
+                except RateLimited as exc:
+                    refusal = {**error_frame(None, exc.code, exc.message), "retry_after": exc.retry_after}
+                    conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}", farewell=refusal)
+                    break
+                except CourierError:  # the shared buckets are unreachable: limits step aside meanwhile
+                    log.warning("frame rate limiter unavailable; letting frames through", exc_info=True)
+            if len(data) > settings.max_frame_bytes // 4 and len(data.encode()) > settings.max_frame_bytes:
+                _invalid_frame(conn, "payload_too_large", f"frame larger than {settings.max_frame_bytes} bytes")
+                continue
+            await session.on_text(data)
+    finally:
+        idle.stop()
     await _discard_incoming(websocket)
 
 

@@ -52,6 +52,8 @@ SERVER_FRAME_TYPES = (
     "pong",
     "other",
 )
+SENT_SERIES = {kind: metrics.WS_FRAMES_SENT.labels(kind) for kind in SERVER_FRAME_TYPES}
+"""``courier_ws_frames_sent_total`` of each frame type, looked up once per process rather than per frame."""
 CLOSE_REASONS = (
     "replaced",
     "slow_client",

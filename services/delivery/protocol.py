@@ -112,24 +112,29 @@ def parse_frame(data: str | bytes) -> ClientFrame:
         raise FrameError(None, "frame is not valid JSON") from exc
     if not isinstance(raw, dict):
         raise FrameError(None, "frame must be a JSON object")
-    try:
-        ref = _frame_id.validate_python(raw.get("id"))
-    except ValidationError:
-        ref = None
     if raw.get("type") not in CLIENT_FRAME_TYPES:
         raise FrameError(
-            ref, f"unknown frame type {raw.get('type')!r}; expected one of {', '.join(CLIENT_FRAME_TYPES)}"
+            _ref(raw), f"unknown frame type {raw.get('type')!r}; expected one of {', '.join(CLIENT_FRAME_TYPES)}"
         )
     # JSON can only write NUL escaped: frames without the escape are not searched.
     if ("\\u0000" in data if isinstance(data, str) else b"\\u0000" in data) and holds_nul(raw):
-        raise FrameError(ref, "frame must not contain NUL (\\u0000) in any string")
+        raise FrameError(_ref(raw), "frame must not contain NUL (\\u0000) in any string")
     try:
         return _client_frame.validate_python(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'][1:]) or 'frame'}: {err['msg']}" for err in exc.errors()[:3]
         )
-        raise FrameError(ref, f"invalid {raw['type']} frame: {problems}") from exc
+        raise FrameError(_ref(raw), f"invalid {raw['type']} frame: {problems}") from exc
+
+
+def _ref(raw: dict[str, Any]) -> FrameId:
+    """The ``id`` a refused frame's error answers with, when it is a valid one. Looked at only for a refusal:
+    a frame that parses carries its validated ``id``."""
+    try:
+        return _frame_id.validate_python(raw.get("id"))
+    except ValidationError:
+        return None
 
 
 def error_frame(ref: FrameId, code: str, message: str) -> dict[str, Any]:

@@ -25,6 +25,13 @@ log = logging.getLogger("courier.delivery.session")
 
 FRAME_LABELS = (*protocol.CLIENT_FRAME_TYPES, "invalid")
 """``type`` values of the client-frame metrics: every frame type, and ``invalid`` for what does not parse."""
+# Each series looked up once per process rather than with ``labels()`` for every frame.
+RECEIVED_SERIES = {
+    (kind, outcome): metrics.WS_FRAMES_RECEIVED.labels(kind, outcome)
+    for kind in FRAME_LABELS
+    for outcome in ("ok", "error")
+}
+_DURATION_SERIES = {kind: metrics.WS_FRAME_DURATION.labels(kind) for kind in FRAME_LABELS}
 
 
 def prime_metrics() -> None:
@@ -78,8 +85,8 @@ class Session:
         except CourierError as exc:
             self.conn.offer(protocol.error_frame(ref, exc.code, exc.message))
         finally:
-            metrics.WS_FRAMES_RECEIVED.labels(kind, outcome).inc()
-            metrics.WS_FRAME_DURATION.labels(kind).observe(time.perf_counter() - started)
+            RECEIVED_SERIES[kind, outcome].inc()
+            _DURATION_SERIES[kind].observe(time.perf_counter() - started)
 
     async def _heartbeat(self) -> None:
         now = self._clock()

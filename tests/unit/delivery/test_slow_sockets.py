@@ -7,6 +7,7 @@ Driven as raw ASGI: the endpoint's app gets a websocket scope and a client whose
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from services.common.errors import RateLimited, Unavailable
 from services.common.settings import JwtSettings
 from services.common.tokens import AccessTokens, Principal
-from services.delivery.api import WebSocketSettings, build_router
+from services.delivery.api import CLOSE_IDLE, WebSocketSettings, build_router
 from services.delivery.hub import CLOSE_TOO_SLOW, WRITE_TIMEOUT, Hub
 from services.delivery.ports import FrameLimiter
 from services.delivery.session import SessionDeps
@@ -98,6 +99,7 @@ def node(
     hub: Hub,
     *,
     write_timeout_s: float = 3600.0,
+    idle_timeout_s: float = 3600.0,
     limiter: FrameLimiter | None = None,
     internal_token: str | None = None,
 ) -> tuple[FastAPI, AccessTokens]:
@@ -116,7 +118,7 @@ def node(
         queue_size=1024,
         queue_bytes=SOCKET_BYTES,
         write_timeout_s=write_timeout_s,
-        idle_timeout_s=3600,
+        idle_timeout_s=idle_timeout_s,
         max_frame_bytes=65536,
         ack_timeout_s=30,
         max_redeliveries=3,
@@ -182,6 +184,25 @@ async def test_reading_client_is_not_closed_by_the_write_timeout() -> None:
     await wait_for(lambda: client.frames[-1] == {"type": "pong", "ref": "last"}, "the pong")
     client.leave()
     await client.done()
+
+
+async def test_silent_client_is_closed_after_the_idle_timeout_and_a_talking_one_is_not() -> None:
+    hub = Hub()
+    app, tokens = node(hub, idle_timeout_s=0.3)
+    silent, talking = Client(app, token(tokens, uid("u"))), Client(app, token(tokens, uid("u")))
+    started = time.monotonic()
+
+    for i in range(8):  # 0.8 s of a frame every 0.1 s
+        talking.send({"type": "ping", "id": i})
+        await asyncio.sleep(0.1)
+
+    assert (silent.close_code, silent.close_reason) == (CLOSE_IDLE, "idle timeout")
+    await silent.done()
+    assert time.monotonic() - started >= 0.3
+    assert talking.close_code is None
+    await wait_for(lambda: talking.close_code is not None, "the talking client, now silent, to be closed")
+    talking.leave()
+    await talking.done()
 
 
 async def test_frame_over_the_rate_limit_is_answered_then_closed_with_4008_and_the_rest_is_dropped_unhandled() -> None:
