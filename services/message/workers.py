@@ -55,10 +55,21 @@ class OutboxRelay:
     """
 
     def __init__(
-        self, store: MessageStore, log_: EventLog, *, batch: int = 200, lease_s: float = 30.0, idle_poll_s: float = 0.2
+        self,
+        store: MessageStore,
+        log_: EventLog,
+        *,
+        batch: int = 200,
+        lease_s: float = 30.0,
+        idle_poll_s: float = 0.2,
+        delete_after_s: float = 0.1,
     ) -> None:
         self._store, self._log = store, log_
         self._batch, self._lease_s, self._idle_poll_s = batch, lease_s, idle_poll_s
+        # Published rows are deleted together, one transaction per this many seconds (or per batch)
+        # instead of one per publish; until then they stay leased to this relay, so nobody sweeps them.
+        self._delete_after_s = delete_after_s
+        self._delete_at = 0.0
         self._token = secrets.token_hex(16)
         # Handed over by commits, with the loop time after which they are too close to their lease's end.
         self._handed: deque[tuple[float, OutboxRecord]] = deque()
@@ -114,6 +125,8 @@ class OutboxRelay:
                     raise
         else:
             return 0
+        if not self._published_not_deleted:
+            self._delete_at = asyncio.get_running_loop().time() + self._delete_after_s
         self._published_not_deleted.extend(row.outbox_id for row in rows)
         await self._settle()
         return len(rows)
@@ -124,10 +137,13 @@ class OutboxRelay:
         self._handed.clear()
         self._sweep_due = True
 
-    async def _settle(self) -> None:
-        """Delete what went out and release what was given up (kept for the next round if this fails)."""
-        if self._published_not_deleted:
-            await self._store.delete_outbox(self._published_not_deleted)
+    async def _settle(self, *, now: bool = False) -> None:
+        """Delete what went out, when it is time, and release what was given up (both kept for the next
+        round if this fails)."""
+        waiting = self._published_not_deleted
+        due = now or len(waiting) >= self._batch or asyncio.get_running_loop().time() >= self._delete_at
+        if waiting and due:
+            await self._store.delete_outbox(waiting)
             self._published_not_deleted = []
         if self._given_up:
             await self._store.release_outbox(self._given_up)
@@ -160,6 +176,15 @@ class OutboxRelay:
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            # Stopping: delete what went out, so a restart does not publish it again.
+            with contextlib.suppress(Exception):
+                await self._settle(now=True)
+            raise
+
+    async def _run(self) -> None:
         backoff = 0.0
         while True:
             try:

@@ -7,7 +7,6 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
 from collections import Counter, deque
 from collections.abc import Collection
@@ -30,16 +29,16 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
-    case,
     func,
     literal,
     or_,
     select,
+    text,
     tuple_,
     union_all,
     update,
 )
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -185,22 +184,26 @@ async def _advance_reads(conn: AsyncConnection, cursors: list[dict[str, Any]]) -
     One statement of one row executed for many (the driver's executemany), not one multi-row statement:
     a multi-row INSERT changes shape with the number of rows, and each shape is compiled anew.
     """
-    await conn.execute(_cursor_upsert(conn.dialect.name), cursors)
+    await conn.execute(_CURSOR_UPSERTS[conn.dialect.name], cursors)
 
 
-@functools.cache
-def _cursor_upsert(dialect: str) -> Any:
-    if dialect in ("sqlite", "postgresql"):
-        module: Any = sqlite if dialect == "sqlite" else postgresql
-        stmt = module.insert(read_cursors)
-        larger = case(
-            (stmt.excluded.read_seq > read_cursors.c.read_seq, stmt.excluded.read_seq), else_=read_cursors.c.read_seq
-        )
-        return stmt.on_conflict_do_update(index_elements=["conversation_id", "user_id"], set_={"read_seq": larger})
-    if dialect in ("mysql", "mariadb"):
-        stmt = mysql.insert(read_cursors)
-        return stmt.on_duplicate_key_update(read_seq=func.greatest(read_cursors.c.read_seq, stmt.inserted.read_seq))
-    raise NotImplementedError(f"no upsert for dialect {dialect}")
+# Text, not the dialects' insert constructs: those have no cache key, so every execution compiled them again.
+_UPSERT_ROW = (
+    "INSERT INTO message_read_cursors (conversation_id, user_id, read_seq)"
+    " VALUES (:conversation_id, :user_id, :read_seq)"
+)
+_CURSOR_UPSERTS = {
+    "sqlite": text(
+        f"{_UPSERT_ROW} ON CONFLICT (conversation_id, user_id)"
+        " DO UPDATE SET read_seq = max(message_read_cursors.read_seq, excluded.read_seq)"
+    ),
+    "postgresql": text(
+        f"{_UPSERT_ROW} ON CONFLICT (conversation_id, user_id)"
+        " DO UPDATE SET read_seq = GREATEST(message_read_cursors.read_seq, excluded.read_seq)"
+    ),
+    "mysql": text(f"{_UPSERT_ROW} ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))"),
+}
+_CURSOR_UPSERTS["mariadb"] = _CURSOR_UPSERTS["mysql"]
 
 
 MAX_SEQS_CHUNK = 256

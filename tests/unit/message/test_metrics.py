@@ -55,7 +55,7 @@ async def test_the_relay_counts_the_rows_it_published(world: World) -> None:
     for _ in range(3):
         await world.send(cid, "alice")
     before = value("courier_outbox_published_total")
-    await OutboxRelay(world.store, world.log).relay_once()
+    await OutboxRelay(world.store, world.log, delete_after_s=0).relay_once()
     assert value("courier_outbox_published_total") == before + 3
 
 
@@ -67,7 +67,7 @@ async def test_outbox_gauges_show_the_backlog_and_the_age_of_its_oldest_row(worl
     assert value("courier_outbox_backlog") == 2
     assert 41 <= value("courier_outbox_oldest_age_seconds") <= 60
 
-    await OutboxRelay(world.store, world.log).relay_once()
+    await OutboxRelay(world.store, world.log, delete_after_s=0).relay_once()
     await sample_outbox(world.store)
     assert value("courier_outbox_backlog") == 0
     assert value("courier_outbox_oldest_age_seconds") == 0

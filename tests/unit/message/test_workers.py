@@ -18,7 +18,7 @@ async def test_relay_publishes_outbox_rows_in_order_keyed_by_conversation_and_de
     cid = world.conversations.add("alice", "bob")
     for _ in range(3):
         await world.send(cid, "alice")
-    relay = OutboxRelay(world.store, world.log)
+    relay = OutboxRelay(world.store, world.log, delete_after_s=0)
     assert await relay.relay_once() == 3
     records = world.log.records(MESSAGES_TOPIC)
     assert [r.key for r in records] == [cid] * 3
@@ -60,7 +60,7 @@ async def relay_until_idle(relay: OutboxRelay) -> None:
 
 async def test_rows_handed_over_on_commit_go_out_in_commit_order_without_a_sweep(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
-    relay = OutboxRelay(world.store, world.log, idle_poll_s=3600)
+    relay = OutboxRelay(world.store, world.log, idle_poll_s=3600, delete_after_s=0)
     world.store.publish_on_commit(relay)
     for _ in range(3):
         await world.send(cid, "alice")
@@ -79,7 +79,7 @@ async def test_when_the_log_refuses_handed_rows_the_sweep_publishes_them_and_lat
 ) -> None:
     cid = world.conversations.add("alice", "bob")
     log = SwitchableLog()
-    relay = OutboxRelay(world.store, log, idle_poll_s=0)
+    relay = OutboxRelay(world.store, log, idle_poll_s=0, delete_after_s=0)
     world.store.publish_on_commit(relay)
     for _ in range(3):
         await world.send(cid, "alice")
@@ -101,7 +101,7 @@ async def test_when_the_log_refuses_handed_rows_the_sweep_publishes_them_and_lat
 async def test_a_row_committed_under_the_token_the_relay_gave_up_is_swept_not_handed_out(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
     log = SwitchableLog()
-    relay = OutboxRelay(world.store, log, idle_poll_s=0)
+    relay = OutboxRelay(world.store, log, idle_poll_s=0, delete_after_s=0)
     world.store.publish_on_commit(relay)
     await world.send(cid, "alice")
     late = Late(relay)
@@ -148,7 +148,7 @@ async def test_rows_of_a_publisher_that_died_are_swept_in_order_with_the_rows_af
 
 async def test_handed_rows_whose_publish_stalled_for_half_a_lease_are_left_to_the_sweep(world: World) -> None:
     cid = world.conversations.add("alice", "bob")
-    relay = OutboxRelay(world.store, world.log, lease_s=0.05, idle_poll_s=0)
+    relay = OutboxRelay(world.store, world.log, lease_s=0.05, idle_poll_s=0, delete_after_s=0)
     world.store.publish_on_commit(relay)
     token, stale_at = relay.lease_token, asyncio.get_running_loop().time() + relay.lease_s / 2
     await world.send(cid, "alice")
@@ -158,6 +158,22 @@ async def test_handed_rows_whose_publish_stalled_for_half_a_lease_are_left_to_th
 
     assert relay.lease_token != token, "the relay gave its rows up"
     assert seqs_of(world.log) == [1]
+    assert await world.store.outbox_stats() == (0, None)
+
+
+async def test_published_rows_are_deleted_together_and_when_the_relay_stops(world: World) -> None:
+    cid = world.conversations.add("alice", "bob")
+    relay = OutboxRelay(world.store, world.log, idle_poll_s=3600, delete_after_s=3600)
+    world.store.publish_on_commit(relay)
+    running = asyncio.create_task(relay.run())
+    for _ in range(3):
+        await world.send(cid, "alice")
+    await until(lambda: relay.published == 3)
+    assert (await world.store.outbox_stats())[0] == 3, "kept until the delete is due"
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert seqs_of(world.log) == [1, 2, 3]
     assert await world.store.outbox_stats() == (0, None)
 
 
