@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import ORJSONResponse
@@ -56,29 +57,78 @@ def _authenticate(websocket: WebSocket, tokens: AccessTokens) -> Principal:
     return tokens.verify(token)
 
 
+class _Deadline:
+    """Calls ``expire`` once what started with ``start`` has gone on for ``limit_s`` without ``stop``. One timer
+    per socket, looked at only when it fires, so that a frame costs noting the time: ``asyncio.wait_for`` or
+    ``asyncio.timeout`` around every receive or send cost a task or a timer per frame (docs/performance.md 10)."""
+
+    def __init__(self, limit_s: float, expire: Callable[[], None]) -> None:
+        self._limit_s = limit_s
+        self._expire = expire
+        self._loop = asyncio.get_running_loop()
+        self._since: float | None = None
+        self._timer = self._loop.call_later(limit_s, self._due)
+
+    def start(self) -> None:
+        self._since = self._loop.time()
+
+    def stop(self) -> None:
+        self._since = None
+
+    def _due(self) -> None:
+        since, now = self._since, self._loop.time()
+        if since is not None and now - since >= self._limit_s:
+            self._expire()
+            return
+        self._timer = self._loop.call_at((now if since is None else since) + self._limit_s, self._due)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 async def _write(websocket: WebSocket, conn: Connection, write_timeout_s: float) -> None:
     """Send what the connection queues, one frame at a time, until it closes.
 
     The close is never cancelled once started: the server's close handshake has its own timeouts and
     drops a client that does not answer, whereas an abandoned handshake can leave the socket open."""
-    while True:
-        item = await conn.next_item()
-        if isinstance(item, Close):
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
-                await websocket.close(item.code, item.reason)
-            return
-        try:
-            async with asyncio.timeout(write_timeout_s):
+    writer = asyncio.current_task()
+    assert writer is not None
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        writer.cancel()
+
+    deadline = _Deadline(write_timeout_s, expire)
+    try:
+        while True:
+            item = await conn.next_item()
+            if isinstance(item, Close):
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
+                    await websocket.close(item.code, item.reason)
+                return
+            deadline.start()
+            try:
                 await websocket.send_text(item.text)
-        except TimeoutError:  # the client stopped reading: what it would read next is the close frame
-            conn.close(CLOSE_TOO_SLOW, WRITE_TIMEOUT)
-            continue
-        SENT_SERIES[item.kind].inc()
-        if item.kind == "message":
-            metrics.MESSAGES_PUSHED.inc()
-            # Retransmits are counted apart; their ACK-timeout wait is not push latency.
-            if item.created_at is not None and not item.redelivered:
-                metrics.SEND_TO_PUSH.observe(max(0.0, time.time() - item.created_at))
+            except asyncio.CancelledError:
+                if not timed_out:
+                    raise
+                timed_out = False
+                if writer.uncancel() > 0:  # cancelled for another reason as well
+                    raise
+                conn.close(CLOSE_TOO_SLOW, WRITE_TIMEOUT)  # the client stopped reading: next is the close frame
+                continue
+            finally:
+                deadline.stop()
+            SENT_SERIES[item.kind].inc()
+            if item.kind == "message":
+                metrics.MESSAGES_PUSHED.inc()
+                # Retransmits are counted apart; their ACK-timeout wait is not push latency.
+                if item.created_at is not None and not item.redelivered:
+                    metrics.SEND_TO_PUSH.observe(max(0.0, time.time() - item.created_at))
+    finally:
+        deadline.cancel()
 
 
 def _invalid_frame(conn: Connection, code: str, message: str) -> None:
@@ -87,49 +137,20 @@ def _invalid_frame(conn: Connection, code: str, message: str) -> None:
     conn.offer(error_frame(None, code, message))
 
 
-class _IdleWatch:
-    """Closes the socket once the reader has waited ``idle_s`` for a frame. One timer per socket, looked at
-    only when it fires, so that a frame costs noting the time: ``asyncio.wait_for`` around every receive
-    cost a task and a timer per frame (docs/performance.md 10)."""
-
-    def __init__(self, conn: Connection, idle_s: float) -> None:
-        self._conn = conn
-        self._idle_s = idle_s
-        self._loop = asyncio.get_running_loop()
-        self._waiting_since: float | None = None
-        """When the reader started waiting for the next frame; None while it handles one."""
-        self._timer = self._loop.call_later(idle_s, self._due)
-
-    def waiting(self) -> None:
-        self._waiting_since = self._loop.time()
-
-    def busy(self) -> None:
-        self._waiting_since = None
-
-    def _due(self) -> None:
-        since = self._waiting_since
-        if since is not None and self._loop.time() - since >= self._idle_s:
-            self._conn.close(CLOSE_IDLE, "idle timeout")  # the reader gets the disconnect that ends the close
-            return
-        self._timer = self._loop.call_at((since if since is not None else self._loop.time()) + self._idle_s, self._due)
-
-    def stop(self) -> None:
-        self._timer.cancel()
-
-
 async def _read(
     websocket: WebSocket, session: Session, settings: WebSocketSettings, limiter: FrameLimiter | None, ip: str
 ) -> None:
     conn = session.conn
-    idle = _IdleWatch(conn, settings.idle_timeout_s)
+    # On expiry the writer sends the close frame, and the reader gets the disconnect that ends the close.
+    idle = _Deadline(settings.idle_timeout_s, lambda: conn.close(CLOSE_IDLE, "idle timeout"))
     try:
         while conn.closing is None:
             # A turn for the writer and every other socket between frames: frames that arrived together are
             # received without waiting, and a burst of them would fill this socket's queue before it is written.
             await asyncio.sleep(0)
-            idle.waiting()
+            idle.start()
             message = await websocket.receive()
-            idle.busy()
+            idle.stop()
             if message["type"] == "websocket.disconnect":
                 return
             if conn.closing is not None:
@@ -152,7 +173,7 @@ async def _read(
                 continue
             await session.on_text(data)
     finally:
-        idle.stop()
+        idle.cancel()
     await _discard_incoming(websocket)
 
 
