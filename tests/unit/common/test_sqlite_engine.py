@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.common.db import create_engine, reading, writing
 
@@ -100,5 +101,39 @@ async def test_writers_of_one_process_take_turns_without_sqlite_busy_errors(tmp_
 
         async with reading(engine, "test") as conn:
             assert (await conn.execute(text("SELECT n FROM counter"))).scalar_one() == 50
+    finally:
+        await engine.dispose()
+
+
+async def test_statements_run_on_the_loop_thread_without_a_thread_per_connection(tmp_path: Path) -> None:
+    # A thread round trip per call cost more than the statements of the message path themselves.
+    threads_before = threading.active_count()
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
+    try:
+        async with writing(engine, "test") as conn:
+            await conn.execute(text("CREATE TABLE t (n INTEGER)"))
+            await conn.execute(text("INSERT INTO t (n) VALUES (:n)"), [{"n": n} for n in range(5)])
+        async with reading(engine, "test") as conn:
+            assert (await conn.execute(text("SELECT sum(n) FROM t"))).scalar() == 10
+            assert threading.active_count() == threads_before
+    finally:
+        await engine.dispose()
+
+
+async def test_a_failed_statement_rolls_its_transaction_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'rollback.db'}")
+    try:
+        async with writing(engine, "test") as conn:
+            await conn.execute(text("CREATE TABLE t (n INTEGER UNIQUE)"))
+
+        async def insert_one_twice() -> None:
+            async with writing(engine, "test") as conn:
+                await conn.execute(text("INSERT INTO t (n) VALUES (1)"))
+                await conn.execute(text("INSERT INTO t (n) VALUES (1)"))
+
+        with pytest.raises(IntegrityError):
+            await insert_one_twice()
+        async with reading(engine, "test") as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
     finally:
         await engine.dispose()
