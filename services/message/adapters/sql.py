@@ -7,6 +7,7 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from collections import Counter, deque
 from collections.abc import Collection
@@ -30,7 +31,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
-    literal,
     or_,
     select,
     text,
@@ -218,22 +218,36 @@ async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) ->
     found: dict[str, int] = {}
     for start in range(0, len(ids), MAX_SEQS_CHUNK):
         chunk = ids[start : start + MAX_SEQS_CHUNK]
-        # Padded to a power of two by repeating the last id, so a handful of statement shapes serve every
-        # batch size from SQLAlchemy's compiled cache instead of one compilation per size.
-        chunk += chunk[-1:] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
-        heads = [
-            select(
-                literal(cid, ID).label("conversation_id"),
-                select(func.max(messages.c.seq))
-                .where(messages.c.conversation_id == cid)
-                .scalar_subquery()
-                .label("seq"),
-            )
-            for cid in chunk
-        ]
-        rows = (await conn.execute(union_all(*heads) if len(heads) > 1 else heads[0])).all()
+        # Padded to a power of two by repeating the last id, so a handful of statements serve every batch size.
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += chunk[-1:] * (size - len(chunk))
+        rows = await conn.execute(_heads(size), {f"c{i}": cid for i, cid in enumerate(chunk)})
         found.update((cid, int(seq)) for cid, seq in rows if seq is not None)
     return found
+
+
+@functools.cache
+def _heads(size: int) -> Any:
+    """The highest seqs of ``size`` conversations, their ids bound as c0, c1, ...: built once per size, so
+    its cache key is computed once too (building it for every batch cost more than running it)."""
+    heads = [
+        select(
+            bindparam(f"c{i}", type_=ID).label("conversation_id"),
+            select(func.max(messages.c.seq))
+            .where(messages.c.conversation_id == bindparam(f"c{i}", type_=ID))
+            .scalar_subquery()
+            .label("seq"),
+        )
+        for i in range(size)
+    ]
+    return union_all(*heads) if size > 1 else heads[0]
+
+
+# Built once, like every statement of the message path: a statement's cache key is computed per object.
+_INSERT_MESSAGES = messages.insert()
+_INSERT_OUTBOX = outbox_rows.insert()
+_INSERT_OUTBOX_RETURNING = outbox_rows.insert().returning(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
+_DELETE_OUTBOX = outbox_rows.delete().where(outbox_rows.c.outbox_id.in_(bindparam("ids", expanding=True)))
 
 
 _WAITING_ROWS = select(outbox_rows.c.conversation_id, outbox_rows.c.lease_token, outbox_rows.c.leased_until).where(
@@ -263,14 +277,13 @@ async def _insert_outbox(conn: AsyncConnection, rows: list[dict[str, Any]], toke
     A multi-row insert numbers its rows in the order given, so the k rows of a conversation leased here
     take the conversation's k highest ids leased to the token, in order (nobody else writes the token)."""
     if token is None:
-        await conn.execute(outbox_rows.insert(), rows)
+        await conn.execute(_INSERT_OUTBOX, rows)
         return [None] * len(rows)
     mine = Counter(row["conversation_id"] for row in rows if row["lease_token"] == token)
     if conn.dialect.insert_executemany_returning:
-        returning = outbox_rows.insert().returning(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
-        found = (await conn.execute(returning, rows)).all()
+        found = (await conn.execute(_INSERT_OUTBOX_RETURNING, rows)).all()
     else:  # MySQL: no RETURNING; the token's rows of those conversations, earlier ones included
-        await conn.execute(outbox_rows.insert(), rows)
+        await conn.execute(_INSERT_OUTBOX, rows)
         found = (await conn.execute(_MINE, {"conversation_ids": list(mine), "token": token})).all()
     ids: dict[str, list[int]] = {}
     for outbox_id, cid in sorted(found):
@@ -398,7 +411,7 @@ class SqlMessageStore:
                 highest[cid] = highest.get(cid, 0) + 1
                 events.append(item.draft.build(highest[cid]))
             direct = set() if token is None else await _publishable(conn, list(highest), token, now)
-            await conn.execute(messages.insert(), [_columns(event) for event in events])
+            await conn.execute(_INSERT_MESSAGES, [_columns(event) for event in events])
             for item in batch:
                 if item.draft.replace is not None:
                     await _apply_replace(conn, item.draft.replace)
@@ -531,7 +544,7 @@ class SqlMessageStore:
     async def delete_outbox(self, outbox_ids: Collection[int]) -> None:
         if outbox_ids:
             async with self._write() as conn:
-                await conn.execute(outbox_rows.delete().where(outbox_rows.c.outbox_id.in_(list(outbox_ids))))
+                await conn.execute(_DELETE_OUTBOX, {"ids": list(outbox_ids)})
 
     async def outbox_stats(self) -> tuple[int, datetime | None]:
         async with self._read() as conn:
