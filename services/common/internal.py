@@ -15,6 +15,7 @@ HEADER = "x-courier-internal"
 PREFIX = "/internal"
 """Where every service serves its service-to-service routes; the public edge never serves this prefix."""
 FORWARDED_FOR = "x-forwarded-for"
+_JSON = {"content-type": "application/json"}
 
 
 def vouched_client(headers: Mapping[str, str], token: str) -> str | None:
@@ -53,22 +54,30 @@ class InternalClient:
         return self._session
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
-        content = None if body is None else orjson.dumps(body)
-        headers = {"content-type": "application/json"} if content is not None else None
+        """``body`` sent as JSON; the answer's JSON, or None for an answer without a body."""
+        raw = await self.send(method, path, None if body is None else orjson.dumps(body))
+        try:
+            return orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError as exc:
+            raise Unavailable(f"{self.base_url}{path} answered without JSON") from exc
+
+    async def send(self, method: str, path: str, content: bytes | None) -> bytes:
+        """``content`` (JSON) sent; the answer's body (empty for 204), or its error raised again."""
+        headers = _JSON if content is not None else None
         try:
             async with self._http().request(method, self.base_url + path, data=content, headers=headers) as answer:
                 status, raw = answer.status, await answer.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unavailable(f"{self.base_url} unreachable: {exc.__class__.__name__}") from exc
         if status == 204:
-            return None
-        try:
-            data = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError as exc:
-            raise Unavailable(f"{self.base_url}{path} answered {status} without JSON") from exc
+            return b""
         if status >= 400:
+            try:
+                data = orjson.loads(raw) if raw else None
+            except orjson.JSONDecodeError as exc:
+                raise Unavailable(f"{self.base_url}{path} answered {status} without JSON") from exc
             raise from_body(status, data)
-        return data
+        return raw
 
     async def close(self) -> None:
         if self._session is not None:

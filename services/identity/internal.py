@@ -1,11 +1,12 @@
-"""identity's internal API for the other services, and the HTTP client that calls it."""
+"""identity's internal API: which users exist and their profiles (for conversation), and the client
+that implements conversation's ``UserDirectory`` over it."""
 
 from collections.abc import Collection
-from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 
+from services.common.contract import call, serve
 from services.common.internal import InternalClient, RequireInternal
 from services.identity.app import UserDirectory
 
@@ -14,18 +15,26 @@ class UserIds(BaseModel):
     user_ids: list[str]
 
 
+class Missing(BaseModel):
+    missing: list[str]
+
+
+class Profiles(BaseModel):
+    profiles: dict[str, dict[str, str]]
+
+
+@call("POST", "/internal/identity/missing", UserIds, Missing)
+async def missing(directory: UserDirectory, body: UserIds) -> Missing:
+    return Missing(missing=sorted(await directory.missing(body.user_ids)))
+
+
+@call("POST", "/internal/identity/profiles", UserIds, Profiles)
+async def profiles(directory: UserDirectory, body: UserIds) -> Profiles:
+    return Profiles(profiles=await directory.profiles(body.user_ids))
+
+
 def internal_router(directory: UserDirectory, guard: RequireInternal) -> APIRouter:
-    router = APIRouter(prefix="/internal/identity", dependencies=[Depends(guard)], include_in_schema=False)
-
-    @router.post("/missing")
-    async def missing(body: UserIds) -> dict[str, Any]:
-        return {"missing": sorted(await directory.missing(body.user_ids))}
-
-    @router.post("/profiles")
-    async def profiles(body: UserIds) -> dict[str, Any]:
-        return {"profiles": await directory.profiles(body.user_ids)}
-
-    return router
+    return serve(directory, guard, [missing, profiles])
 
 
 class IdentityClient:
@@ -35,9 +44,7 @@ class IdentityClient:
         self._client = client
 
     async def missing(self, user_ids: Collection[str]) -> set[str]:
-        answer = await self._client.call("POST", "/internal/identity/missing", {"user_ids": list(user_ids)})
-        return set(answer["missing"])
+        return set((await missing.ask(self._client, UserIds(user_ids=list(user_ids)))).missing)
 
     async def profiles(self, user_ids: Collection[str]) -> dict[str, dict[str, str]]:
-        answer = await self._client.call("POST", "/internal/identity/profiles", {"user_ids": list(user_ids)})
-        return dict(answer["profiles"])
+        return (await profiles.ask(self._client, UserIds(user_ids=list(user_ids)))).profiles
