@@ -9,35 +9,51 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
+from pydantic import BaseModel
 
+from services.common.contract import call, serve
 from services.common.errors import NotFound
 from services.common.internal import InternalClient, RequireInternal
 from services.conversation.directory import ConversationDirectory
 from services.message.ports import Conversation
 
 
+class ConversationRef(BaseModel):
+    conversation_id: str
+
+
+class ConversationView(BaseModel):
+    conversation_id: str
+    roles: dict[str, str]
+    large: bool
+
+
+class UserRef(BaseModel):
+    user_id: str
+
+
+class ConversationIds(BaseModel):
+    conversation_ids: list[str]
+
+
+@call("GET", "/internal/conversations/{conversation_id}", ConversationRef, ConversationView)
+async def get(directory: ConversationDirectory, ref: ConversationRef) -> ConversationView:
+    found = await directory.get(ref.conversation_id)
+    if found is None:
+        raise NotFound("no such conversation")
+    roles = {user_id: str(role) for user_id, role in found.members.items()}
+    return ConversationView(conversation_id=found.conversation_id, roles=roles, large=found.large)
+
+
+@call("GET", "/internal/conversations/of/{user_id}", UserRef, ConversationIds)
+async def conversation_ids(directory: ConversationDirectory, ref: UserRef) -> ConversationIds:
+    return ConversationIds(conversation_ids=await directory.conversation_ids(ref.user_id))
+
+
 def internal_router(directory: ConversationDirectory, guard: RequireInternal) -> APIRouter:
-    router = APIRouter(prefix="/internal/conversations", dependencies=[Depends(guard)], include_in_schema=False)
-
-    @router.get("/{conversation_id}")
-    async def get(conversation_id: str) -> dict[str, Any]:
-        found = await directory.get(conversation_id)
-        if found is None:
-            raise NotFound("no such conversation")
-        return {
-            "conversation_id": found.conversation_id,
-            "roles": {user_id: str(role) for user_id, role in found.members.items()},
-            "large": found.large,
-        }
-
-    @router.get("/of/{user_id}")
-    async def of_user(user_id: str) -> dict[str, Any]:
-        return {"conversation_ids": await directory.conversation_ids(user_id)}
-
-    return router
+    return serve(directory, guard, [get, conversation_ids])
 
 
 class ConversationsClient:
@@ -70,8 +86,8 @@ class ConversationsClient:
     async def _fetch(self, conversation_id: str) -> Conversation | None:
         asked = time.monotonic()
         try:
-            data = await self._client.call("GET", f"/internal/conversations/{conversation_id}")
-            found: Conversation | None = Conversation(data["conversation_id"], data["roles"], bool(data["large"]))
+            view = await get.ask(self._client, ConversationRef(conversation_id=conversation_id))
+            found: Conversation | None = Conversation(view.conversation_id, view.roles, view.large)
         except NotFound:
             found = None
         self._cache[conversation_id] = (asked, found)
@@ -80,8 +96,7 @@ class ConversationsClient:
         return found
 
     async def conversation_ids(self, user_id: str) -> list[str]:
-        answer = await self._client.call("GET", f"/internal/conversations/of/{user_id}")
-        return list(answer["conversation_ids"])
+        return (await conversation_ids.ask(self._client, UserRef(user_id=user_id))).conversation_ids
 
     async def is_member(self, conversation_id: str, user_id: str) -> bool:
         found = await self.get(conversation_id)

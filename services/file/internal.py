@@ -2,9 +2,10 @@
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 
+from services.common.contract import call, serve
 from services.common.internal import InternalClient, RequireInternal
 from services.file.app import FileShares
 
@@ -15,20 +16,28 @@ class Attach(BaseModel):
     user_id: str
 
 
+class Attached(BaseModel):
+    file_id: str
+    name: str
+    size: int
+    content_type: str
+
+
+@call("POST", "/internal/files/attach", Attach, Attached)
+async def attach(shares: FileShares, body: Attach) -> Attached:
+    return Attached.model_validate(await shares.attach(body.file_id, body.conversation_id, body.user_id))
+
+
 def internal_router(shares: FileShares, guard: RequireInternal) -> APIRouter:
-    router = APIRouter(prefix="/internal/files", dependencies=[Depends(guard)], include_in_schema=False)
-
-    @router.post("/attach")
-    async def attach(body: Attach) -> dict[str, Any]:
-        return await shares.attach(body.file_id, body.conversation_id, body.user_id)
-
-    return router
+    return serve(shares, guard, [attach])
 
 
 class FileSharesClient:
+    """message's ``FileShares`` port over HTTP."""
+
     def __init__(self, client: InternalClient) -> None:
         self._client = client
 
     async def attach(self, file_id: str, conversation_id: str, user_id: str) -> dict[str, Any]:
-        body = {"file_id": file_id, "conversation_id": conversation_id, "user_id": user_id}
-        return dict(await self._client.call("POST", "/internal/files/attach", body))
+        body = Attach(file_id=file_id, conversation_id=conversation_id, user_id=user_id)
+        return (await attach.ask(self._client, body)).model_dump()

@@ -1,12 +1,14 @@
-"""presence's internal API for the delivery nodes, and the client that implements their port."""
+"""presence's internal API for the delivery nodes, and the client that implements their
+``PresenceTracker`` port over it."""
 
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.common.batching import Batcher
+from services.common.contract import call, serve
 from services.common.internal import InternalClient, RequireInternal
 from services.presence.app import PresenceTracker
 
@@ -27,36 +29,44 @@ class Subscription(BaseModel):
     user_ids: list[str] = []
 
 
+class Frames(BaseModel):
+    frames: list[dict[str, Any]]
+
+
+@call("POST", "/internal/presence/connected", Device)
+async def connected(tracker: PresenceTracker, body: Device) -> None:
+    await tracker.connected(body.user_id, body.device_id)
+
+
+@call("POST", "/internal/presence/heartbeat", Device)
+async def heartbeat(tracker: PresenceTracker, body: Device) -> None:
+    """One heartbeat: what delivery nodes of the previous release send during a rolling upgrade."""
+    await tracker.heartbeat(body.user_id, body.device_id)
+
+
+@call("POST", "/internal/presence/heartbeat/batch", Devices)
+async def heartbeat_many(tracker: PresenceTracker, body: Devices) -> None:
+    """The heartbeats a delivery node gathered while its previous request was out."""
+    await tracker.heartbeat_many([(d.user_id, d.device_id) for d in body.devices])
+
+
+@call("POST", "/internal/presence/disconnected", Device)
+async def disconnected(tracker: PresenceTracker, body: Device) -> None:
+    await tracker.disconnected(body.user_id, body.device_id)
+
+
+@call("POST", "/internal/presence/subscribe", Subscription, Frames)
+async def subscribe(tracker: PresenceTracker, body: Subscription) -> Frames:
+    return Frames(frames=await tracker.subscribe(body.subscriber_id, body.user_ids))
+
+
+@call("POST", "/internal/presence/unsubscribe_all", Subscription)
+async def unsubscribe_all(tracker: PresenceTracker, body: Subscription) -> None:
+    await tracker.unsubscribe_all(body.subscriber_id)
+
+
 def internal_router(tracker: PresenceTracker, guard: RequireInternal) -> APIRouter:
-    router = APIRouter(prefix="/internal/presence", dependencies=[Depends(guard)], include_in_schema=False)
-
-    @router.post("/connected", status_code=204)
-    async def connected(body: Device) -> None:
-        await tracker.connected(body.user_id, body.device_id)
-
-    @router.post("/heartbeat", status_code=204)
-    async def heartbeat(body: Device) -> None:
-        """One heartbeat: what delivery nodes of the previous release send during a rolling upgrade."""
-        await tracker.heartbeat(body.user_id, body.device_id)
-
-    @router.post("/heartbeat/batch", status_code=204)
-    async def heartbeats(body: Devices) -> None:
-        """The heartbeats a delivery node gathered while its previous request was out."""
-        await tracker.heartbeat_many([(d.user_id, d.device_id) for d in body.devices])
-
-    @router.post("/disconnected", status_code=204)
-    async def disconnected(body: Device) -> None:
-        await tracker.disconnected(body.user_id, body.device_id)
-
-    @router.post("/subscribe")
-    async def subscribe(body: Subscription) -> dict[str, Any]:
-        return {"frames": await tracker.subscribe(body.subscriber_id, body.user_ids)}
-
-    @router.post("/unsubscribe_all", status_code=204)
-    async def unsubscribe_all(body: Subscription) -> None:
-        await tracker.unsubscribe_all(body.subscriber_id)
-
-    return router
+    return serve(tracker, guard, [connected, heartbeat, heartbeat_many, disconnected, subscribe, unsubscribe_all])
 
 
 class PresenceClient:
@@ -65,31 +75,30 @@ class PresenceClient:
 
     def __init__(self, client: InternalClient) -> None:
         self._client = client
-        self._heartbeats: Batcher[dict[str, str], None] = Batcher(self._heartbeat_each, max_batch=MAX_HEARTBEATS)
+        self._heartbeats: Batcher[Device, None] = Batcher(self._heartbeat_each, max_batch=MAX_HEARTBEATS)
 
     async def connected(self, user_id: str, device_id: str) -> None:
-        await self._client.call("POST", "/internal/presence/connected", {"user_id": user_id, "device_id": device_id})
+        await connected.ask(self._client, Device(user_id=user_id, device_id=device_id))
 
     async def heartbeat(self, user_id: str, device_id: str) -> None:
-        await self._heartbeats.submit({"user_id": user_id, "device_id": device_id})
+        await self._heartbeats.submit(Device(user_id=user_id, device_id=device_id))
 
-    async def _heartbeat_each(self, devices: list[dict[str, str]]) -> list[None]:
-        await self._client.call("POST", "/internal/presence/heartbeat/batch", {"devices": devices})
+    async def _heartbeat_each(self, devices: list[Device]) -> list[None]:
+        await heartbeat_many.ask(self._client, Devices(devices=devices))
         return [None] * len(devices)
 
     async def heartbeat_many(self, devices: Sequence[tuple[str, str]]) -> None:
         for start in range(0, len(devices), MAX_HEARTBEATS):
-            chunk = [{"user_id": u, "device_id": d} for u, d in devices[start : start + MAX_HEARTBEATS]]
-            await self._client.call("POST", "/internal/presence/heartbeat/batch", {"devices": chunk})
+            chunk = [Device(user_id=u, device_id=d) for u, d in devices[start : start + MAX_HEARTBEATS]]
+            await heartbeat_many.ask(self._client, Devices(devices=chunk))
 
     async def disconnected(self, user_id: str, device_id: str) -> None:
-        await self._client.call("POST", "/internal/presence/disconnected", {"user_id": user_id, "device_id": device_id})
+        await disconnected.ask(self._client, Device(user_id=user_id, device_id=device_id))
 
     async def subscribe(self, subscriber_id: str, user_ids: Collection[str]) -> list[dict[str, Any]]:
-        answer = await self._client.call(
-            "POST", "/internal/presence/subscribe", {"subscriber_id": subscriber_id, "user_ids": list(user_ids)}
-        )
-        return list(answer["frames"])
+        return (
+            await subscribe.ask(self._client, Subscription(subscriber_id=subscriber_id, user_ids=list(user_ids)))
+        ).frames
 
     async def unsubscribe_all(self, subscriber_id: str) -> None:
-        await self._client.call("POST", "/internal/presence/unsubscribe_all", {"subscriber_id": subscriber_id})
+        await unsubscribe_all.ask(self._client, Subscription(subscriber_id=subscriber_id))
