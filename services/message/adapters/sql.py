@@ -210,36 +210,58 @@ MAX_SEQS_CHUNK = 256
 
 
 async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) -> dict[str, int]:
-    """The highest stored seq of each conversation that has one.
+    """The highest stored seq of each conversation that has one."""
+    seqs, _ = await _heads(conn, conversation_ids)
+    return seqs
+
+
+async def _heads(
+    conn: AsyncConnection, conversation_ids: Collection[str], *, lease: tuple[str, datetime] | None = None
+) -> tuple[dict[str, int], set[str]]:
+    """The highest stored seq of each conversation that has one; with ``lease`` (a token and now), also
+    the conversations with a row in the outbox that is not leased to that token and live.
 
     One max() per conversation, each answered from the end of the (conversation_id, seq) index: a
     GROUP BY over an IN list reads every message of those conversations on PostgreSQL."""
     ids = list(dict.fromkeys(conversation_ids))
-    found: dict[str, int] = {}
+    seqs: dict[str, int] = {}
+    blocked: set[str] = set()
     for start in range(0, len(ids), MAX_SEQS_CHUNK):
         chunk = ids[start : start + MAX_SEQS_CHUNK]
         # Padded to a power of two by repeating the last id, so a handful of statements serve every batch size.
         size = 1 << (len(chunk) - 1).bit_length()
         chunk += chunk[-1:] * (size - len(chunk))
-        rows = await conn.execute(_heads(size), {f"c{i}": cid for i, cid in enumerate(chunk)})
-        found.update((cid, int(seq)) for cid, seq in rows if seq is not None)
-    return found
+        params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(chunk)}
+        if lease is not None:
+            params["token"], params["now"] = lease
+        for row in await conn.execute(_heads_statement(size, blockers=lease is not None), params):
+            if row.seq is not None:
+                seqs[row.conversation_id] = int(row.seq)
+            if lease is not None and row.blocked:
+                blocked.add(row.conversation_id)
+    return seqs, blocked
 
 
 @functools.cache
-def _heads(size: int) -> Any:
-    """The highest seqs of ``size`` conversations, their ids bound as c0, c1, ...: built once per size, so
-    its cache key is computed once too (building it for every batch cost more than running it)."""
-    heads = [
-        select(
-            bindparam(f"c{i}", type_=ID).label("conversation_id"),
-            select(func.max(messages.c.seq))
-            .where(messages.c.conversation_id == bindparam(f"c{i}", type_=ID))
-            .scalar_subquery()
-            .label("seq"),
-        )
-        for i in range(size)
-    ]
+def _heads_statement(size: int, *, blockers: bool) -> Any:
+    """``_heads`` for ``size`` conversations, their ids bound as c0, c1, ...: built once per shape, so its
+    cache key is computed once too (building it for every batch cost more than running it)."""
+    heads = []
+    for i in range(size):
+        cid = bindparam(f"c{i}", type_=ID)
+        columns = [
+            cid.label("conversation_id"),
+            select(func.max(messages.c.seq)).where(messages.c.conversation_id == cid).scalar_subquery().label("seq"),
+        ]
+        if blockers:
+            foreign = or_(
+                outbox_rows.c.lease_token.is_(None),
+                outbox_rows.c.lease_token != bindparam("token", type_=String(32)),
+                outbox_rows.c.leased_until <= bindparam("now", type_=UtcDateTime),
+            )
+            waiting = select(outbox_rows.c.outbox_id).where(outbox_rows.c.conversation_id == cid, foreign)
+            columns.append(waiting.exists().label("blocked"))
+        heads.append(select(*columns))
     return union_all(*heads) if size > 1 else heads[0]
 
 
@@ -248,20 +270,6 @@ _INSERT_MESSAGES = messages.insert()
 _INSERT_OUTBOX = outbox_rows.insert()
 _INSERT_OUTBOX_RETURNING = outbox_rows.insert().returning(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
 _DELETE_OUTBOX = outbox_rows.delete().where(outbox_rows.c.outbox_id.in_(bindparam("ids", expanding=True)))
-
-
-_WAITING_ROWS = select(outbox_rows.c.conversation_id, outbox_rows.c.lease_token, outbox_rows.c.leased_until).where(
-    outbox_rows.c.conversation_id.in_(bindparam("conversation_ids", expanding=True))
-)
-
-
-async def _publishable(conn: AsyncConnection, conversation_ids: list[str], token: str, now: datetime) -> set[str]:
-    """The conversations whose rows still waiting are all leased to ``token`` and live: a new row of
-    theirs goes out after those from the same queue. Rows of others, or free ones, must go out first,
-    and the sweep sees to that; the new row is left to it."""
-    waiting = await conn.execute(_WAITING_ROWS, {"conversation_ids": conversation_ids})
-    blocked = {cid for cid, lease_token, leased_until in waiting if lease_token != token or leased_until <= now}
-    return set(conversation_ids) - blocked
 
 
 _MINE = (
@@ -404,13 +412,17 @@ class SqlMessageStore:
         publisher = self._publisher
         token = publisher.lease_token if publisher is not None else None
         async with self._write() as conn:
-            highest = await _max_seqs(conn, [item.draft.conversation_id for item in batch])
+            # With the seqs, the conversations whose new rows must wait for the sweep: those with a row still
+            # waiting that this relay does not hold. Those rows go out first, in order (docs/design.md 3.3).
+            highest, blocked = await _heads(
+                conn, [item.draft.conversation_id for item in batch], lease=None if token is None else (token, now)
+            )
             events = []
             for item in batch:
                 cid = item.draft.conversation_id
                 highest[cid] = highest.get(cid, 0) + 1
                 events.append(item.draft.build(highest[cid]))
-            direct = set() if token is None else await _publishable(conn, list(highest), token, now)
+            direct = set() if token is None else set(highest) - blocked
             await conn.execute(_INSERT_MESSAGES, [_columns(event) for event in events])
             for item in batch:
                 if item.draft.replace is not None:
