@@ -99,10 +99,12 @@ e2e: setup ## a kind cluster of real pods: images built here, helm install, the 
 bench: setup ## short run of every load scenario against courier dev and make up, one table
 	$(BIN)/python -m bench all --short --dev --up
 
-lint: setup ## ruff lint and format check, import contracts
+lint: setup ## ruff lint and format check, import contracts, gofmt and go vet of the Go load generator
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	@test -z "$$(gofmt -l bench/loadgen)" || { gofmt -l bench/loadgen; echo "gofmt: format bench/loadgen"; exit 1; }
+	cd bench/loadgen && GOFLAGS=-mod=readonly go vet ./...
 
 fmt: setup ## format the code
 	$(BIN)/ruff format .

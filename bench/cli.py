@@ -77,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--short", action="store_true", help="small, quick parameters (make bench)")
     p.add_argument("--rates", help="comma-separated rates to step through (throughput)")
     p.add_argument("--find-max", action="store_true", help="raise the rate by 1.5x until the SLO breaks")
+    p.add_argument(
+        "--loadgen",
+        choices=["go", "python"],
+        default="go",
+        help="throughput's hot loop: go (bench/loadgen, built on first use; python when go is missing) or python",
+    )
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
     for name, (kind, text) in FLAGS.items():
         p.add_argument(f"--{name.removesuffix('_s').replace('_', '-')}", dest=name, type=kind, help=text)
@@ -94,6 +100,7 @@ def options_from(args: argparse.Namespace) -> Options:
         changes["rates"] = [float(r) for r in args.rates.split(",") if r.strip()]
     changes["find_max"] = args.find_max
     changes["deflate"] = args.deflate
+    changes["loadgen"] = args.loadgen
     options = dataclasses.replace(options, **changes)  # type: ignore[arg-type]
     options.check()
     return options

@@ -23,18 +23,31 @@ class Reading:
 
 @dataclass
 class Sampler:
-    """Reads every pid once per ``every_s``; CPU shares come from differences of two readings."""
+    """Reads every pid once per ``every_s``; CPU shares come from differences of two readings.
+
+    The load tool's own CPU (``own_cpu_s``) is this process's plus that of its helper processes in
+    ``tool_pids`` (the Go load generator), read from /proc; a helper that has exited keeps counting
+    with the last CPU time read, so the sum never goes backwards."""
 
     pids: Mapping[str, int]
     every_s: float = 1.0
     readings: list[Reading] = field(default_factory=list)
+    tool_pids: list[int] = field(default_factory=list)
+    tool_cpu_s: dict[int, float] = field(default_factory=dict)  # last CPU time read per helper
+
+    def tool_cpu_seconds(self) -> float:
+        for pid in self.tool_pids:
+            seconds = cpu_seconds(pid)
+            if seconds is not None and seconds >= self.tool_cpu_s.get(pid, 0.0):
+                self.tool_cpu_s[pid] = seconds
+        return sum(self.tool_cpu_s.values())
 
     def read(self) -> Reading:
         reading = Reading(
             time.monotonic(),
             {name: rss_kib(pid) for name, pid in self.pids.items()},
             {name: cpu_seconds(pid) for name, pid in self.pids.items()},
-            own_cpu_seconds(),
+            own_cpu_seconds() + self.tool_cpu_seconds(),
         )
         self.readings.append(reading)
         return reading

@@ -48,6 +48,7 @@ class Options:
     deflate: bool = False
     user_parallelism: int = 8
     pool: str = "u"
+    loadgen: str = "go"  # the throughput scenario's hot loop: "go" (bench/loadgen/) or "python"
 
     @classmethod
     def short(cls) -> Options:
@@ -77,6 +78,8 @@ class Options:
             value = getattr(self, name)
             if not 0 <= value <= MAX_DURATION_S:
                 raise ValueError(f"{name} {value} is outside [0, {MAX_DURATION_S:.0f}] s")
+        if self.loadgen not in ("go", "python"):
+            raise ValueError(f"load generator {self.loadgen!r} is neither go nor python")
         if self.devices_per_user < 1 or self.devices_per_user > 20:
             raise ValueError("devices per user must be 1-20")
         if self.ramp_rate <= 0 or self.handshakes < 1 or self.members < 2 or self.pairs < 1 or self.backlog < 1:

@@ -1,7 +1,11 @@
 """``throughput``: M sender/receiver pairs in direct conversations, senders paced open-loop to a
 total rate, receivers acking; offered and delivered msg/s and send-to-receive latency measured on
 the receiving client. With several rates (``--rates``, ``--find-max``) it also reports the highest
-rate whose P99 stays under the SLO with every message delivered."""
+rate whose P99 stays under the SLO with every message delivered.
+
+The hot loop (senders, receivers, acks, latencies) runs in the Go load generator of ``bench/loadgen/``
+(``bench/loadgen.py``) unless ``--loadgen python`` or no Go toolchain: then in ``Flow`` below. Both
+produce the same ``Step``s, summarized and reported here."""
 
 from __future__ import annotations
 
@@ -10,15 +14,18 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from bench import loadgen
 from bench.client import Acker, Socket
 from bench.pacing import Pacer, run_paced
 from bench.payload import sent_at, stamped
 from bench.report import Result
 from bench.sampling import LoopLag, Reading, Sampler, cpu_percent
-from bench.scenarios import Context, close_all, close_codes, ramp, rate_limit_note
+from bench.scenarios import Context, Options, close_all, close_codes, ramp, rate_limit_note
 from bench.stats import Summary, rate
+from bench.users import BenchUser
 
 FIND_MAX_FACTOR = 1.5
 FIND_MAX_STEPS = 10
@@ -32,7 +39,8 @@ class Step:
     rate: float
     wall_start: float
     window: tuple[float, float]
-    sent: list[float] = field(default_factory=list)  # wall time of every send
+    sent_total: int = 0
+    sent_in_window: int = 0
     acked_in_window: int = 0
     samples: list[tuple[float, float, float]] = field(default_factory=list)  # (arrived, latency s, sent)
     ack_rtts: list[float] = field(default_factory=list)
@@ -113,7 +121,8 @@ class Flow:
             frame_id = socket.next_id()
             now = time.time()
             pair.pending[frame_id] = now
-            step.sent.append(now)
+            step.sent_total += 1
+            step.sent_in_window += step.in_window(now)
             await socket.send(
                 {
                     "type": "send",
@@ -147,7 +156,7 @@ class Flow:
             total = options.warmup_s + options.duration_s
             return (
                 f"throughput @ {target_rate:,.0f}/s {phase} {elapsed:.0f}/{total:.0f}s: "
-                f"sent {len(step.sent):,}, received {len(step.samples):,}, recent P99 "
+                f"sent {step.sent_total:,}, received {len(step.samples):,}, recent P99 "
                 f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'}, errors {sum(step.errors.values())}"
             )
 
@@ -166,7 +175,7 @@ class Flow:
 
 
 def summarize(step: Step, options_duration: float, readings: list[Reading], lag: list[float]) -> dict[str, Any]:
-    sent_in_window = sum(1 for at in step.sent if step.in_window(at))
+    sent_in_window = step.sent_in_window
     received_in_window = sum(1 for arrived, _, _ in step.samples if step.in_window(arrived))
     of_window = [lat for _, lat, sent in step.samples if step.in_window(sent)]
     latency = Summary.of(of_window).scaled(1000.0)
@@ -250,51 +259,174 @@ async def run(ctx: Context) -> Result:
         async with slots:
             return await ctx.http.direct(users[2 * i].access_token, users[2 * i + 1].user_id)
 
-    pairs = [Pair(i, cid) for i, cid in enumerate(await asyncio.gather(*(direct(i) for i in range(m))))]
-    flow = Flow(ctx, pairs)
-    senders = await ramp(ctx, users[0::2], lambda i: flow.on_sender_frame(pairs[i]), what="senders")
-    receivers = await ramp(ctx, users[1::2], lambda i: flow.on_receiver_frame(pairs[i]), what="receivers")
-    ackers = []
-    for pair, sender, receiver in zip(pairs, senders.sockets, receivers.sockets, strict=False):
-        pair.sender, pair.receiver = sender, receiver
-        if receiver is not None:
-            pair.acker, task = Acker.start(receiver)
-            ackers.append(task)
+    conversations = list(await asyncio.gather(*(direct(i) for i in range(m))))
+    program = None
+    if options.loadgen == "go":
+        try:
+            program = await asyncio.to_thread(loadgen.binary)
+        except loadgen.Unavailable as exc:
+            note = f"the Go load generator is unavailable, so the Python loop ran instead: {exc}"
+            ctx.progress.note(f"throughput: {note}")
+            result.notes.append(note)
+    result.parameters["loadgen"] = "go" if program else "python"
+    runner = Run(ctx, result, Sampler(target.pids, every_s=0.5))
     started = time.monotonic()
-    sampler = Sampler(target.pids, every_s=0.5)
-    lag = LoopLag()
-    steps: list[dict[str, Any]] = []
-    origin_wall = time.time()
-    samples: list[tuple[float, float]] = []
-    async with sampler.running(), lag.running():
-        rates = list(options.rates or [options.rate])
-        index = 0
-        while index < len(rates):
-            lag_mark = len(lag.lags)
-            step = await flow.run_step(rates[index])
-            step_lag = lag.lags[lag_mark:]
-            readings = [_shift(r, step) for r in sampler.readings]
-            summary = summarize(step, options.duration_s, readings, step_lag)
-            summary["sustainable"] = sustainable(summary, options.slo_p99_ms)
-            steps.append(summary)
-            samples += [(arrived - origin_wall, lat * 1000.0) for arrived, lat, _ in step.samples]
-            result.errors += step.errors
-            ctx.progress.note(_line(summary))
-            index += 1
-            if options.find_max and index == len(rates) and summary["sustainable"] and index < FIND_MAX_STEPS:
-                rates.append(rates[-1] * FIND_MAX_FACTOR)
-            if index < len(rates):
-                await asyncio.sleep(PAUSE_BETWEEN_STEPS_S)
-    for task in ackers:
-        task.cancel()
-    result.errors += senders.errors + receivers.errors + close_codes(senders.sockets) + close_codes(receivers.sockets)
-    await close_all([*senders.sockets, *receivers.sockets])
+    if program is not None:
+        jobs = [
+            loadgen.PairJob(users[2 * i].access_token, users[2 * i + 1].access_token, cid)
+            for i, cid in enumerate(conversations)
+        ]
+        await runner.go(program, jobs)
+    else:
+        await runner.python(users, conversations)
     result.duration_s = time.monotonic() - started
-    result.samples = samples
-    result.steps = steps
-    _figures(result, steps, options.slo_p99_ms, several=len(steps) > 1)
+    result.samples = runner.samples
+    result.steps = runner.steps
+    _figures(result, runner.steps, options.slo_p99_ms, several=len(runner.steps) > 1)
     result.notes += rate_limit_note(result.errors)
     return result
+
+
+class Run:
+    """The steps of one scenario run, by either load loop: each finished step is summarized with the
+    CPU readings of its window, and ``--find-max`` adds a step while the last one held."""
+
+    def __init__(self, ctx: Context, result: Result, sampler: Sampler) -> None:
+        self.ctx, self.result, self.sampler = ctx, result, sampler
+        self.rates = list(ctx.options.rates or [ctx.options.rate])
+        self.steps: list[dict[str, Any]] = []
+        self.samples: list[tuple[float, float]] = []
+        self.origin_wall = time.time()
+
+    def finish(self, step: Step, lag: list[float]) -> bool:
+        """Summarize ``step``; whether another step follows (a rate left, or one more for find-max)."""
+        options = self.ctx.options
+        readings = [_shift(r, step) for r in self.sampler.readings]
+        summary = summarize(step, options.duration_s, readings, lag)
+        summary["sustainable"] = sustainable(summary, options.slo_p99_ms)
+        self.steps.append(summary)
+        self.samples += [(arrived - self.origin_wall, lat * 1000.0) for arrived, lat, _ in step.samples]
+        self.result.errors += step.errors
+        self.ctx.progress.note(_line(summary))
+        done = len(self.steps)
+        if options.find_max and done == len(self.rates) and summary["sustainable"] and done < FIND_MAX_STEPS:
+            self.rates.append(self.rates[-1] * FIND_MAX_FACTOR)
+        return done < len(self.rates)
+
+    async def python(self, users: list[BenchUser], conversations: list[str]) -> None:
+        """The asyncio loop of this process: bench.client sockets, a pacer per sender, ackers."""
+        ctx = self.ctx
+        pairs = [Pair(i, cid) for i, cid in enumerate(conversations)]
+        flow = Flow(ctx, pairs)
+        senders = await ramp(ctx, users[0::2], lambda i: flow.on_sender_frame(pairs[i]), what="senders")
+        receivers = await ramp(ctx, users[1::2], lambda i: flow.on_receiver_frame(pairs[i]), what="receivers")
+        ackers = []
+        for pair, sender, receiver in zip(pairs, senders.sockets, receivers.sockets, strict=False):
+            pair.sender, pair.receiver = sender, receiver
+            if receiver is not None:
+                pair.acker, task = Acker.start(receiver)
+                ackers.append(task)
+        lag = LoopLag()
+        async with self.sampler.running(), lag.running():
+            more = True
+            while more:
+                lag_mark = len(lag.lags)
+                step = await flow.run_step(self.rates[len(self.steps)])
+                more = self.finish(step, lag.lags[lag_mark:])
+                if more:
+                    await asyncio.sleep(PAUSE_BETWEEN_STEPS_S)
+        for task in ackers:
+            task.cancel()
+        self.result.errors += (
+            senders.errors + receivers.errors + close_codes(senders.sockets) + close_codes(receivers.sockets)
+        )
+        await close_all([*senders.sockets, *receivers.sockets])
+
+    async def go(self, program: Path, pairs: list[loadgen.PairJob]) -> None:
+        """The Go load generator: one job for the rates asked for, then one per step find-max adds;
+        its CPU counts as the load tool's."""
+        ctx, options = self.ctx, self.ctx.options
+        latest: dict[str, Any] = {}
+
+        def status() -> str:
+            return go_status(latest, len(pairs))
+
+        async with self.sampler.running(), ctx.progress.ticking(status):
+            batch = list(self.rates)
+            while batch:
+                the_job = loadgen_job(options, ctx.target.ws_url, pairs, batch, tag=secrets.token_hex(4))
+                latest.clear()
+                try:
+                    outcome = await loadgen.run(
+                        program, the_job, on_start=self.sampler.tool_pids.append, on_progress=latest.update
+                    )
+                except loadgen.Failed as exc:
+                    self.result.errors["loadgen failed"] += 1
+                    self.result.notes.append(str(exc))
+                    return
+                self.result.errors += Counter(outcome.get("errors") or {})
+                more = False
+                for raw in outcome["steps"]:
+                    step, lag = step_of(raw)
+                    more = self.finish(step, lag)
+                batch = self.rates[len(self.steps) :] if more else []
+                if batch:
+                    await asyncio.sleep(PAUSE_BETWEEN_STEPS_S)
+
+
+def loadgen_job(
+    options: Options, ws_url: str, pairs: list[loadgen.PairJob], rates: list[float], *, tag: str
+) -> dict[str, Any]:
+    """The Go load generator's job for ``rates``: the scenario's parameters, the pairs' tokens; ``tag``
+    makes the client_msg_ids of this job its own (the server deduplicates on them)."""
+    return loadgen.job(
+        ws_url=ws_url,
+        pairs=pairs,
+        rates=rates,
+        tag=tag,
+        warmup_s=options.warmup_s,
+        duration_s=options.duration_s,
+        drain_s=options.drain_s,
+        pause_s=PAUSE_BETWEEN_STEPS_S,
+        text_size=options.text_size,
+        max_inflight=options.max_inflight,
+        ramp_rate=options.ramp_rate,
+        handshakes=options.handshakes,
+        ping_every_s=options.ping_every_s,
+    )
+
+
+def step_of(raw: dict[str, Any]) -> tuple[Step, list[float]]:
+    """A step of the Go load generator's result as the Python loop's ``Step``, and its timer lag (s)."""
+    wall = float(raw["wall_start"])
+    window = raw["window"]
+    step = Step(float(raw["rate"]), wall, (float(window[0]), float(window[1])))
+    step.sent_total = int(raw["sent_total"])
+    step.sent_in_window = int(raw["sent_in_window"])
+    step.acked_in_window = int(raw["acked_in_window"])
+    step.samples = [
+        (wall + (sent + latency) / 1e6, latency / 1e6, wall + sent / 1e6)
+        for sent, latency in zip(raw["sent_us"] or [], raw["latency_us"] or [], strict=True)
+    ]
+    step.ack_rtts = [us / 1e6 for us in raw["ack_rtt_us"] or []]
+    step.duplicates = int(raw["duplicates"])
+    step.throttled = int(raw["throttled"])
+    step.skipped = int(raw["skipped"])
+    step.errors = Counter({str(k): int(v) for k, v in (raw["errors"] or {}).items()})
+    return step, [us / 1e6 for us in raw["lag_us"] or []]
+
+
+def go_status(latest: dict[str, Any], pairs: int) -> str:
+    """The progress line of the Python loop, from the Go load generator's last progress report."""
+    if "rate" not in latest:
+        return f"throughput: the Go load generator opens {2 * pairs} sockets"
+    p99 = latest.get("recent_p99_ms")
+    return (
+        f"throughput @ {latest['rate']:,.0f}/s {latest.get('phase', '')} "
+        f"{latest.get('elapsed', 0):.0f}/{latest.get('total', 0):.0f}s: "
+        f"sent {latest.get('sent', 0):,}, received {latest.get('received', 0):,}, recent P99 "
+        f"{'-' if p99 is None else f'{p99:.0f} ms'}, errors {latest.get('errors', 0)} (go)"
+    )
 
 
 def _shift(reading: Reading, step: Step) -> Reading:

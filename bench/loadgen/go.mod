@@ -1,0 +1,3 @@
+module courier.local/bench/loadgen
+
+go 1.22
