@@ -6,14 +6,15 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from services.common.batching import Batcher
+from services.common.contract import Call, call, serve
 from services.common.errors import CourierError
-from services.common.internal import PREFIX, InternalClient, RequireInternal
+from services.common.internal import InternalClient, RequireInternal
 from services.common.push import Push
 from services.common.ring import RingSource
 from services.delivery.routes import RouteTable
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("courier.delivery.push")
 
 MAX_BATCH = 500
+Request = TypeVar("Request", bound=BaseModel)
 
 
-class PushBody(BaseModel):
+class PushTo(BaseModel):
     user_ids: list[str]
     frame: dict[str, Any]
     tracked: bool = False
@@ -36,37 +38,35 @@ class PushBody(BaseModel):
         return Push(self.user_ids, self.frame, self.tracked, self.skip_device)
 
 
-class PushBatchBody(BaseModel):
-    pushes: list[PushBody] = Field(max_length=MAX_BATCH)
+class Pushes(BaseModel):
+    pushes: list[PushTo] = Field(max_length=MAX_BATCH)
 
 
-class PushFramesBody(BaseModel):
+class FramesTo(BaseModel):
     user_ids: list[str]
     frames: list[dict[str, Any]] = Field(max_length=MAX_BATCH)
 
 
+@call("POST", "/internal/push", PushTo)
+async def push(local: "Hub", body: PushTo) -> None:
+    """One push: what processes of the previous release send during a rolling upgrade."""
+    await local.push_many([body.to_push()])
+
+
+@call("POST", "/internal/push/batch", Pushes)
+async def push_many(local: "Hub", body: Pushes) -> None:
+    """Several pushes in their order (``RingPusher`` sends what gathered during its last request)."""
+    await local.push_many([p.to_push() for p in body.pushes])
+
+
+@call("POST", "/internal/push/frames", FramesTo)
+async def push_frames(local: "Hub", body: FramesTo) -> None:
+    """Several transient frames to the same users, in order (``RingPusher.push_frames``)."""
+    await local.push_frames(body.user_ids, body.frames)
+
+
 def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, dependencies=[Depends(guard)], include_in_schema=False)
-
-    @router.post("/push", status_code=204)
-    async def push(body: PushBody) -> Response:
-        """One push: what processes of the previous release send during a rolling upgrade."""
-        await local.push_many([body.to_push()])
-        return Response(status_code=204)
-
-    @router.post("/push/batch", status_code=204)
-    async def push_batch(body: PushBatchBody) -> Response:
-        """Several pushes in their order (``RingPusher`` sends what gathered during its last request)."""
-        await local.push_many([p.to_push() for p in body.pushes])
-        return Response(status_code=204)
-
-    @router.post("/push/frames", status_code=204)
-    async def push_frames(body: PushFramesBody) -> Response:
-        """Several transient frames to the same users, in order (``RingPusher.push_frames``)."""
-        await local.push_frames(body.user_ids, body.frames)
-        return Response(status_code=204)
-
-    return router
+    return serve(local, guard, [push, push_many, push_frames])
 
 
 class RingPusher:
@@ -84,13 +84,15 @@ class RingPusher:
         timeout_s: float = 5.0,
         max_batch: int = MAX_BATCH,
     ) -> None:
+        if max_batch > MAX_BATCH:
+            raise ValueError(f"the push calls take at most {MAX_BATCH} pushes or frames")
         self._ring = ring
         self._token = token
         self._routes = routes
         self._timeout_s = timeout_s
         self._max_batch = max_batch
         self._clients: dict[str, InternalClient] = {}
-        self._batchers: dict[str, Batcher[dict[str, Any], None]] = {}
+        self._batchers: dict[str, Batcher[PushTo, None]] = {}
         self.failures = 0
 
     def _client(self, node: str) -> InternalClient:
@@ -100,7 +102,7 @@ class RingPusher:
             client = self._clients[url] = InternalClient(url, self._token, timeout_s=self._timeout_s)
         return client
 
-    def _batcher(self, node: str) -> Batcher[dict[str, Any], None]:
+    def _batcher(self, node: str) -> Batcher[PushTo, None]:
         batcher = self._batchers.get(node)
         if batcher is None:
             batcher = self._batchers[node] = Batcher(partial(self._post, node), max_batch=self._max_batch)
@@ -129,10 +131,10 @@ class RingPusher:
     ) -> None:
         if not user_ids or not self._ring.ring.members:
             return
-        body = {"frame": dict(frame), "tracked": tracked, "skip_device": skip_device}
+        one = PushTo(user_ids=[], frame=dict(frame), tracked=tracked, skip_device=skip_device)
         await asyncio.gather(
             *(
-                self._batcher(node).submit({**body, "user_ids": users})
+                self._batcher(node).submit(one.model_copy(update={"user_ids": users}))
                 for node, users in (await self._by_node(user_ids)).items()
             )
         )
@@ -145,17 +147,17 @@ class RingPusher:
         async def to_node(node: str, users: list[str]) -> None:
             for start in range(0, len(frames), self._max_batch):
                 chunk = [dict(frame) for frame in frames[start : start + self._max_batch]]
-                await self._send(node, "/internal/push/frames", {"user_ids": users, "frames": chunk}, len(chunk))
+                await self._send(node, push_frames, FramesTo(user_ids=users, frames=chunk), len(chunk))
 
         await asyncio.gather(*(to_node(node, users) for node, users in (await self._by_node(user_ids)).items()))
 
-    async def _post(self, node: str, pushes: list[dict[str, Any]]) -> list[None]:
-        await self._send(node, "/internal/push/batch", {"pushes": pushes}, len(pushes))
+    async def _post(self, node: str, pushes: list[PushTo]) -> list[None]:
+        await self._send(node, push_many, Pushes(pushes=pushes), len(pushes))
         return [None] * len(pushes)
 
-    async def _send(self, node: str, path: str, body: dict[str, Any], frames: int) -> None:
+    async def _send(self, node: str, to: Call["Hub", Request, None], request: Request, frames: int) -> None:
         try:
-            await self._client(node).call("POST", path, body)
+            await to.ask(self._client(node), request)
         except (CourierError, LookupError) as exc:
             self.failures += 1
             log.warning("push of %d frames to %s failed (%s); its users will sync", frames, node, exc)

@@ -5,13 +5,14 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from fastapi import APIRouter
+from pydantic import BaseModel, BeforeValidator, Discriminator, Field, PlainSerializer, Tag
 
 from services.common.batching import Batcher
 from services.common.clock import rfc3339
+from services.common.contract import call, serve
 from services.common.errors import CourierError, Unavailable, from_body
 from services.common.internal import InternalClient, RequireInternal
 from services.conversation.domain import Activity as ConversationActivity
@@ -26,12 +27,24 @@ log = logging.getLogger("courier.message.internal")
 MAX_SEND_BATCH = 500
 
 
-class SendBody(BaseModel):
+def _parse_time(value: object) -> object:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_parse_time), PlainSerializer(rfc3339, return_type=str)]
+"""An RFC 3339 time on the wire (``rfc3339``: milliseconds, ``Z``), a timezone-aware datetime here."""
+
+
+class Send(BaseModel):
     conversation_id: str
     sender_id: str
     sender_device_id: str
-    client_msg_id: Any
+    client_msg_id: Any  # checked by the use case, which answers what is wrong with it
     content: Any
+
+    @classmethod
+    def of(cls, cmd: app.SendMessage) -> "Send":
+        return cls.model_validate(cmd, from_attributes=True)
 
     def to_command(self) -> app.SendMessage:
         return app.SendMessage(
@@ -39,19 +52,75 @@ class SendBody(BaseModel):
         )
 
 
-class SendBatchBody(BaseModel):
-    sends: list[SendBody] = Field(max_length=MAX_SEND_BATCH)
+class Sends(BaseModel):
+    sends: list[Send] = Field(max_length=MAX_SEND_BATCH)
 
 
-class SyncBody(BaseModel):
+class Stored(BaseModel):
+    """A send's answer: the message (``Message.to_wire``) and whether this send stored it."""
+
+    message: dict[str, Any]
+    created: bool
+
+    @classmethod
+    def of(cls, sent: app.Sent) -> "Stored":
+        return cls(message=sent.message.to_wire(), created=sent.created)
+
+    def to_sent(self) -> app.Sent:
+        return app.Sent(Message.from_wire(self.message), self.created)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class Failed(BaseModel):
+    """A send of a batch that failed: the status and protocol error body it alone would have answered."""
+
+    status: int = 503
+    error: ErrorBody
+
+    @classmethod
+    def of(cls, error: CourierError) -> "Failed":
+        return cls.model_validate({"status": error.status, **error.body()})
+
+
+def _outcome(item: object) -> str:
+    """Which of the two an item is: a send that stored its message has one (as the previous client told)."""
+    return "stored" if isinstance(item, Stored) or (isinstance(item, dict) and "message" in item) else "failed"
+
+
+Outcome = Annotated[Annotated[Stored, Tag("stored")] | Annotated[Failed, Tag("failed")], Discriminator(_outcome)]
+
+
+class Outcomes(BaseModel):
+    results: list[Outcome]
+
+
+class SyncRequest(BaseModel):
     user_id: str
     cursors: dict[str, int] = {}
     limit: int | None = None
 
 
-class ReadBody(BaseModel):
+class SyncedMessages(BaseModel):
+    conversation_id: str
+    messages: list[dict[str, Any]]
+    has_more: bool
+
+
+class Synced(BaseModel):
+    conversations: list[SyncedMessages]
+
+
+class Read(BaseModel):
     conversation_id: str
     user_id: str
+    seq: int
+
+
+class ReadSeq(BaseModel):
     seq: int
 
 
@@ -61,78 +130,87 @@ class ConversationView(BaseModel):
     large: bool
 
 
-class ActivityBody(BaseModel):
+class ActivityRequest(BaseModel):
     user_id: str
     conversations: list[ConversationView]
 
 
-def internal_router(service: MessageService, guard: RequireInternal) -> APIRouter:
-    router = APIRouter(prefix="/internal/messages", dependencies=[Depends(guard)], include_in_schema=False)
-
-    @router.post("/send")
-    async def send(body: SendBody) -> dict[str, Any]:
-        """One send: what delivery nodes of the previous release send during a rolling upgrade."""
-        return _sent(await service.send(body.to_command()))
-
-    @router.post("/send/batch")
-    async def send_batch(body: SendBatchBody) -> dict[str, Any]:
-        """Several independent sends, one answer each in their order: ``{message, created}`` or the
-        error that send alone would have answered. They run concurrently, so the store commits them
-        together; a device never has two sends in one batch, as it waits for each ``send_ack``."""
-        outcomes = await asyncio.gather(*(service.send(s.to_command()) for s in body.sends), return_exceptions=True)
-        return {"results": [_send_result(outcome) for outcome in outcomes]}
-
-    @router.post("/sync")
-    async def sync(body: SyncBody) -> dict[str, Any]:
-        synced = await service.sync(body.user_id, body.cursors, limit=body.limit)
-        return {
-            "conversations": [
-                {
-                    "conversation_id": s.conversation_id,
-                    "messages": [m.to_wire() for m in s.messages],
-                    "has_more": s.has_more,
-                }
-                for s in synced
-            ]
-        }
-
-    @router.post("/read")
-    async def read(body: ReadBody) -> dict[str, Any]:
-        return {"seq": await service.mark_read(body.conversation_id, body.user_id, body.seq)}
-
-    @router.post("/activity")
-    async def activity(body: ActivityBody) -> dict[str, Any]:
-        views = [Conversation(c.conversation_id, c.roles, c.large) for c in body.conversations]
-        found = await service.activity(body.user_id, views)
-        return {
-            "activity": {
-                cid: {
-                    "max_seq": a.max_seq,
-                    "read_seq": a.read_seq,
-                    "unread_count": a.unread_count,
-                    "last_message": a.last_message,
-                    "last_activity_at": rfc3339(a.last_activity_at) if a.last_activity_at else None,
-                }
-                for cid, a in found.items()
-            }
-        }
-
-    return router
+class ActivityView(BaseModel):
+    max_seq: int
+    read_seq: int
+    unread_count: int
+    last_message: dict[str, Any] | None
+    last_activity_at: Timestamp | None
 
 
-def _sent(sent: app.Sent) -> dict[str, Any]:
-    return {"message": sent.message.to_wire(), "created": sent.created}
+class Activities(BaseModel):
+    activity: dict[str, ActivityView]
 
 
-def _send_result(outcome: app.Sent | BaseException) -> dict[str, Any]:
+@call("POST", "/internal/messages/send", Send, Stored)
+async def send(service: MessageService, body: Send) -> Stored:
+    """One send: what delivery nodes of the previous release send during a rolling upgrade."""
+    return Stored.of(await service.send(body.to_command()))
+
+
+@call("POST", "/internal/messages/send/batch", Sends, Outcomes)
+async def send_many(service: MessageService, body: Sends) -> Outcomes:
+    """Several independent sends, one answer each in their order: ``{message, created}`` or the
+    error that send alone would have answered. They run concurrently, so the store commits them
+    together; a device never has two sends in one batch, as it waits for each ``send_ack``."""
+    outcomes = await asyncio.gather(*(service.send(s.to_command()) for s in body.sends), return_exceptions=True)
+    return Outcomes(results=[_send_result(outcome) for outcome in outcomes])
+
+
+def _send_result(outcome: app.Sent | BaseException) -> Stored | Failed:
     if isinstance(outcome, app.Sent):
-        return _sent(outcome)
+        return Stored.of(outcome)
     if isinstance(outcome, CourierError):
-        return {"status": outcome.status, **outcome.body()}
+        return Failed.of(outcome)
     if not isinstance(outcome, Exception):
         raise outcome  # cancelled: the whole request goes
     log.error("a send of a batch failed", exc_info=outcome)
-    return {"status": 503, **Unavailable("the send failed; retry it with the same client_msg_id").body()}
+    return Failed.of(Unavailable("the send failed; retry it with the same client_msg_id"))
+
+
+@call("POST", "/internal/messages/sync", SyncRequest, Synced)
+async def sync(service: MessageService, body: SyncRequest) -> Synced:
+    synced = await service.sync(body.user_id, body.cursors, limit=body.limit)
+    return Synced(
+        conversations=[
+            SyncedMessages(
+                conversation_id=s.conversation_id, messages=[m.to_wire() for m in s.messages], has_more=s.has_more
+            )
+            for s in synced
+        ]
+    )
+
+
+@call("POST", "/internal/messages/read", Read, ReadSeq)
+async def mark_read(service: MessageService, body: Read) -> ReadSeq:
+    return ReadSeq(seq=await service.mark_read(body.conversation_id, body.user_id, body.seq))
+
+
+@call("POST", "/internal/messages/activity", ActivityRequest, Activities)
+async def activity(service: MessageService, body: ActivityRequest) -> Activities:
+    views = [Conversation(c.conversation_id, c.roles, c.large) for c in body.conversations]
+    found = await service.activity(body.user_id, views)
+    return Activities(
+        activity={
+            cid: ActivityView(
+                max_seq=a.max_seq,
+                read_seq=a.read_seq,
+                unread_count=a.unread_count,
+                last_message=None if a.last_message is None else dict(a.last_message),
+                last_activity_at=a.last_activity_at,
+            )
+            for cid, a in found.items()
+        }
+    )
+
+
+def internal_router(service: MessageService, guard: RequireInternal) -> APIRouter:
+    return serve(service, guard, [send, send_many, sync, mark_read, activity])
 
 
 class MessagesClient:
@@ -140,6 +218,8 @@ class MessagesClient:
     batches (``Batcher``): one request in flight, carrying every send that arrived meanwhile."""
 
     def __init__(self, client: InternalClient, *, max_batch: int = MAX_SEND_BATCH) -> None:
+        if max_batch > MAX_SEND_BATCH:
+            raise ValueError(f"the send/batch call takes at most {MAX_SEND_BATCH} sends")
         self._client = client
         self._sends: Batcher[app.SendMessage, app.Sent] = Batcher(self._send_batch, max_batch=max_batch)
 
@@ -147,73 +227,33 @@ class MessagesClient:
         return await self._sends.submit(cmd)
 
     async def _send_batch(self, cmds: list[app.SendMessage]) -> list[app.Sent | CourierError]:
-        answer = await self._client.call(
-            "POST",
-            "/internal/messages/send/batch",
-            {
-                "sends": [
-                    {
-                        "conversation_id": cmd.conversation_id,
-                        "sender_id": cmd.sender_id,
-                        "sender_device_id": cmd.sender_device_id,
-                        "client_msg_id": cmd.client_msg_id,
-                        "content": cmd.content,
-                    }
-                    for cmd in cmds
-                ]
-            },
-        )
-        return [
-            app.Sent(Message.from_wire(r["message"]), bool(r["created"]))
-            if "message" in r
-            else from_body(int(r.get("status", 503)), r)
-            for r in answer["results"]
-        ]
+        answer = await send_many.ask(self._client, Sends(sends=[Send.of(cmd) for cmd in cmds]))
+        return [r.to_sent() if isinstance(r, Stored) else from_body(r.status, r.model_dump()) for r in answer.results]
 
     async def sync(
         self, user_id: str, cursors: Mapping[str, int], *, limit: int | None = None
     ) -> list[app.SyncedConversation]:
-        answer = await self._client.call(
-            "POST", "/internal/messages/sync", {"user_id": user_id, "cursors": dict(cursors), "limit": limit}
-        )
+        answer = await sync.ask(self._client, SyncRequest(user_id=user_id, cursors=dict(cursors), limit=limit))
         return [
-            app.SyncedConversation(
-                c["conversation_id"], [Message.from_wire(m) for m in c["messages"]], bool(c["has_more"])
-            )
-            for c in answer["conversations"]
+            app.SyncedConversation(c.conversation_id, [Message.from_wire(m) for m in c.messages], c.has_more)
+            for c in answer.conversations
         ]
 
     async def mark_read(self, conversation_id: str, user_id: str, seq: int) -> int:
-        answer = await self._client.call(
-            "POST", "/internal/messages/read", {"conversation_id": conversation_id, "user_id": user_id, "seq": seq}
-        )
-        return int(answer["seq"])
+        read = Read(conversation_id=conversation_id, user_id=user_id, seq=seq)
+        return (await mark_read.ask(self._client, read)).seq
 
     async def activity(
         self, user_id: str, conversations: Sequence[ConversationRecord]
     ) -> Mapping[str, ConversationActivity]:
-        answer = await self._client.call(
-            "POST",
-            "/internal/messages/activity",
-            {
-                "user_id": user_id,
-                "conversations": [
-                    {
-                        "conversation_id": c.conversation_id,
-                        "roles": {u: str(r) for u, r in c.members.items()},
-                        "large": c.large,
-                    }
-                    for c in conversations
-                ],
-            },
-        )
-        return {
-            cid: ConversationActivity(
-                a["max_seq"],
-                a["read_seq"],
-                a["unread_count"],
-                a["last_message"],
-                datetime.fromisoformat(a["last_activity_at"].replace("Z", "+00:00")) if a["last_activity_at"] else None,
+        views = [
+            ConversationView(
+                conversation_id=c.conversation_id, roles={u: str(r) for u, r in c.members.items()}, large=c.large
             )
-            for cid, a in answer["activity"].items()
+            for c in conversations
+        ]
+        answer = await activity.ask(self._client, ActivityRequest(user_id=user_id, conversations=views))
+        return {
+            cid: ConversationActivity(a.max_seq, a.read_seq, a.unread_count, a.last_message, a.last_activity_at)
+            for cid, a in answer.activity.items()
         }

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 import orjson
+import pytest
 
 from services.common.internal import InternalClient
 from services.common.push import Push
@@ -131,3 +132,8 @@ async def test_the_single_push_route_of_the_previous_release_still_delivers() ->
         finally:
             await http.close()
         assert await _seqs(on_0, "c") == [1]
+
+
+def test_a_pusher_cannot_batch_more_than_the_push_calls_take() -> None:
+    with pytest.raises(ValueError, match="at most 500"):
+        RingPusher(RingSource(nodes={"delivery-0": "http://127.0.0.1:9"}), TOKEN, max_batch=501)

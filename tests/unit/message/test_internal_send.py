@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.common.errors import InvalidRequest, NotFound
+from services.common.internal import InternalClient
 from services.message import app
 from services.message.internal import MessagesClient, internal_router
-from tests.support.loopback import GUARD, internal_service
+from tests.support.loopback import GUARD, TOKEN, internal_service
 from tests.unit.message.conftest import World
 
 
@@ -79,3 +80,8 @@ async def test_the_single_send_route_of_the_previous_release_still_answers(world
             "POST", "/internal/messages/send", {**body, "content": {"type": "text", "text": "hi"}}
         )
     assert answer["created"] is True and answer["message"]["seq"] == 1
+
+
+def test_a_client_cannot_batch_more_sends_than_the_call_takes() -> None:
+    with pytest.raises(ValueError, match="at most 500"):
+        MessagesClient(InternalClient("http://127.0.0.1:9", TOKEN), max_batch=501)
