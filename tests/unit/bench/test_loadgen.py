@@ -1,7 +1,6 @@
 """The Go load generator of the throughput scenario: its job and result on the Python side, its build
 cache, and one real run against a ``courier dev`` (Go is needed: CI machines have it)."""
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -177,10 +176,11 @@ async def two_users(base_url: str) -> tuple[dict[str, Any], dict[str, Any], str]
     return users[0], users[1], conversation
 
 
-def test_the_go_load_generator_drives_a_real_server(tmp_path: Path) -> None:
+async def test_the_go_load_generator_drives_a_real_server(tmp_path: Path) -> None:
+    # Async, not asyncio.run: that would replace (and drop unclosed) the event loop an earlier test left set.
     program = loadgen.binary(go=go())
     with run_server(tmp_path / "dev", {**GENEROUS_LIMITS, **CHEAP_PASSWORDS}) as server:
-        sender, receiver, conversation = asyncio.run(two_users(server.base_url))
+        sender, receiver, conversation = await two_users(server.base_url)
         pairs = [
             loadgen.PairJob(sender["access_token"], receiver["access_token"], conversation),
             loadgen.PairJob("not-a-token", "not-a-token-either", conversation),  # the server refuses these
@@ -194,7 +194,7 @@ def test_the_go_load_generator_drives_a_real_server(tmp_path: Path) -> None:
             progress.append(status)
             sampler.read()  # the child's CPU, read from /proc while it runs
 
-        result = asyncio.run(loadgen.run(program, job, on_start=sampler.tool_pids.append, on_progress=on_progress))
+        result = await loadgen.run(program, job, on_start=sampler.tool_pids.append, on_progress=on_progress)
     assert result["senders"] == 2 and result["receivers"] == 2  # accepted, then closed with 4001
     assert any(kind.startswith("closed 4001") for kind in result["errors"]), result["errors"]
     [raw] = result["steps"]
