@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
 from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.errors import CourierError, InvalidRequest, RateLimited, Unauthorized
@@ -149,3 +150,22 @@ class Authenticate:
         principal = self._tokens.verify(token)
         request.state.principal = principal
         return principal
+
+
+def install_ops_routes(app: FastAPI, ready: Callable[[], Coroutine[Any, Any, bool]]) -> None:
+    """``/healthz`` (the process serves), ``/readyz`` (``ready``: it can do its work, 503 when not) and
+    ``/metrics`` (Prometheus), on every process."""
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(response: Response) -> dict[str, Any]:
+        ok = await ready()
+        response.status_code = 200 if ok else 503
+        return {"status": "ready" if ok else "unavailable"}
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -13,11 +13,11 @@ import pytest
 from prometheus_client import REGISTRY
 from starlette.requests import Request
 
-from services import run
 from services.common.errors import RateLimited, Unavailable
 from services.common.ids import new_id
 from services.common.ring import Ring, RingSource
 from services.common.settings import Bucket, LimitSettings, ServiceUrls
+from services.delivery import handoff
 from services.gateway.front import Front
 from services.gateway.proxy import Proxy
 from services.gateway.ratelimit import MemoryBucketStore, RateLimiter
@@ -145,8 +145,8 @@ async def test_users_moved_by_a_ring_change_are_counted_as_handoffs() -> None:
     moved = [u for u in users if ring.node_for(u) != "delivery-0"]
     hub = Hub({u: [Conn()] for u in users})
     before = value("courier_ring_handoffs_total")
-    assert await run.reconnect_lost_users(hub, ring, "delivery-0", jitter_ms=0, grace_s=0) == len(moved)
-    await asyncio.gather(*list(run._background))
+    assert await handoff.reconnect_lost_users(hub, ring, "delivery-0", jitter_ms=0, grace_s=0) == len(moved)
+    await asyncio.gather(*list(handoff._background))
     assert value("courier_ring_handoffs_total") == before + len(moved)
 
 

@@ -1,0 +1,88 @@
+"""The composition root: which role reaches which other role, in process or over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute, APIWebSocketRoute
+
+from services.common.settings import Settings
+from services.compose import ROLES, Process
+from services.delivery.hub import Hub
+
+CALLS = {
+    "identity": set(),
+    "conversation": {"identity", "message"},
+    "presence": set(),
+    "file": {"conversation"},
+    "message": {"conversation", "file"},
+    "delivery": {"message", "conversation", "presence"},
+}
+"""The roles each role calls when it runs alone (docs/design.md: who calls whom)."""
+
+
+def paths(process: Process) -> set[str]:
+    return {
+        route.path
+        for router in process.routers
+        for route in router.routes
+        if isinstance(route, APIRoute | APIWebSocketRoute)
+    }
+
+
+def distributed(tmp_path: Path) -> Settings:
+    return Settings(
+        mode="dev",
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'courier.db'}",
+        node_name="delivery-0",
+        ring={"nodes": {"delivery-0": "http://127.0.0.1:9"}},
+    )
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_role_alone_calls_the_roles_it_needs_over_http_and_serves_its_internal_api(role: str, tmp_path: Path) -> None:
+    process = Process(distributed(tmp_path), {role})
+    assert process.wiring.remote_roles == CALLS[role]
+    internal = {path for path in paths(process) if path.startswith("/internal/")}
+    assert internal, f"{role} serves no internal API"
+    assert not isinstance(process.wiring.pusher, Hub), "a node of a ring pushes through the ring"
+
+
+def test_courier_dev_composes_every_role_in_process_and_serves_no_internal_api(tmp_path: Path) -> None:
+    process = Process(Settings(mode="dev", data_dir=tmp_path), ROLES)
+    assert process.wiring.remote_roles == set()
+    assert process.wiring.pusher is process.wiring.hub
+    served = paths(process)
+    one_of_each_role = {
+        "/v1/auth/login",
+        "/v1/conversations",
+        "/v1/presence",
+        "/v1/files/uploads",
+        "/v1/conversations/{conversation_id}/messages",
+        "/v1/ws",
+    }
+    assert one_of_each_role <= served
+    assert not {path for path in served if path.startswith("/internal/")}
+
+
+def test_two_roles_in_one_process_call_each_other_in_process(tmp_path: Path) -> None:
+    process = Process(distributed(tmp_path), {"conversation", "file", "message"})
+    assert process.wiring.remote_roles == {"identity"}
+
+
+def test_a_delivery_node_needs_its_name_on_the_ring(tmp_path: Path) -> None:
+    settings = distributed(tmp_path).model_copy(update={"node_name": ""})
+    with pytest.raises(SystemExit, match="COURIER_NODE_NAME"):
+        Process(settings, {"delivery"})
+
+
+def test_a_role_alone_needs_a_database_server(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="COURIER_DATABASE_URL"):
+        Process(Settings(mode="dev", data_dir=tmp_path), {"message"})
+
+
+def test_unknown_roles_are_refused() -> None:
+    with pytest.raises(ValueError, match="roles are some of"):
+        Process(Settings(mode="dev"), {"messages"})
