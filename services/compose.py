@@ -467,9 +467,9 @@ def _delivery(w: Wiring) -> Built:
 BUILDERS: dict[str, Callable[[Wiring], Built]] = {
     "identity": _identity,
     "conversation": _conversation,
-    "message": _message,
     "presence": _presence,
     "file": _file,
+    "message": _message,
     "delivery": _delivery,
 }
 
