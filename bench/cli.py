@@ -22,6 +22,7 @@ from bench.report import Result, notes_of, plot, summary_table, write_json
 from bench.scenarios import Context, Options, connections, fanout, sync, throughput
 from bench.table import duration
 from bench.target import REPO, Target, TargetError, from_up, from_url, spawned_dev, spawned_up
+from bench.targets import targets_table
 from bench.users import Pool, UserCache
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -202,6 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print()
     print(summary_table(results))
+    verdicts = targets_table(results)
+    if verdicts:
+        print(f"\n{verdicts}")
     for line in notes_of(results):
         print(f"note: {line}")
     print(f"\n{'short ' if args.short else ''}run took {duration(time.monotonic() - began)}")
