@@ -24,6 +24,14 @@ CHART = REPO / "charts" / "courier"
 KUBE_SCRIPT = REPO / "infra" / "kube" / "courier-kube"
 # The Kubernetes minor the chart is validated against: the one courier-kube runs and kubectl/helm are built for.
 KUBE_VERSION = "1.35.0"
+# prometheus-operator's APIs, as `helm template` must be told a cluster serves them: the chart renders its
+# ServiceMonitors and PrometheusRule only where they are (.Capabilities.APIVersions).
+MONITORING_APIS = (
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
 UP_TIMEOUT_S = 3 * 3600  # a cold courier-kube cache builds the control plane from source
 
 

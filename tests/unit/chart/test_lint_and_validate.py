@@ -10,7 +10,7 @@ import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from tests.unit.chart.conftest import CHART, KUBE_VERSION, REPO, Helm, load_yaml
+from tests.unit.chart.conftest import CHART, KUBE_VERSION, MONITORING_APIS, REPO, Helm, load_yaml
 
 ALL_ENABLED = CHART / "ci" / "all-enabled-values.yaml"
 IMCLUSTER_CRD = REPO / "crds" / "imcluster.yaml"
@@ -110,7 +110,7 @@ def test_default_render_validates_strictly(helm: Helm) -> None:
 
 
 def test_render_with_every_optional_part_validates_strictly(helm: Helm) -> None:
-    docs = helm.template("-f", str(ALL_ENABLED))
+    docs = helm.template("-f", str(ALL_ENABLED), *MONITORING_APIS)
     checked = validate_all(docs)
     kinds = {d["kind"] for d in docs}
     assert {"IMCluster", "ServiceMonitor", "PrometheusRule", "Deployment", "Pod"} <= kinds

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tests.unit.chart.conftest import CHART, REPO, Helm, by_kind, load_yaml, one
+from tests.unit.chart.conftest import CHART, MONITORING_APIS, REPO, Helm, by_kind, load_yaml, one
 from tests.unit.dashboards.queries import SHIPPED_ALERTS
 
 ALL_ENABLED = CHART / "ci" / "all-enabled-values.yaml"
@@ -158,18 +158,33 @@ def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def test_service_monitor_scrapes_the_courier_services_metrics(helm: Helm) -> None:
-    monitor = named(helm.template("-f", str(ALL_ENABLED)), "ServiceMonitor", "courier")
+    monitor = named(helm.template("-f", str(ALL_ENABLED), *MONITORING_APIS), "ServiceMonitor", "courier")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {
+            "port": "http",
+            "path": "/metrics",
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+            # The series' own `service` label wins over the target's, and each series names its IMCluster.
+            "honorLabels": True,
+            "relabelings": [
+                {
+                    "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+                    "targetLabel": "imcluster",
+                }
+            ],
+        }
     ]
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["spec"]["selector"]["matchLabels"]
 
 
 def test_operator_serves_metrics_on_its_port_and_a_service_monitor_scrapes_it(helm: Helm) -> None:
-    docs = helm.template("-f", str(ALL_ENABLED), "--set", "operator.metricsPort=9191", namespace="ops")
+    docs = helm.template(
+        "-f", str(ALL_ENABLED), "--set", "operator.metricsPort=9191", *MONITORING_APIS, namespace="ops"
+    )
     container = one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "COURIER_OPERATOR_METRICS_PORT", "value": "9191"} in container["env"]
     assert {"name": "metrics", "containerPort": 9191, "protocol": "TCP"} in container["ports"]
@@ -197,7 +212,7 @@ def alerts(rule: dict[str, Any]) -> list[str]:
 
 
 def test_prometheus_rule_carries_couriers_alerts_and_the_given_groups(helm: Helm) -> None:
-    rule = one(helm.template("-f", str(ALL_ENABLED)), "PrometheusRule")
+    rule = one(helm.template("-f", str(ALL_ENABLED), *MONITORING_APIS), "PrometheusRule")
     shipped = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())["groups"]
     assert [g["name"] for g in rule["spec"]["groups"]] == [g["name"] for g in shipped] + ["courier-availability"]
     assert alerts(rule) == [*SHIPPED_ALERTS, "CourierTargetDown"]
@@ -208,7 +223,9 @@ def test_prometheus_rule_carries_couriers_alerts_and_the_given_groups(helm: Helm
 
 def test_runbook_links_point_into_the_operations_guide_under_the_given_base_url(helm: Helm) -> None:
     def links(*args: str) -> list[str]:
-        rule = one(helm.template("--set", "metrics.prometheusRule.enabled=true", *args), "PrometheusRule")
+        rule = one(
+            helm.template("--set", "metrics.prometheusRule.enabled=true", *MONITORING_APIS, *args), "PrometheusRule"
+        )
         return [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
 
     assert links() == [f"docs/operations.md#{name.lower()}" for name in SHIPPED_ALERTS]
@@ -220,14 +237,19 @@ def test_runbook_links_point_into_the_operations_guide_under_the_given_base_url(
 
 def test_courier_alerts_can_be_left_out(helm: Helm) -> None:
     rule = one(
-        helm.template("-f", str(ALL_ENABLED), "--set", "metrics.prometheusRule.courierRules=false"), "PrometheusRule"
+        helm.template("-f", str(ALL_ENABLED), "--set", "metrics.prometheusRule.courierRules=false", *MONITORING_APIS),
+        "PrometheusRule",
     )
     assert alerts(rule) == ["CourierTargetDown"]
 
 
 def test_prometheus_rule_without_any_rule_is_refused_with_a_clear_message(helm: Helm) -> None:
     error = helm.template_error(
-        "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.courierRules=false"
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.prometheusRule.courierRules=false",
+        *MONITORING_APIS,
     )
     assert "metrics.prometheusRule.enabled is true but there are no rules" in error
 
@@ -308,7 +330,7 @@ def test_operator_command_lines_are_ones_the_operator_accepts(helm: Helm) -> Non
 
 
 def test_service_monitor_selects_exactly_the_services_the_operator_renders_with_metrics(helm: Helm) -> None:
-    monitor = named(helm.template("-f", str(ALL_ENABLED)), "ServiceMonitor", "courier")
+    monitor = named(helm.template("-f", str(ALL_ENABLED), *MONITORING_APIS), "ServiceMonitor", "courier")
     # The operator's own renderer, on the sample IMCluster: which Services it makes, labelled how, on which ports.
     probe = (
         "import json, sys, yaml; sys.path.insert(0, 'operator'); from im_operator.render import render; "
