@@ -280,6 +280,7 @@ class Reconciler:
         selector = f"{CLUSTER_LABEL}={cluster.name}"
         for api_version, kind in CHILD_KINDS:
             for obj in await self.kube.list_objects(api_version, kind, cluster.namespace, selector=selector):
+                obj.setdefault("apiVersion", api_version)  # the API server leaves it out of a list's items
                 existing[(kind, obj["metadata"]["name"])] = obj
         created: list[str] = []
         updated: list[str] = []

@@ -58,7 +58,11 @@ class RecordingKube(MemoryKube):
         self, api_version: str, kind: str, namespace: str, *, selector: str = ""
     ) -> list[dict[str, Any]]:
         self.note(api_version, kind, "list")
-        return await super().list_objects(api_version, kind, namespace, selector=selector)
+        items = await super().list_objects(api_version, kind, namespace, selector=selector)
+        for item in items:  # as the API server lists built-in kinds
+            item.pop("apiVersion", None)
+            item.pop("kind", None)
+        return items
 
     async def apply(self, manifest: Mapping[str, Any], **_: Any) -> dict[str, Any]:
         ref = Ref.of(manifest)
