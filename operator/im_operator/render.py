@@ -102,15 +102,6 @@ COURIER_REQUESTS = {
     "delivery": {"cpu": "100m", "memory": "256Mi"},
 }
 SERVICE_REQUESTS = {"cpu": "50m", "memory": "128Mi"}
-# The field manager that keeps a Deployment's replicas while they pass from the operator to an autoscaler.
-REPLICAS_HANDOVER_MANAGER = "courier-replicas-handover"
-# The kinds beyond workloads, Services and ConfigMaps that render() may produce (and the reconcile prunes).
-RENDERED_POLICY_KINDS = (
-    ("policy/v1", "PodDisruptionBudget"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-    ("networking.k8s.io/v1", "Ingress"),
-)
 BACKEND_REQUESTS = {
     "redis": {"cpu": "100m", "memory": "128Mi"},
     "kafka": {"cpu": "250m", "memory": "1Gi"},
@@ -126,6 +117,15 @@ CONNECTIONS_METRIC = "courier_ws_connections"
 # load to stay low and let one node go per period at most.
 DELIVERY_SCALE_DOWN_WINDOW_S = 600
 DELIVERY_SCALE_DOWN_PERIOD_S = 300
+# The field manager that keeps a Deployment's replicas while they pass from the operator to an autoscaler.
+REPLICAS_HANDOVER_MANAGER = "courier-replicas-handover"
+# The kinds beyond workloads, Services and ConfigMaps that render() may produce (and the reconcile prunes).
+RENDERED_POLICY_KINDS = (
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"),
+)
 
 
 def render(
@@ -403,7 +403,7 @@ class _CourierPods:
                 "periodSeconds": 5,
                 "failureThreshold": 3,
             },
-            # Liveness and readiness wait for the start (up to STARTUP_PROBE's budget) instead of a fixed delay.
+            # Liveness and readiness probes wait for this one (up to 2 minutes) instead of a fixed initial delay.
             "startupProbe": {
                 "httpGet": {"path": "/healthz", "port": "http"},
                 "periodSeconds": 2,
