@@ -28,6 +28,10 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("apps/v1", "Deployment"): "deployments",
     ("apps/v1", "StatefulSet"): "statefulsets",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
     ("discovery.k8s.io/v1", "EndpointSlice"): "endpointslices",
     ("v1", "Event"): "events",
     (IMCLUSTER_API, IMCLUSTER_KIND): "imclusters",
@@ -120,9 +124,9 @@ class Kube:
         items: list[dict[str, Any]] = answer.get("items") or []
         return items
 
-    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply as the operator's one field manager, taking over fields others changed."""
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+    async def apply(self, manifest: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply as the operator's field manager, taking over fields others changed."""
+        query = [("fieldManager", field_manager), ("force", "true")]
         return await self._call(
             "PATCH",
             object_path(Ref.of(manifest)),

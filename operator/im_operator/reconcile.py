@@ -19,7 +19,7 @@ from typing import Any
 from im_operator import credentials, metrics, ring
 from im_operator.kube import ApiError, Conflict, Kube, Ref
 from im_operator.model import API_VERSION, CLUSTER_LABEL, COMPONENT_LABEL, KIND, Cluster, InvalidSpec
-from im_operator.render import render
+from im_operator.render import RENDERED_POLICY_KINDS, REPLICAS_HANDOVER_MANAGER, render, replicas_handover
 from im_operator.status import (
     READY,
     Observation,
@@ -35,7 +35,13 @@ log = logging.getLogger("im_operator")
 
 # The kinds render() produces; children of these kinds that carry the cluster's label, are owned by it, and
 # are no longer rendered get deleted.
-CHILD_KINDS = (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"))
+CHILD_KINDS = (
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    *RENDERED_POLICY_KINDS,
+)
 EVENT_MESSAGE_LIMIT = 1000  # the API server refuses longer Event messages
 
 
@@ -274,6 +280,7 @@ class Reconciler:
         selector = f"{CLUSTER_LABEL}={cluster.name}"
         for api_version, kind in CHILD_KINDS:
             for obj in await self.kube.list_objects(api_version, kind, cluster.namespace, selector=selector):
+                obj.setdefault("apiVersion", api_version)  # the API server leaves it out of a list's items
                 existing[(kind, obj["metadata"]["name"])] = obj
         created: list[str] = []
         updated: list[str] = []
@@ -285,6 +292,9 @@ class Reconciler:
                 before = await self.kube.get(ref)  # unlabelled, so not listed: someone else's object?
             if before is not None and not cluster.owns(before):
                 raise NameTaken(f"{ref} already exists and does not belong to this IMCluster; rename or delete it")
+            handover = replicas_handover(manifest, before)
+            if handover is not None:
+                await self.kube.apply(handover, field_manager=REPLICAS_HANDOVER_MANAGER)
             after = await self.kube.apply(manifest)
             applied.append(after)
             if before is None:

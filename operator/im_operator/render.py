@@ -8,6 +8,7 @@ and ``ring``; the pod templates here only refer to them by name.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import uuid
@@ -18,8 +19,14 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from im_operator import credentials
+from im_operator.kube import FIELD_MANAGER
 from im_operator.model import (
+    API_VERSION,
+    BACKENDS,
+    CLUSTER_LABEL,
+    COMPONENT_LABEL,
     HTTP_PORT,
+    KIND,
     RING_DIR,
     RING_FILE,
     RING_READERS,
@@ -88,6 +95,37 @@ SHUTDOWN_MARGIN_S = 20
 SOCKET_HOLDERS = ("gateway", "delivery")
 DATABASE_DRIVERS = {"mysql": "mysql+asyncmy", "mariadb": "mysql+asyncmy", "postgresql": "postgresql+asyncpg"}
 DATABASE_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432}
+# Requests of pods whose spec gives no resources: every pod gets a scheduling guarantee (never BestEffort, the first
+# evicted under node pressure) and the gateway's CPU autoscaling has a base to measure utilisation against.
+COURIER_REQUESTS = {
+    "gateway": {"cpu": "100m", "memory": "128Mi"},
+    "delivery": {"cpu": "100m", "memory": "256Mi"},
+}
+SERVICE_REQUESTS = {"cpu": "50m", "memory": "128Mi"}
+BACKEND_REQUESTS = {
+    "redis": {"cpu": "100m", "memory": "128Mi"},
+    "kafka": {"cpu": "250m", "memory": "1Gi"},
+    "database": {"cpu": "250m", "memory": "512Mi"},
+    "minio": {"cpu": "100m", "memory": "256Mi"},
+}
+# Spread by node for the tiers holding client sockets, so losing one node drops only its share of them.
+SPREAD_BY_DEFAULT = ("gateway", "delivery")
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+# The adapter's name of the per-pod gauge services.common.metrics.WS_CONNECTIONS (operator/README.md shows the rule).
+CONNECTIONS_METRIC = "courier_ws_connections"
+# Delivery scale-downs move users between nodes (every departing member's share re-hashes): wait this long for the
+# load to stay low and let one node go per period at most.
+DELIVERY_SCALE_DOWN_WINDOW_S = 600
+DELIVERY_SCALE_DOWN_PERIOD_S = 300
+# The field manager that keeps a Deployment's replicas while they pass from the operator to an autoscaler.
+REPLICAS_HANDOVER_MANAGER = "courier-replicas-handover"
+# The kinds beyond workloads, Services and ConfigMaps that render() may produce (and the reconcile prunes).
+RENDERED_POLICY_KINDS = (
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("networking.k8s.io/v1", "Ingress"),
+)
 
 
 def render(
@@ -113,19 +151,27 @@ def render(
     pod = _CourierPods(cluster, spec, image, config_hash)
     children: list[Manifest] = [config]
     gateway = spec.get("gateway") or {}
-    children.append(pod.deployment("gateway", "gateway", int(gateway.get("replicas", 2)), gateway.get("resources")))
+    children.append(pod.deployment("gateway", "gateway", gateway, default_replicas=2))
     children.append(gateway_service(cluster, gateway.get("service") or {}))
+    children.extend(_scaling(cluster, "gateway", gateway, default_replicas=2))
+    if gateway.get("ingress"):
+        children.append(ingress(cluster, gateway["ingress"], int((gateway.get("service") or {}).get("port", 80))))
     for service in SERVICES:
         settings = (spec.get("services") or {}).get(service) or {}
-        children.append(pod.deployment(service, service, int(settings.get("replicas", 1)), settings.get("resources")))
+        children.append(pod.deployment(service, service, settings, default_replicas=1))
         children.append(_service(cluster, service, [_port("http", HTTP_PORT)]))
+        children.extend(_scaling(cluster, service, settings, default_replicas=1))
     delivery = spec.get("delivery") or {}
-    children.append(pod.delivery(int(delivery.get("replicas", 2)), delivery.get("resources")))
+    children.append(pod.delivery(delivery))
     children.append(_service(cluster, "delivery", [_port("http", HTTP_PORT)], headless=True, publish_not_ready=True))
+    children.extend(_scaling(cluster, "delivery", delivery, default_replicas=2))
     for backend in ("redis", "kafka", "database", "objectStore"):
         managed = (spec.get(backend) or {}).get("managed")
         if managed is not None:
             children.extend(_managed_backend(cluster, spec, backend, managed, backend_images or {}))
+    network = spec.get("networkPolicy") or {}
+    if network.get("enabled"):
+        children.extend(network_policies(cluster, spec, network))
     return children
 
 
@@ -340,7 +386,7 @@ class _CourierPods:
             env.append({"name": "OTEL_TRACES_SAMPLER_ARG", "value": _env_value(tracing.get("ratio", 0.1))})
         return env
 
-    def container(self, service: str, resources: Mapping[str, Any] | None) -> dict[str, Any]:
+    def container(self, service: str, resources: Mapping[str, Any]) -> dict[str, Any]:
         mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108 - the pod's own scratch volume
         if service in RING_READERS:
             mounts.append({"name": "ring", "mountPath": RING_DIR, "readOnly": True})
@@ -357,21 +403,26 @@ class _CourierPods:
                 "periodSeconds": 5,
                 "failureThreshold": 3,
             },
+            # Liveness and readiness probes wait for this one (up to 2 minutes) instead of a fixed initial delay.
+            "startupProbe": {
+                "httpGet": {"path": "/healthz", "port": "http"},
+                "periodSeconds": 2,
+                "failureThreshold": 60,
+            },
             "livenessProbe": {
                 "httpGet": {"path": "/healthz", "port": "http"},
-                "initialDelaySeconds": 10,
                 "periodSeconds": 10,
                 "failureThreshold": 6,
             },
             "securityContext": _container_security(),
             "volumeMounts": mounts,
+            "resources": dict(resources),
         }
-        if resources:
-            container["resources"] = dict(resources)
         return container
 
-    def pod_template(self, component: str, service: str, resources: Mapping[str, Any] | None) -> dict[str, Any]:
+    def pod_template(self, component: str, service: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         c = self.cluster
+        resources = with_default_requests(settings.get("resources"), COURIER_REQUESTS.get(component, SERVICE_REQUESTS))
         volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
         if service in RING_READERS:
             # Optional: a pod may start before the first ring is published (the gateway stays unready until then).
@@ -389,20 +440,19 @@ class _CourierPods:
             # together wait for one another and the later ones find the schema at head.
             migrate = self.container(service, resources)
             migrate.update(name="migrate", command=["courier", "migrate"])
-            for key in ("ports", "readinessProbe", "livenessProbe"):
+            for key in ("ports", "readinessProbe", "startupProbe", "livenessProbe"):
                 del migrate[key]
             pod["initContainers"] = [migrate]
         pulls = self.spec.get("imagePullSecrets") or []
         if pulls:
             pod["imagePullSecrets"] = [{"name": str(p["name"])} for p in pulls]
-        return {
-            "metadata": {
-                "labels": c.labels(component),
-                # A changed ConfigMap rolls the pods: envFrom is read only when a container starts.
-                "annotations": {"im.courier.dev/config-hash": self.config_hash},
-            },
-            "spec": pod,
+        metadata = {
+            "labels": c.labels(component),
+            # A changed ConfigMap rolls the pods: envFrom is read only when a container starts.
+            "annotations": {"im.courier.dev/config-hash": self.config_hash},
         }
+        spread = [spread_by_hostname(c, component)] if component in SPREAD_BY_DEFAULT else []
+        return customise_pod({"metadata": metadata, "spec": pod}, settings.get("pod") or {}, spread)
 
     def grace_period(self, component: str) -> int:
         """Long enough for the lag, the drain of the sockets this component holds, and the final shutdown."""
@@ -411,36 +461,44 @@ class _CourierPods:
         drain = float(shutdown.get("drainSeconds", SHUTDOWN_DRAIN_S)) if component in SOCKET_HOLDERS else 0.0
         return int(lag + drain + SHUTDOWN_MARGIN_S + 0.999)
 
-    def deployment(self, component: str, service: str, replicas: int, resources: Any) -> Manifest:
+    def deployment(
+        self, component: str, service: str, settings: Mapping[str, Any], *, default_replicas: int
+    ) -> Manifest:
+        """A Deployment; without replicas under an autoscaler, which is then their one writer."""
         c = self.cluster
+        spec: dict[str, Any] = {
+            "replicas": int(settings.get("replicas", default_replicas)),
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": c.selector(component)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": self.pod_template(component, service, settings),
+        }
+        if settings.get("autoscaling"):
+            del spec["replicas"]
         return {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": c.metadata(c.child(component), component),
-            "spec": {
-                "replicas": replicas,
-                "revisionHistoryLimit": 5,
-                "selector": {"matchLabels": c.selector(component)},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": self.pod_template(component, service, resources),
-            },
+            "spec": spec,
         }
 
-    def delivery(self, replicas: int, resources: Any) -> Manifest:
+    def delivery(self, settings: Mapping[str, Any]) -> Manifest:
+        """The delivery StatefulSet: its replicas always come from spec.delivery.replicas, which an autoscaler
+        changes through the IMCluster's scale subresource, so the operator stays their one writer here."""
         c = self.cluster
         return {
             "apiVersion": "apps/v1",
             "kind": "StatefulSet",
             "metadata": c.metadata(c.child("delivery"), "delivery"),
             "spec": {
-                "replicas": replicas,
+                "replicas": int(settings.get("replicas", 2)),
                 "serviceName": c.child("delivery"),
                 # Pods start and stop all at once when scaling; a rolling update still replaces one at a time.
                 "podManagementPolicy": "Parallel",
                 "revisionHistoryLimit": 5,
                 "updateStrategy": {"type": "RollingUpdate"},
                 "selector": {"matchLabels": c.selector("delivery")},
-                "template": self.pod_template("delivery", "delivery", resources),
+                "template": self.pod_template("delivery", "delivery", settings),
             },
         }
 
@@ -628,12 +686,13 @@ def _managed_backend(
         **container,
         "ports": [{"name": component, "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": component}, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"tcpSocket": {"port": component}, "initialDelaySeconds": 30, "periodSeconds": 10},
+        # A first start initialises the data directory (MariaDB, PostgreSQL: a minute or more): up to 5 minutes.
+        "startupProbe": {"tcpSocket": {"port": component}, "periodSeconds": 5, "failureThreshold": 60},
+        "livenessProbe": {"tcpSocket": {"port": component}, "periodSeconds": 10, "failureThreshold": 3},
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "data", "mountPath": mount}],
+        "resources": with_default_requests(managed.get("resources"), BACKEND_REQUESTS[component]),
     }
-    if managed.get("resources"):
-        container["resources"] = dict(managed["resources"])
     statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -647,22 +706,265 @@ def _managed_backend(
                 "whenDeleted": str(storage.get("whenDeleted") or "Delete"),
                 "whenScaled": "Retain",
             },
-            "template": {
-                "metadata": {"labels": c.labels(component)},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": _pod_security(BACKEND_UIDS[uid_key]),
-                    "terminationGracePeriodSeconds": 60,
-                    "containers": [container],
+            "template": customise_pod(
+                {
+                    "metadata": {"labels": c.labels(component)},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "securityContext": _pod_security(BACKEND_UIDS[uid_key]),
+                        "terminationGracePeriodSeconds": 60,
+                        "containers": [container],
+                    },
                 },
-            },
+                managed.get("pod") or {},
+                [],
+            ),
             # Only the claim's name and spec: volumeClaimTemplates cannot change once the StatefulSet exists.
             "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": claim_spec}],
         },
     }
     service = _service(c, component, [_port(component, port)], headless=True)
     return [statefulset, service]
+
+
+# ---------------------------------------------------------------------------------------------------- placement
+
+
+def with_default_requests(resources: Mapping[str, Any] | None, defaults: Mapping[str, str]) -> dict[str, Any]:
+    """The spec's resources, with ``defaults`` as requests when it gives neither requests nor limits (limits alone
+    become the requests too, by the API server's own defaulting): no pod is ever BestEffort."""
+    given = dict(resources or {})
+    if not given.get("requests") and not given.get("limits"):
+        given["requests"] = dict(defaults)
+    return given
+
+
+def spread_by_hostname(cluster: Cluster, component: str) -> dict[str, Any]:
+    """Pods of a component on as many nodes as possible; a soft rule, so a small cluster still schedules them."""
+    return {
+        "maxSkew": 1,
+        "topologyKey": HOSTNAME_TOPOLOGY,
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": cluster.selector(component)},
+    }
+
+
+def customise_pod(
+    template: Mapping[str, Any], overrides: Mapping[str, Any], default_spread: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A pod template with a component's spec.<component>.pod applied. The operator's own labels and annotations
+    win over the user's (selectors and the config hash depend on them); topologySpreadConstraints replace the
+    default spread, and an empty list turns it off."""
+    metadata = template["metadata"]
+    pod = dict(template["spec"])
+    for key in ("nodeSelector", "affinity", "tolerations", "priorityClassName"):
+        if overrides.get(key):
+            pod[key] = copy.deepcopy(overrides[key])
+    spread = overrides.get("topologySpreadConstraints", default_spread)
+    if spread:
+        pod["topologySpreadConstraints"] = copy.deepcopy(list(spread))
+    result: dict[str, Any] = {"metadata": {"labels": {**(overrides.get("labels") or {}), **metadata["labels"]}}}
+    annotations = {**(overrides.get("annotations") or {}), **(metadata.get("annotations") or {})}
+    if annotations:
+        result["metadata"]["annotations"] = annotations
+    result["spec"] = pod
+    return result
+
+
+def _scaling(cluster: Cluster, component: str, settings: Mapping[str, Any], *, default_replicas: int) -> list[Manifest]:
+    """The HorizontalPodAutoscaler of a component whose spec asks for one, and its PodDisruptionBudget when more
+    than one pod runs (a budget over a single pod would either block node drains or protect nothing)."""
+    autoscaling = settings.get("autoscaling")
+    children: list[Manifest] = []
+    if autoscaling:
+        children.append(autoscaler(cluster, component, autoscaling))
+        most_of_the_time = int(autoscaling.get("minReplicas", 2))
+    else:
+        most_of_the_time = int(settings.get("replicas", default_replicas))
+    if most_of_the_time > 1:
+        children.append(disruption_budget(cluster, component))
+    return children
+
+
+def disruption_budget(cluster: Cluster, component: str) -> Manifest:
+    """At most one pod of the component evicted at a time (node drains, cluster upgrades). Pods that are not
+    ready may always go: a stuck crash-looping pod must not hold a drain forever."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": cluster.metadata(cluster.child(component), component),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": cluster.selector(component)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+def autoscaler(cluster: Cluster, component: str, autoscaling: Mapping[str, Any]) -> Manifest:
+    """The gateway's HPA scales its Deployment on CPU; delivery's scales the IMCluster itself (its scale
+    subresource, spec.delivery.replicas) on WebSocket connections per pod, so the operator stays the one writer of
+    the delivery StatefulSet's replicas and publishes the ring from the same number."""
+    c = cluster
+    bounds = {"minReplicas": int(autoscaling.get("minReplicas", 2)), "maxReplicas": int(autoscaling["maxReplicas"])}
+    if component == "delivery":
+        target: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "name": c.name}
+        metric: dict[str, Any] = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": CONNECTIONS_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(autoscaling.get("connectionsPerPod", 5000))},
+            },
+        }
+        window = int(autoscaling.get("scaleDownStabilizationSeconds", DELIVERY_SCALE_DOWN_WINDOW_S))
+        behavior: dict[str, Any] = {
+            "scaleDown": {
+                "stabilizationWindowSeconds": window,
+                "selectPolicy": "Min",
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": DELIVERY_SCALE_DOWN_PERIOD_S}],
+            },
+            "scaleUp": {
+                "stabilizationWindowSeconds": 0,
+                "selectPolicy": "Max",
+                "policies": [
+                    {"type": "Pods", "value": 2, "periodSeconds": 60},
+                    {"type": "Percent", "value": 50, "periodSeconds": 60},
+                ],
+            },
+        }
+    else:
+        target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": c.child(component)}
+        utilisation = int(autoscaling.get("targetCPUUtilizationPercentage", 70))
+        metric = {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": utilisation}},
+        }
+        window = int(autoscaling.get("scaleDownStabilizationSeconds", 300))
+        behavior = {"scaleDown": {"stabilizationWindowSeconds": window}}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": c.metadata(c.child(component), component),
+        "spec": {"scaleTargetRef": target, **bounds, "metrics": [metric], "behavior": behavior},
+    }
+
+
+def replicas_handover(manifest: Mapping[str, Any], live: Mapping[str, Any] | None) -> Manifest | None:
+    """What to apply, under REPLICAS_HANDOVER_MANAGER, before a Deployment that no longer renders its replicas (an
+    autoscaler took them over) while the live object still has them owned by the operator's apply: the live count.
+    Without it, server-side apply would drop the field the operator alone owned, and the Deployment would shrink to
+    one pod until the autoscaler's next sync. None when there is nothing to hand over."""
+    if manifest["kind"] != "Deployment" or "replicas" in manifest["spec"] or live is None:
+        return None
+    replicas = (live.get("spec") or {}).get("replicas")
+    owned = any(
+        entry.get("manager") == FIELD_MANAGER
+        and entry.get("operation") == "Apply"
+        and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        for entry in (live.get("metadata") or {}).get("managedFields") or []
+    )
+    if replicas is None or not owned:
+        return None
+    meta = manifest["metadata"]
+    return {
+        "apiVersion": manifest["apiVersion"],
+        "kind": manifest["kind"],
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": {"replicas": int(replicas)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- network
+
+
+def _from_pods(cluster: Cluster, components: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "podSelector": {
+            "matchLabels": {CLUSTER_LABEL: cluster.name},
+            "matchExpressions": [{"key": COMPONENT_LABEL, "operator": "In", "values": list(components)}],
+        }
+    }
+
+
+def _policy(cluster: Cluster, component: str, selects: tuple[str, ...], rules: list[dict[str, Any]]) -> Manifest:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": cluster.metadata(cluster.child(component), component),
+        "spec": {
+            "podSelector": _from_pods(cluster, selects)["podSelector"],
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
+    }
+
+
+def network_policies(cluster: Cluster, spec: Mapping[str, Any], network: Mapping[str, Any]) -> list[Manifest]:
+    """Ingress rules for every pod of the IMCluster: the gateway takes traffic from anywhere (or from
+    networkPolicy.gatewayFrom), the services and delivery nodes only from the cluster's own Courier pods, and the
+    managed backends only from the Courier pods on their own port. networkPolicy.metricsFrom may scrape every
+    Courier pod; networkPolicy.objectStoreFrom may reach managed MinIO (presigned URLs)."""
+    http = [{"protocol": "TCP", "port": HTTP_PORT}]
+    courier = ("gateway", *SERVICES, "delivery")
+    metrics_from = list(network.get("metricsFrom") or [])
+    scrape = [{"from": copy.deepcopy(metrics_from), "ports": http}] if metrics_from else []
+    outside: dict[str, Any] = {"ports": http}  # no "from": any source
+    if network.get("gatewayFrom"):
+        outside["from"] = copy.deepcopy(list(network["gatewayFrom"]))
+    policies = [
+        _policy(cluster, "gateway", ("gateway",), [outside, *scrape]),
+        _policy(
+            cluster,
+            "internal",
+            (*SERVICES, "delivery"),
+            [{"from": [_from_pods(cluster, courier)], "ports": http}, *scrape],
+        ),
+    ]
+    managed = [b for b in BACKENDS if (spec.get(b) or {}).get("managed") is not None]
+    if managed:
+        backend_rules: list[dict[str, Any]] = [{"from": [_from_pods(cluster, courier)]}]
+        store_from = list(network.get("objectStoreFrom") or [])
+        if store_from and "objectStore" in managed:
+            backend_rules.append(
+                {
+                    "from": copy.deepcopy(store_from),
+                    "ports": [{"protocol": "TCP", "port": 9000}],
+                }
+            )
+        policies.append(_policy(cluster, "backends", tuple(backend_component(b) for b in managed), backend_rules))
+    return policies
+
+
+def ingress(cluster: Cluster, settings: Mapping[str, Any], port: int) -> Manifest:
+    """An Ingress to the gateway Service; with tls.secretName, TLS terminates at the ingress controller, and an
+    issuer (tls.clusterIssuer or tls.issuer) lets cert-manager's ingress-shim obtain that Secret."""
+    host = str(settings["host"])
+    annotations = dict(settings.get("annotations") or {})
+    tls = settings.get("tls") or {}
+    if tls.get("clusterIssuer"):
+        annotations["cert-manager.io/cluster-issuer"] = str(tls["clusterIssuer"])
+    if tls.get("issuer"):
+        annotations["cert-manager.io/issuer"] = str(tls["issuer"])
+    backend = {"service": {"name": cluster.child("gateway"), "port": {"number": port}}}
+    spec: dict[str, Any] = {
+        "rules": [
+            {
+                "host": host,
+                "http": {
+                    "paths": [{"path": str(settings.get("path") or "/"), "pathType": "Prefix", "backend": backend}]
+                },
+            }
+        ]
+    }
+    if settings.get("className"):
+        spec["ingressClassName"] = str(settings["className"])
+    if tls.get("secretName"):
+        spec["tls"] = [{"hosts": [host], "secretName": str(tls["secretName"])}]
+    metadata = cluster.metadata(cluster.child("gateway"), "gateway")
+    if annotations:
+        metadata["annotations"] = dict(sorted(annotations.items()))
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
 
 
 def backend_component(backend: str) -> str:

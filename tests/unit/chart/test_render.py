@@ -357,3 +357,22 @@ def test_service_monitor_selects_exactly_the_services_the_operator_renders_with_
     for service in services:
         if service["metadata"]["name"] in chosen:
             assert port in [p["name"] for p in service["spec"]["ports"]], service["metadata"]["name"]
+
+
+def test_watched_namespaces_get_roles_and_no_cluster_wide_grant(helm: Helm) -> None:
+    docs = helm.template("--set", "operator.watchNamespaces={team-a,team-b}")
+    assert not by_kind(docs, "ClusterRole")
+    assert not by_kind(docs, "ClusterRoleBinding")
+    wanted = yaml.safe_load((REPO / "operator" / "im_operator" / "rbac.yaml").read_text())["rules"]
+    roles = {r["metadata"]["namespace"]: r for r in by_kind(docs, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in by_kind(docs, "RoleBinding")}
+    assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
+    account = one(docs, "ServiceAccount")["metadata"]["name"]
+    for namespace, role in roles.items():
+        assert role["rules"] == wanted
+        assert bindings[namespace]["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert bindings[namespace]["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "courier"}]

@@ -59,6 +59,8 @@ def test_sample_renders_every_service_the_delivery_tier_and_the_managed_backends
         + [f"Deployment/chat-{w}" for w in workloads]
         + [f"Service/chat-{w}" for w in [*workloads, "delivery", "redis", "kafka", "database", "minio"]]
         + [f"StatefulSet/chat-{s}" for s in ("delivery", "redis", "kafka", "database", "minio")]
+        # The components running more than one pod (the sample: gateway 2, message 2, delivery 2).
+        + [f"PodDisruptionBudget/chat-{c}" for c in ("gateway", "message", "delivery")]
     )
 
 
