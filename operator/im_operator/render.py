@@ -96,17 +96,19 @@ SOCKET_HOLDERS = ("gateway", "delivery")
 DATABASE_DRIVERS = {"mysql": "mysql+asyncmy", "mariadb": "mysql+asyncmy", "postgresql": "postgresql+asyncpg"}
 DATABASE_PORTS = {"mysql": 3306, "mariadb": 3306, "postgresql": 5432}
 # Requests of pods whose spec gives no resources: every pod gets a scheduling guarantee (never BestEffort, the first
-# evicted under node pressure) and the gateway's CPU autoscaling has a base to measure utilisation against.
+# evicted under node pressure) and the gateway's CPU autoscaling has a base to measure utilisation against. They are
+# a floor, small enough that a whole IMCluster with its backends fits one 2-core node beside the control plane (kind);
+# a production cluster gives each component its own `resources`.
 COURIER_REQUESTS = {
-    "gateway": {"cpu": "100m", "memory": "128Mi"},
-    "delivery": {"cpu": "100m", "memory": "256Mi"},
+    "gateway": {"cpu": "50m", "memory": "128Mi"},
+    "delivery": {"cpu": "50m", "memory": "256Mi"},
 }
-SERVICE_REQUESTS = {"cpu": "50m", "memory": "128Mi"}
+SERVICE_REQUESTS = {"cpu": "25m", "memory": "128Mi"}
 BACKEND_REQUESTS = {
-    "redis": {"cpu": "100m", "memory": "128Mi"},
-    "kafka": {"cpu": "250m", "memory": "1Gi"},
-    "database": {"cpu": "250m", "memory": "512Mi"},
-    "minio": {"cpu": "100m", "memory": "256Mi"},
+    "redis": {"cpu": "50m", "memory": "128Mi"},
+    "kafka": {"cpu": "100m", "memory": "1Gi"},
+    "database": {"cpu": "100m", "memory": "512Mi"},
+    "minio": {"cpu": "50m", "memory": "256Mi"},
 }
 # Spread by node for the tiers holding client sockets, so losing one node drops only its share of them.
 SPREAD_BY_DEFAULT = ("gateway", "delivery")

@@ -49,13 +49,13 @@ def test_no_pod_is_best_effort_and_given_resources_are_kept_as_they_are() -> Non
             resources = container["resources"]
             assert resources.get("requests") or resources.get("limits"), (component, container["name"])
     assert templates["identity"]["spec"]["containers"][0]["resources"] == {
-        "requests": {"cpu": "50m", "memory": "128Mi"}
+        "requests": {"cpu": "25m", "memory": "128Mi"}
     }
     # The sample's own delivery resources win; limits alone become requests on the API server (Guaranteed).
-    assert templates["delivery"]["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "250m", "memory": "256Mi"}
+    assert templates["delivery"]["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     assert templates["file"]["spec"]["containers"][0]["resources"] == {"limits": {"cpu": "1", "memory": "1Gi"}}
     assert templates["redis"]["spec"]["containers"][0]["resources"] == {"requests": {"memory": "2Gi"}}
-    assert templates["kafka"]["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "250m", "memory": "1Gi"}}
+    assert templates["kafka"]["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "100m", "memory": "1Gi"}}
 
 
 def test_gateway_and_delivery_spread_over_nodes_by_default_and_the_spec_can_replace_or_drop_it() -> None:
