@@ -65,6 +65,7 @@ class LeaderElector:
         self._ref = Ref(LEASE_API, "Lease", settings.namespace, settings.name)
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
+        self._last_error = ""
         self.leading = False
 
     async def acquire(self) -> None:
@@ -83,7 +84,13 @@ class LeaderElector:
         renewed = self._clock()
         while True:
             await asyncio.sleep(self.settings.retry_period_s)
-            if await self.try_acquire_or_renew():
+            left = self.settings.renew_deadline_s - (self._clock() - renewed)
+            try:
+                # An attempt that hangs (a slow API server) must not keep this process leading past the deadline.
+                success = left > 0 and await asyncio.wait_for(self.try_acquire_or_renew(), timeout=left)
+            except TimeoutError:
+                success = False
+            if success:
                 renewed = self._clock()
             elif self._clock() - renewed > self.settings.renew_deadline_s:
                 self.leading = False
@@ -118,8 +125,11 @@ class LeaderElector:
         except Conflict:
             return False  # another candidate wrote first: read again next round
         except ApiError as exc:
-            log.warning("leader election: %s", exc)
+            if str(exc) != self._last_error:  # once per distinct error, not every retry period
+                log.warning("leader election: %s", exc)
+                self._last_error = str(exc)
             return False
+        self._last_error = ""
         self.leading = True
         return True
 

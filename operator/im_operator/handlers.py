@@ -69,6 +69,14 @@ def build_registry(reconciler: Reconciler, config: OperatorConfig) -> kopf.Opera
             raise kopf.TemporaryError(outcome.message, delay=config.retry_delay(retry))
         log.info("%s/%s is ready", namespace, name)
 
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="spec-changed", registry=registry)
+    async def spec_changed(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+        """A spec change not reconciled yet starts a pass at once, even while kopf holds the update handler back
+        for a retry delay (the backoff of a cluster that was not ready must not delay the fix of its spec)."""
+        generation = body.get("metadata", {}).get("generation")
+        if namespace and generation != body.get("status", {}).get("observedGeneration"):
+            await reconciler.kick(namespace, name)
+
     async def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         owner = labels.get(CLUSTER_LABEL)
         if namespace and owner:

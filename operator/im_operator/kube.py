@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +93,15 @@ def object_path(ref: Ref) -> str:
 class Kube:
     """One API client for the whole operator (urllib3's pool is thread-safe)."""
 
-    def __init__(self, api_client: Any, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, api_client: Any, *, timeout_s: float = 30.0, executor: Executor | None = None) -> None:
         self._api = api_client
         self._timeout_s = timeout_s
+        self._executor = executor
+
+    def with_own_thread(self) -> Kube:
+        """The same client on a thread of its own: calls that must not queue behind the reconcile's (the leader
+        election's renewals) use it."""
+        return Kube(self._api, timeout_s=self._timeout_s, executor=ThreadPoolExecutor(1, thread_name_prefix="lease"))
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -150,7 +157,7 @@ class Kube:
         """GET ``path`` from a pod's port through the API server's pod proxy (the operator needs no route to the pod
         network of its own); the body as text. A short timeout: an unreachable pod must not hold up a pass."""
         path = f"{object_path(Ref('v1', 'Pod', namespace, f'{pod}:{port}'))}/proxy/{path.lstrip('/')}"
-        answer = await asyncio.to_thread(self._call_sync, "GET", path, None, [], "text/plain", "str", timeout_s)
+        answer = await self._in_thread(self._call_sync, "GET", path, None, [], "text/plain", "str", timeout_s)
         return str(answer)
 
     async def merge_patch(self, ref: Ref, patch: Mapping[str, Any], *, subresource: str = "") -> dict[str, Any]:
@@ -184,9 +191,12 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        answer = await asyncio.to_thread(self._call_sync, method, path, body, query or [], content_type)
+        answer = await self._in_thread(self._call_sync, method, path, body, query or [], content_type)
         result: dict[str, Any] = answer if isinstance(answer, dict) else {}
         return result
+
+    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def _call_sync(
         self,

@@ -138,7 +138,7 @@ async def run(reconciler: Reconciler, config: OperatorConfig, settings: kopf.Ope
 def elector_of(kube: Kube, config: OperatorConfig) -> LeaderElector:
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     return LeaderElector(
-        kube,
+        kube.with_own_thread(),
         LeaseSettings(
             name=config.lease_name,
             namespace=config.lease_namespace_or_default(),

@@ -43,7 +43,7 @@ CHILD_KINDS = (("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment")
 EVENT_MESSAGE_LIMIT = 1000  # the API server refuses longer Event messages
 SECRETS_HASH = "im.courier.dev/secrets-hash"
 RING_REPORTERS = ("gateway", "delivery")  # the processes whose loaded ring the status lists
-POD_PROXY_CONCURRENCY = 8
+POD_PROXY_CONCURRENCY = 4
 RING_WRITE_ATTEMPTS = 5
 
 
@@ -334,7 +334,7 @@ class Reconciler:
                 try:
                     text = await self.kube.pod_proxy_get(cluster.namespace, name, HTTP_PORT, "metrics")
                 except ApiError as exc:
-                    return PodRing(name, component, error=f"{exc.status} {exc.reason}"[:200])
+                    return PodRing(name, component, error=str(exc)[:200])
             version = ring.loaded_version(text)
             return PodRing(name, component, version, "" if version is not None else "no courier_ring_version")
 

@@ -57,6 +57,7 @@ class Operator:
             "COURIER_OPERATOR_DEFAULT_IMAGE": IMAGE,
             "COURIER_OPERATOR_DRIFT_INTERVAL_S": "5",
             "COURIER_OPERATOR_RETRY_DELAY_S": "2",
+            **self.env,
         }
         with self.log.open("ab") as out:
             out.write(f"==== start {self.starts + 1}\n".encode())
