@@ -72,7 +72,7 @@ class LeaderElector:
         """Return once this process holds the Lease (wait as long as another live process does)."""
         waiting_logged = False
         while not await self.try_acquire_or_renew():
-            if not waiting_logged:
+            if not waiting_logged and not self._last_error:  # an error was logged as such
                 log.info("standing by: Lease %s/%s is held by another operator", self._ref.namespace, self._ref.name)
                 waiting_logged = True
             await asyncio.sleep(self.settings.retry_period_s)

@@ -21,6 +21,7 @@ from tests.k8s.conftest import Cluster, CommandFailed, wait_until
 from tests.k8s.test_operator import (  # noqa: F401 - module-scoped fixtures of the operator tests, reused here
     Operator,
     condition,
+    lease_name,
     namespace,
     operator_kubeconfig,
     release,
@@ -34,26 +35,17 @@ ROLLOUT_DEADLINE_S = 8
 REFUSED = "switching from managed to external deletes the managed volume and its data"
 
 
-def lease_name(kube: Cluster, ns: str, chart_release: str) -> str:
-    """The Lease the chart's operator Deployment elects on (and its Role lets it write)."""
-    [deployment] = kube.get("deployments", "-n", ns, "-l", f"app.kubernetes.io/instance={chart_release}")["items"]
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    return str(env["COURIER_OPERATOR_LEASE_NAME"])
-
-
-def lease_holder(kube: Cluster, ns: str, chart_release: str) -> str | None:
-    lease = kube.find("lease", lease_name(kube, ns, chart_release), "-n", ns)
+def lease_holder(kube: Cluster, ns: str) -> str | None:
+    """Who holds the Lease of the chart release installed in ``ns``."""
+    lease = kube.find("lease", lease_name(kube, ns), "-n", ns)
     return ((lease or {}).get("spec") or {}).get("holderIdentity")
 
 
-def operator_process(
-    kube: Cluster, ns: str, kubeconfig: Path, chart_release: str, log_dir: Path, identity: str
-) -> Operator:
+def operator_process(kube: Cluster, ns: str, kubeconfig: Path, log_dir: Path, identity: str) -> Operator:
     process = Operator(kube, ns, kubeconfig, log_dir / f"{identity}.log")
     process.env = {
         "POD_NAME": identity,
         "POD_NAMESPACE": ns,
-        "COURIER_OPERATOR_LEASE_NAME": lease_name(kube, ns, chart_release),
         "COURIER_OPERATOR_LEASE_DURATION_S": str(LEASE_DURATION_S),
         "COURIER_OPERATOR_LEASE_RENEW_DEADLINE_S": "4",
         "COURIER_OPERATOR_LEASE_RETRY_PERIOD_S": "1",
@@ -76,12 +68,12 @@ def operators(
     """Two operator processes, op-a started first (so it leads) and op-b standing by."""
     logs = tmp_path_factory.mktemp("operators")
     pair = {
-        identity: operator_process(kube, namespace, operator_kubeconfig, release, logs, identity)
+        identity: operator_process(kube, namespace, operator_kubeconfig, logs, identity)
         for identity in ("op-a", "op-b")
     }
     try:
         pair["op-a"].start()
-        wait_until("op-a to hold the Lease", lambda: (lease_holder(kube, namespace, release) == "op-a", None))
+        wait_until("op-a to hold the Lease", lambda: (lease_holder(kube, namespace) == "op-a", None))
         pair["op-b"].start()
         wait_until("op-b to stand by", lambda: ("standing by" in pair["op-b"].output(), pair["op-b"].output()[-500:]))
         yield pair
@@ -91,8 +83,8 @@ def operators(
             print(f"\n{identity} log, last lines:\n" + "\n".join(process.output().splitlines()[-30:]))
 
 
-def leader(kube: Cluster, ns: str, chart_release: str, operators: dict[str, Operator]) -> Operator:
-    holder = lease_holder(kube, ns, chart_release)
+def leader(kube: Cluster, ns: str, operators: dict[str, Operator]) -> Operator:
+    holder = lease_holder(kube, ns)
     assert holder in operators, holder
     return operators[str(holder)]
 
@@ -189,7 +181,7 @@ def test_one_operator_leads_and_a_standby_takes_over_when_it_dies_or_steps_down(
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait(timeout=30)
     a.proc = None
-    wait_until("op-b to take the Lease over", lambda: (lease_holder(kube, namespace, release) == "op-b", None))
+    wait_until("op-b to take the Lease over", lambda: (lease_holder(kube, namespace) == "op-b", None))
     took = time.monotonic() - killed
     print(f"\nop-b led {took:.1f}s after op-a was killed (lease duration {LEASE_DURATION_S}s)")
     assert took >= LEASE_DURATION_S - 1
@@ -204,7 +196,7 @@ def test_one_operator_leads_and_a_standby_takes_over_when_it_dies_or_steps_down(
     wait_until("op-a to stand by", lambda: (a.output().count("standing by") >= 1, a.output()[-500:]))
     stopped = time.monotonic()
     b.stop()
-    wait_until("op-a to take the released Lease", lambda: (lease_holder(kube, namespace, release) == "op-a", None))
+    wait_until("op-a to take the released Lease", lambda: (lease_holder(kube, namespace) == "op-a", None))
     took = time.monotonic() - stopped
     print(f"op-a led {took:.1f}s after op-b stopped cleanly")
     patch(kube, namespace, "chat", {"spec": {"gateway": {"replicas": 2}}})
@@ -250,7 +242,7 @@ def test_retained_data_keeps_its_secret_and_a_lost_secret_is_reported_not_regene
     operators: dict[str, Operator],
 ) -> None:
     kube.apply(s3_secret(namespace, "first"), kept_cluster(namespace, storage_class, "Retain"))
-    wait_ready(kube, namespace, "keep", leader(kube, namespace, release, operators))
+    wait_ready(kube, namespace, "keep", leader(kube, namespace, operators))
     secret = kube.get("secret", "keep-secrets", "-n", namespace)
     assert not secret["metadata"].get("ownerReferences"), secret["metadata"]
     passwords = secret["data"]
@@ -269,7 +261,7 @@ def test_retained_data_keeps_its_secret_and_a_lost_secret_is_reported_not_regene
     assert kube.find("pvc", "data-keep-database-0", "-n", namespace)
     assert kube.get("secret", "keep-secrets", "-n", namespace)["data"] == passwords
     kube.apply(kept_cluster(namespace, storage_class, "Retain"))
-    wait_ready(kube, namespace, "keep", leader(kube, namespace, release, operators))
+    wait_ready(kube, namespace, "keep", leader(kube, namespace, operators))
     assert kube.get("secret", "keep-secrets", "-n", namespace)["data"] == passwords
 
     # The Secret deleted while the data is there: reported (the watch on Secrets), never made anew.
@@ -293,7 +285,7 @@ def test_retained_data_keeps_its_secret_and_a_lost_secret_is_reported_not_regene
         "data": passwords,
     }
     kube.apply(restored)
-    wait_ready(kube, namespace, "keep", leader(kube, namespace, release, operators))
+    wait_ready(kube, namespace, "keep", leader(kube, namespace, operators))
     assert kube.get("secret", "keep-secrets", "-n", namespace)["data"] == passwords
 
 
@@ -338,7 +330,7 @@ def test_a_rollout_that_does_not_progress_turns_degraded_with_the_reason(
     assert "gateway" in degraded["message"] and "Insufficient cpu" in degraded["message"]
 
     patch(kube, namespace, "keep", {"spec": {"gateway": {"resources": None}}})
-    wait_ready(kube, namespace, "keep", leader(kube, namespace, release, operators))
+    wait_ready(kube, namespace, "keep", leader(kube, namespace, operators))
     assert condition(imc(kube, namespace, "keep"), "Degraded")["status"] == "False"
 
 
