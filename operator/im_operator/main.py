@@ -103,7 +103,6 @@ async def run(reconciler: Reconciler, config: OperatorConfig, settings: kopf.Ope
     if elector is not None:
         async with standby_liveness(config.liveness):
             await elector.acquire()
-    stop = asyncio.Event()
     namespaces = config.namespace_list()
     operator = asyncio.create_task(
         kopf.operator(
@@ -114,7 +113,6 @@ async def run(reconciler: Reconciler, config: OperatorConfig, settings: kopf.Ope
             clusterwide=not namespaces,
             namespaces=namespaces,
             liveness_endpoint=config.liveness or None,
-            stop_flag=stop,
         ),
         name="kopf",
     )
@@ -124,10 +122,14 @@ async def run(reconciler: Reconciler, config: OperatorConfig, settings: kopf.Ope
     holding = asyncio.create_task(elector.hold(), name="lease")
     try:
         await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
-        lost = holding.done()
-        stop.set()  # lost the Lease: stop reconciling before another process may start
-        await operator
-        return 1 if lost else 0
+        if holding.done():
+            # Lost the Lease: stop at once (no graceful wind-down: another process may lead any moment now).
+            operator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await operator
+            return 1
+        await operator  # stopped by a signal (or failed: its exception goes up)
+        return 0
     finally:
         holding.cancel()
         with contextlib.suppress(asyncio.CancelledError):

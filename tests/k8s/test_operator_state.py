@@ -334,6 +334,33 @@ def test_a_rollout_that_does_not_progress_turns_degraded_with_the_reason(
     assert condition(imc(kube, namespace, "keep"), "Degraded")["status"] == "False"
 
 
+def test_a_leader_frozen_past_its_lease_steps_down_when_it_wakes(
+    kube: Cluster,
+    namespace: str,  # noqa: F811
+    release: str,  # noqa: F811
+    operators: dict[str, Operator],
+) -> None:
+    """A partition, as the leader sees it: it cannot renew, the standby takes over, and when it comes back it must
+    not go on reconciling next to the new leader."""
+    frozen = leader(kube, namespace, operators)
+    [standby] = [o for o in operators.values() if o is not frozen]
+    assert frozen.proc is not None
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until("the standby to take the Lease", lambda: (leader(kube, namespace, operators) is standby, None))
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    proc = frozen.proc
+    wait_until("the old leader to exit", lambda: (proc.poll() is not None, frozen.output()[-1000:]), deadline_s=60)
+    assert proc.returncode == 1
+    assert "lost the Lease" in frozen.output()
+    frozen.proc = None
+    waits = frozen.output().count("standing by")
+    frozen.start()  # what its Deployment would do: restart it, as a standby
+    wait_until("the restarted process to stand by", lambda: (frozen.output().count("standing by") > waits, None))
+    wait_ready(kube, namespace, "chat", standby)
+
+
 def test_no_operator_logged_a_traceback(operators: dict[str, Operator]) -> None:
     for identity, process in operators.items():
         assert "Traceback" not in process.output(), f"{identity}:\n{process.output()[-5000:]}"
