@@ -66,6 +66,7 @@ class LeaderElector:
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._last_error = ""
+        self._renewed_at = 0.0
         self.leading = False
 
     async def acquire(self) -> None:
@@ -77,6 +78,12 @@ class LeaderElector:
                 waiting_logged = True
             await asyncio.sleep(self.settings.retry_period_s)
         log.info("leading: holding Lease %s/%s as %s", self._ref.namespace, self._ref.name, self.settings.identity)
+
+    def still_leading(self) -> bool:
+        """Whether this process may write now: it holds the Lease and renewed it within the renew deadline. Checked
+        before every pass, so a leader that was frozen or cut off past its Lease stops at once when it wakes,
+        before its renewal loop notices."""
+        return self.leading and self._clock() - self._renewed_at <= self.settings.renew_deadline_s
 
     async def hold(self) -> None:
         """Renew the Lease every retry period; return when no renewal succeeded for the renew deadline (then
@@ -130,6 +137,7 @@ class LeaderElector:
                 self._last_error = str(exc)
             return False
         self._last_error = ""
+        self._renewed_at = self._clock()
         self.leading = True
         return True
 

@@ -79,27 +79,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("im_operator").info("watching %s", ", ".join(config.namespace_list()) or "every namespace")
     kube = Kube.from_environment()
+    elector = elector_of(kube, config) if config.leader_election else None
     reconciler = Reconciler(
         kube,
         default_image=config.default_image,
         backend_images=config.backend_images,
         rollout_deadline_s=config.rollout_deadline_s,
+        leading=elector.still_leading if elector is not None else lambda: True,
     )
     settings = kopf.OperatorSettings()
     kopf_settings(settings)
     metrics_server = serve_metrics(config.metrics_port, config.metrics_host)
     try:
         with contextlib.suppress(asyncio.CancelledError):
-            return asyncio.run(run(reconciler, config, settings))
+            return asyncio.run(run(reconciler, elector, config, settings))
         return 0
     finally:
         metrics_server.shutdown()
         kube.close()
 
 
-async def run(reconciler: Reconciler, config: OperatorConfig, settings: kopf.OperatorSettings) -> int:
+async def run(
+    reconciler: Reconciler, elector: LeaderElector | None, config: OperatorConfig, settings: kopf.OperatorSettings
+) -> int:
     """kopf, once this process leads (at once without leader election); 1 when the lead was lost."""
-    elector = elector_of(reconciler.kube, config) if config.leader_election else None
     if elector is not None:
         async with standby_liveness(config.liveness):
             await elector.acquire()

@@ -88,11 +88,13 @@ class Reconciler:
         now: Callable[[], str] = utcnow_rfc3339,
         token: Callable[[int], str] = secrets.token_hex,
         rollout_deadline_s: float = 600.0,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
         self.default_image = default_image
         self.backend_images = dict(backend_images or {})
         self.rollout_deadline_s = rollout_deadline_s
+        self._leading = leading
         # (namespace, Secret name) -> the IMClusters that use it, as of their last pass: maps a Secret's watch
         # event to the IMClusters to reconcile.
         self._secret_users: dict[tuple[str, str], set[str]] = {}
@@ -159,7 +161,11 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------------ one pass
 
     async def _pass(self, imcluster: Mapping[str, Any]) -> Outcome:
-        """One pass, counted by its result and timed (courier_operator_reconcile*)."""
+        """One pass, counted by its result and timed (courier_operator_reconcile*); none at all while this process
+        is not sure it still leads (leader election), not even a status write."""
+        if not self._leading():
+            log.warning("not reconciling %s: the Lease was not renewed in time", Cluster.of(imcluster).name)
+            return Outcome(ready=False, problem=None, waiting_for=("the leader election Lease",))
         with metrics.timed_pass() as timed:
             outcome = await self._pass_once(imcluster)
             permanent = outcome.problem is not None and outcome.problem.permanent

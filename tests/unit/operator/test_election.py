@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from im_operator.election import LeaderElector, LeaseSettings
 from im_operator.kube import ApiError
+from im_operator.reconcile import Reconciler
 
 from tests.unit.operator.fake_kube import FakeKube
 
@@ -89,3 +90,25 @@ async def test_a_leader_that_cannot_renew_steps_down_within_the_renew_deadline()
 def test_timings_must_leave_the_holder_time_to_step_down() -> None:
     with pytest.raises(ValueError, match="renew deadline < lease duration"):
         LeaseSettings("l", "ns", "a", duration_s=10, renew_deadline_s=10, retry_period_s=2)
+
+
+async def test_a_leader_past_its_renew_deadline_makes_no_pass_at_all() -> None:
+    kube, clock = FakeKube(), Clock()
+    a = elector(kube, clock, "a")
+    await a.acquire()
+    assert a.still_leading()
+    clock.now += 11  # frozen past the renew deadline (10 s): the renewal loop has not even run yet
+    assert not a.still_leading()
+
+    imcluster = {
+        "apiVersion": "im.courier.dev/v1alpha1",
+        "kind": "IMCluster",
+        "metadata": {"name": "chat", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": {"image": "courier:1"},
+    }
+    kube.put(imcluster)
+    written = dict(kube.objects)
+    outcome = await Reconciler(kube, leading=a.still_leading).reconcile(imcluster)  # type: ignore[arg-type]
+
+    assert not outcome.ready and "Lease" in outcome.message
+    assert kube.objects == written  # no child, no Secret, no status
