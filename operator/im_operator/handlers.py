@@ -17,8 +17,9 @@ from im_operator.reconcile import Reconciler
 
 GROUP, VERSION, PLURAL = "im.courier.dev", "v1alpha1", "imclusters"
 # The children whose changes start a pass: EndpointSlices carry the delivery Service's labels (the controller
-# copies them), so ready delivery pods reach the ring within one watch event. Secrets are not watched: that
-# would need list/watch on every Secret in the cluster; the drift loop repairs them.
+# copies them), so ready delivery pods reach the ring within one watch event. Secrets are watched apart (SECRETS,
+# below): the ones an IMCluster references are the user's and carry no label of ours.
+SECRETS = ("", "v1", "secrets")
 CHILD_RESOURCES = (
     ("apps", "v1", "deployments"),
     ("apps", "v1", "statefulsets"),
@@ -59,13 +60,23 @@ def build_registry(reconciler: Reconciler, config: OperatorConfig) -> kopf.Opera
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
-    async def reconcile(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
+    async def reconcile(body: kopf.Body, name: str, namespace: str | None, retry: int, **_: Any) -> None:
         outcome = await reconciler.reconcile(body)
         if outcome.problem is not None and outcome.problem.permanent:
             raise kopf.PermanentError(outcome.message)
         if not outcome.ready:
-            raise kopf.TemporaryError(outcome.message, delay=config.retry_delay_s)
+            # Exponential backoff: a cluster waiting on something slow (volumes, image pulls, a missing Secret)
+            # is looked at less and less often; any change of its children still starts a pass at once.
+            raise kopf.TemporaryError(outcome.message, delay=config.retry_delay(retry))
         log.info("%s/%s is ready", namespace, name)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="spec-changed", registry=registry)
+    async def spec_changed(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+        """A spec change not reconciled yet starts a pass at once, even while kopf holds the update handler back
+        for a retry delay (the backoff of a cluster that was not ready must not delay the fix of its spec)."""
+        generation = body.get("metadata", {}).get("generation")
+        if namespace and generation != body.get("status", {}).get("observedGeneration"):
+            await reconciler.kick(namespace, name)
 
     async def child_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         owner = labels.get(CLUSTER_LABEL)
@@ -82,6 +93,13 @@ def build_registry(reconciler: Reconciler, config: OperatorConfig) -> kopf.Opera
             registry=registry,
         )
         watch(child_changed)
+
+    @kopf.on.event(*SECRETS, id="secrets", registry=registry)
+    async def secret_changed(namespace: str | None, name: str, **_: Any) -> None:
+        """A Secret an IMCluster uses (its generated one, or one its spec references) was created, changed or
+        deleted: reconcile those IMClusters now (a changed value rolls their pods), not at the next drift pass."""
+        for owner in reconciler.users_of_secret(namespace or "", name):
+            await reconciler.kick(namespace or "", owner)
 
     drift: dict[str, asyncio.Task[None]] = {}
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,9 @@ PLURALS: dict[tuple[str, str], str] = {
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
     ("discovery.k8s.io/v1", "EndpointSlice"): "endpointslices",
     ("v1", "Event"): "events",
+    ("v1", "Pod"): "pods",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
     (IMCLUSTER_API, IMCLUSTER_KIND): "imclusters",
 }
 
@@ -93,9 +97,15 @@ def object_path(ref: Ref) -> str:
 class Kube:
     """One API client for the whole operator (urllib3's pool is thread-safe)."""
 
-    def __init__(self, api_client: Any, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, api_client: Any, *, timeout_s: float = 30.0, executor: Executor | None = None) -> None:
         self._api = api_client
         self._timeout_s = timeout_s
+        self._executor = executor
+
+    def with_own_thread(self) -> Kube:
+        """The same client on a thread of its own: calls that must not queue behind the reconcile's (the leader
+        election's renewals) use it."""
+        return Kube(self._api, timeout_s=self._timeout_s, executor=ThreadPoolExecutor(1, thread_name_prefix="lease"))
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -141,6 +151,19 @@ class Kube:
         path = collection_path(manifest["apiVersion"], manifest["kind"], namespace)
         return await self._call("POST", path, body=manifest, query=[("fieldManager", FIELD_MANAGER)])
 
+    async def replace(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT the whole object; with metadata.resourceVersion set, Conflict when it changed since that read."""
+        return await self._call(
+            "PUT", object_path(Ref.of(manifest)), body=manifest, query=[("fieldManager", FIELD_MANAGER)]
+        )
+
+    async def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str, *, timeout_s: float = 3.0) -> str:
+        """GET ``path`` from a pod's port through the API server's pod proxy (the operator needs no route to the pod
+        network of its own); the body as text. A short timeout: an unreachable pod must not hold up a pass."""
+        path = f"{object_path(Ref('v1', 'Pod', namespace, f'{pod}:{port}'))}/proxy/{path.lstrip('/')}"
+        answer = await self._in_thread(self._call_sync, "GET", path, None, [], "text/plain", "str", timeout_s)
+        return str(answer)
+
     async def merge_patch(self, ref: Ref, patch: Mapping[str, Any], *, subresource: str = "") -> dict[str, Any]:
         path = object_path(ref) + (f"/{subresource}" if subresource else "")
         return await self._call(
@@ -172,29 +195,41 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(self._call_sync, method, path, body, query or [], content_type)
+        answer = await self._in_thread(self._call_sync, method, path, body, query or [], content_type)
+        result: dict[str, Any] = answer if isinstance(answer, dict) else {}
+        return result
+
+    async def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def _call_sync(
-        self, method: str, path: str, body: Any, query: list[tuple[str, str]], content_type: str
-    ) -> dict[str, Any]:
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        query: list[tuple[str, str]],
+        content_type: str,
+        response_type: str = "object",
+        timeout_s: float | None = None,
+    ) -> Any:
+        accept = "application/json" if response_type == "object" else "*/*"
         try:
             answer = self._api.call_api(
                 path,
                 method,
                 query_params=query,
-                header_params={"Accept": "application/json", "Content-Type": content_type},
+                header_params={"Accept": accept, "Content-Type": content_type},
                 body=body,
                 auth_settings=["BearerToken"],
-                response_type="object",
+                response_type=response_type,
                 _return_http_data_only=True,
-                _request_timeout=self._timeout_s,
+                _request_timeout=timeout_s or self._timeout_s,
             )
         except kubernetes.client.exceptions.ApiException as exc:
             raise _api_error(int(exc.status or 0), str(exc.reason or ""), exc.body) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(0, "Unreachable", str(exc)) from exc
-        result: dict[str, Any] = answer if isinstance(answer, dict) else {}
-        return result
+        return answer
 
 
 def _api_error(status: int, reason: str, body: Any) -> ApiError:

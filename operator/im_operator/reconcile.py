@@ -9,6 +9,8 @@ status. Every step is idempotent, so a pass over an unchanged cluster writes not
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -18,11 +20,13 @@ from typing import Any
 
 from im_operator import credentials, metrics, ring
 from im_operator.kube import ApiError, Conflict, Kube, Ref
-from im_operator.model import API_VERSION, CLUSTER_LABEL, COMPONENT_LABEL, KIND, Cluster, InvalidSpec
+from im_operator.model import API_VERSION, CLUSTER_LABEL, COMPONENT_LABEL, HTTP_PORT, KIND, Cluster, InvalidSpec
 from im_operator.render import RENDERED_POLICY_KINDS, REPLICAS_HANDOVER_MANAGER, render, replicas_handover
 from im_operator.status import (
     READY,
+    Component,
     Observation,
+    PodRing,
     Problem,
     build_status,
     component_of,
@@ -43,6 +47,10 @@ CHILD_KINDS = (
     *RENDERED_POLICY_KINDS,
 )
 EVENT_MESSAGE_LIMIT = 1000  # the API server refuses longer Event messages
+SECRETS_HASH = "im.courier.dev/secrets-hash"
+RING_REPORTERS = ("gateway", "delivery")  # the processes whose loaded ring the status lists
+POD_PROXY_CONCURRENCY = 4
+RING_WRITE_ATTEMPTS = 5
 
 
 def utcnow_rfc3339() -> str:
@@ -70,6 +78,10 @@ class NameTaken(Exception):
     """A child's name is held by an object this IMCluster does not own; the operator never takes it over."""
 
 
+class SecretLost(Exception):
+    """The generated Secret is gone while backend data made with its passwords remains."""
+
+
 class Reconciler:
     """Runs passes: one at a time per IMCluster; kicks that arrive during a pass fold into one more pass."""
 
@@ -81,10 +93,17 @@ class Reconciler:
         backend_images: Mapping[str, str] | None = None,
         now: Callable[[], str] = utcnow_rfc3339,
         token: Callable[[int], str] = secrets.token_hex,
+        rollout_deadline_s: float = 600.0,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
         self.default_image = default_image
         self.backend_images = dict(backend_images or {})
+        self.rollout_deadline_s = rollout_deadline_s
+        self._leading = leading
+        # (namespace, Secret name) -> the IMClusters that use it, as of their last pass: maps a Secret's watch
+        # event to the IMClusters to reconcile.
+        self._secret_users: dict[tuple[str, str], set[str]] = {}
         self._now = now
         self._token = token
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -125,6 +144,17 @@ class Reconciler:
         finally:
             self._queued.discard(key)
 
+    def users_of_secret(self, namespace: str, name: str) -> list[str]:
+        """The IMClusters whose last pass used this Secret (generated, or referenced by the spec)."""
+        return sorted(self._secret_users.get((namespace, name), ()))
+
+    def _remember_secrets(self, cluster: Cluster, names: Iterable[str]) -> None:
+        for users in self._secret_users.values():
+            users.discard(cluster.name)
+        for name in names:
+            self._secret_users.setdefault((cluster.namespace, name), set()).add(cluster.name)
+        self._secret_users = {key: users for key, users in self._secret_users.items() if users}
+
     async def kick_all(self, namespaces: Iterable[str]) -> int:
         """A pass over every IMCluster in the namespaces (all of them for an empty list): the drift repair."""
         found: list[dict[str, Any]] = []
@@ -137,7 +167,11 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------------ one pass
 
     async def _pass(self, imcluster: Mapping[str, Any]) -> Outcome:
-        """One pass, counted by its result and timed (courier_operator_reconcile*)."""
+        """One pass, counted by its result and timed (courier_operator_reconcile*); none at all while this process
+        is not sure it still leads (leader election), not even a status write."""
+        if not self._leading():
+            log.warning("not reconciling %s: the Lease was not renewed in time", Cluster.of(imcluster).name)
+            return Outcome(ready=False, problem=None, waiting_for=("the leader election Lease",))
         with metrics.timed_pass() as timed:
             outcome = await self._pass_once(imcluster)
             permanent = outcome.problem is not None and outcome.problem.permanent
@@ -152,14 +186,21 @@ class Reconciler:
             return await self._finish(
                 imcluster, Observation(cluster.generation, Problem("InvalidSpec", str(exc), True))
             )
+        spec = imcluster.get("spec") or {}
         try:
             missing = await self._ensure_secret(cluster, imcluster)
-            missing += await self._missing_secret_refs(cluster, imcluster.get("spec") or {})
+            references = secret_references(manifests)
+            self._remember_secrets(cluster, {name for name, _ in references} | {cluster.secret})
+            found = await self._read_secrets(cluster, {name for name, _ in references})
+            missing += missing_secret_refs(spec, found)
             if missing:
                 problem = Problem("MissingSecret", "missing " + "; ".join(missing))
                 return await self._finish(imcluster, Observation(cluster.generation, problem))
+            roll_on_secret_change(manifests, found)
             applied = await self._apply(cluster, imcluster, manifests)
             published, members = await self._publish_ring(cluster, imcluster)
+        except SecretLost as exc:
+            return await self._finish(imcluster, Observation(cluster.generation, Problem("SecretLost", str(exc))))
         except NameTaken as exc:
             return await self._finish(imcluster, Observation(cluster.generation, Problem("NameConflict", str(exc))))
         except ApiError as exc:
@@ -182,13 +223,15 @@ class Reconciler:
             ring=published,
             ring_config_map=cluster.ring_config_map,
             ready_members=members,
+            pod_rings=await self._pod_rings(cluster),
+            pod_problems=await self._pod_problems(cluster, components),
         )
         return await self._finish(imcluster, seen)
 
     async def _finish(self, imcluster: Mapping[str, Any], seen: Observation) -> Outcome:
         cluster = Cluster.of(imcluster)
         previous: Mapping[str, Any] = imcluster.get("status") or {}
-        wanted = build_status(previous, seen, now=self._now())
+        wanted = build_status(previous, seen, now=self._now(), rollout_deadline_s=self.rollout_deadline_s)
         metrics.record_status(cluster.namespace, cluster.name, wanted)
         patch = status_patch(previous, wanted)
         if patch is not None:
@@ -227,14 +270,19 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------------ steps
 
     async def _ensure_secret(self, cluster: Cluster, imcluster: Mapping[str, Any]) -> list[str]:
-        """Create the generated Secret once; later only add keys it lacks. A Secret of that name the user made
-        (to bring their own keys) is used as it is and never changed: then missing keys are a problem to report."""
+        """Create the generated Secret once; later only add keys it lacks, and keep its owner reference in step
+        with whenDeleted (no owner while backend data is retained, so the Secret outlives the IMCluster with it).
+        A Secret of that name the user made (to bring their own keys) is used as it is and never changed: then
+        missing keys are a problem to report. A generated Secret that is gone while a backend's volume still holds
+        data made with its passwords is not made again (new passwords would lock that data out): SecretLost."""
+        spec = imcluster.get("spec") or {}
         ref = Ref("v1", "Secret", cluster.namespace, cluster.secret)
         existing = await self.kube.get(ref)
         fresh = credentials.generate(self._token)
         if existing is None:
+            await self._refuse_if_data_remains(cluster)
             try:
-                await self.kube.create(credentials.manifest(cluster, fresh))
+                await self.kube.create(credentials.manifest(cluster, fresh, spec))
             except Conflict:
                 existing = await self.kube.get(ref)  # made meanwhile (another pass of an older operator)
             else:
@@ -243,35 +291,80 @@ class Reconciler:
         if existing is None:
             return []
         lacking = credentials.missing(existing, fresh)
-        if not lacking:
+        if not credentials.generated(cluster, existing):
+            if lacking:
+                return [f"keys {', '.join(sorted(lacking))} in Secret/{cluster.secret} (not generated by the operator)"]
             return []
-        if not cluster.owns(existing):
-            return [f"keys {', '.join(sorted(lacking))} in Secret/{cluster.secret} (not generated by the operator)"]
-        await self.kube.merge_patch(ref, {"stringData": lacking})
-        await self._event(
-            imcluster, "Normal", "Updated", f"added {', '.join(sorted(lacking))} to Secret/{cluster.secret}"
-        )
+        patch: dict[str, Any] = {}
+        owners = credentials.owner_references(cluster, spec)
+        if ((existing.get("metadata") or {}).get("ownerReferences") or []) != owners:
+            patch["metadata"] = {"ownerReferences": owners}
+        if lacking:
+            patch["stringData"] = lacking
+        if not patch:
+            return []
+        await self.kube.merge_patch(ref, patch)
+        if lacking:
+            added = ", ".join(sorted(lacking))
+            await self._event(imcluster, "Normal", "Updated", f"added {added} to Secret/{cluster.secret}")
         return []
 
-    async def _missing_secret_refs(self, cluster: Cluster, spec: Mapping[str, Any]) -> list[str]:
-        """External backends' secret references that do not resolve yet (a pod would not start without them)."""
-        wanted: list[tuple[str, str, str]] = []
-        for backend in ("redis", "database"):
-            ref = ((spec.get(backend) or {}).get("external") or {}).get("secretRef")
-            if ref:
-                wanted.append((f"spec.{backend}.external.secretRef", ref["name"], ref["key"]))
-        store = (spec.get("objectStore") or {}).get("external") or {}
-        for field in ("accessKeyRef", "secretKeyRef"):
-            if store.get(field):
-                wanted.append((f"spec.objectStore.external.{field}", store[field]["name"], store[field]["key"]))
-        missing = []
-        for where, name, key in wanted:
+    async def _refuse_if_data_remains(self, cluster: Cluster) -> None:
+        kept = []
+        for name in credentials.claim_names(cluster):
+            claim = await self.kube.get(Ref("v1", "PersistentVolumeClaim", cluster.namespace, name))
+            if claim is not None and not (claim.get("metadata") or {}).get("deletionTimestamp"):
+                kept.append(f"PersistentVolumeClaim/{name}")
+        if kept:
+            raise SecretLost(
+                f"Secret/{cluster.secret} is gone but {', '.join(kept)} still hold data made with its passwords; "
+                "restore the Secret (from a backup), or delete those claims to start empty. The operator does not "
+                "generate new passwords over existing data."
+            )
+
+    async def _read_secrets(self, cluster: Cluster, names: Iterable[str]) -> dict[str, dict[str, str] | None]:
+        """The data of each named Secret (None when it does not exist), read once per pass."""
+        found: dict[str, dict[str, str] | None] = {}
+        for name in sorted(set(names)):
             secret = await self.kube.get(Ref("v1", "Secret", cluster.namespace, name))
-            if secret is None:
-                missing.append(f"Secret/{name} ({where})")
-            elif key not in (secret.get("data") or {}):
-                missing.append(f"key {key} in Secret/{name} ({where})")
-        return missing
+            found[name] = None if secret is None else dict(secret.get("data") or {})
+        return found
+
+    async def _pod_rings(self, cluster: Cluster) -> list[PodRing]:
+        """The ring version every running gateway and delivery pod has loaded, read from its /metrics through the
+        API server's pod proxy; a pod that cannot be read is listed with the reason."""
+        found: list[tuple[str, str]] = []
+        for component in RING_REPORTERS:
+            pods = await self.kube.list_objects(
+                "v1", "Pod", cluster.namespace, selector=cluster.selector_string(component)
+            )
+            found += [(p["metadata"]["name"], component) for p in pods if _running(p)]
+        limit = asyncio.Semaphore(POD_PROXY_CONCURRENCY)
+
+        async def read(name: str, component: str) -> PodRing:
+            async with limit:
+                try:
+                    text = await self.kube.pod_proxy_get(cluster.namespace, name, HTTP_PORT, "metrics")
+                except ApiError as exc:
+                    return PodRing(name, component, error=str(exc)[:200])
+            version = ring.loaded_version(text)
+            return PodRing(name, component, version, "" if version is not None else "no courier_ring_version")
+
+        return list(await asyncio.gather(*(read(name, component) for name, component in sorted(found))))
+
+    async def _pod_problems(self, cluster: Cluster, components: Iterable[Component]) -> dict[str, str]:
+        """For components not rolled out yet, what one of their pods is waiting on (ImagePullBackOff...)."""
+        problems: dict[str, str] = {}
+        for component in components:
+            if component.settled:
+                continue
+            pods = await self.kube.list_objects(
+                "v1", "Pod", cluster.namespace, selector=cluster.selector_string(component.name)
+            )
+            reason = next((r for r in map(pod_problem, pods) if r), "")
+            if reason:
+                problems[component.name] = reason
+        return problems
 
     async def _apply(
         self, cluster: Cluster, imcluster: Mapping[str, Any], manifests: list[dict[str, Any]]
@@ -324,6 +417,19 @@ class Reconciler:
             selector=f"kubernetes.io/service-name={cluster.child('delivery')}",
         )
         members = ring.ready_members(slices)
+        for _attempt in range(RING_WRITE_ATTEMPTS):
+            try:
+                return await self._write_ring(cluster, imcluster, members), members
+            except Conflict as exc:
+                # Another writer (an operator that still believes it leads, say) changed it since the read.
+                log.warning("%s/%s: ring write conflict, reading it again: %s", cluster.namespace, cluster.name, exc)
+        raise Conflict(409, "Conflict", f"ConfigMap/{cluster.ring_config_map} kept changing under every write")
+
+    async def _write_ring(
+        self, cluster: Cluster, imcluster: Mapping[str, Any], members: tuple[str, ...]
+    ) -> ring.PublishedRing | None:
+        """Publish the ring if it changed, conditional on the ConfigMap being as read (its resourceVersion, or
+        absent): Conflict otherwise, so two operators never overwrite each other's ring."""
         ref = Ref("v1", "ConfigMap", cluster.namespace, cluster.ring_config_map)
         current = await self.kube.get(ref)
         if current is not None and not cluster.owns(current):
@@ -341,12 +447,94 @@ class Reconciler:
             floor_version=int(status_ring.get("version") or 0),
         )
         if wanted is None:
-            return previous, members
-        await self.kube.apply(ring.config_map(cluster, wanted))
+            return previous
+        manifest = ring.config_map(cluster, wanted)
+        if current is None:
+            await self.kube.create(manifest)  # Conflict (AlreadyExists) when another writer made it first
+        else:
+            manifest["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            await self.kube.apply(manifest)
         joined = ", ".join(wanted.members) or "no members yet"
         log.info("%s/%s: ring version %d: %s", cluster.namespace, cluster.name, wanted.version, joined)
         await self._event(imcluster, "Normal", "RingPublished", f"ring version {wanted.version}: {joined}")
-        return wanted, members
+        return wanted
+
+
+def _pod_templates(manifests: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
+    for manifest in manifests:
+        if manifest["kind"] in ("Deployment", "StatefulSet"):
+            yield manifest["spec"]["template"]
+
+
+def _secret_key_refs(template: Mapping[str, Any]) -> list[tuple[str, str]]:
+    pod = template.get("spec") or {}
+    refs = []
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                refs.append((str(ref["name"]), str(ref["key"])))
+    return sorted(set(refs))
+
+
+def secret_references(manifests: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Every (Secret, key) a rendered pod template reads."""
+    return sorted({ref for template in _pod_templates(manifests) for ref in _secret_key_refs(template)})
+
+
+def missing_secret_refs(spec: Mapping[str, Any], found: Mapping[str, Mapping[str, str] | None]) -> list[str]:
+    """External backends' secret references that do not resolve yet (a pod would not start without them)."""
+    wanted: list[tuple[str, str, str]] = []
+    for backend in ("redis", "database"):
+        ref = ((spec.get(backend) or {}).get("external") or {}).get("secretRef")
+        if ref:
+            wanted.append((f"spec.{backend}.external.secretRef", ref["name"], ref["key"]))
+    store = (spec.get("objectStore") or {}).get("external") or {}
+    for field in ("accessKeyRef", "secretKeyRef"):
+        if store.get(field):
+            wanted.append((f"spec.objectStore.external.{field}", store[field]["name"], store[field]["key"]))
+    missing = []
+    for where, name, key in wanted:
+        data = found.get(name)
+        if data is None:
+            missing.append(f"Secret/{name} ({where})")
+        elif key not in data:
+            missing.append(f"key {key} in Secret/{name} ({where})")
+    return missing
+
+
+def roll_on_secret_change(manifests: Iterable[dict[str, Any]], found: Mapping[str, Mapping[str, str] | None]) -> None:
+    """Annotate each pod template with a hash of the Secret values it reads: environment variables from Secrets are
+    read only when a container starts, so a changed value must roll the pods like a changed ConfigMap does."""
+    for template in _pod_templates(manifests):
+        refs = _secret_key_refs(template)
+        if not refs:
+            continue
+        values = [(name, key, (found.get(name) or {}).get(key)) for name, key in refs]
+        digest = hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+        template.setdefault("metadata", {}).setdefault("annotations", {})[SECRETS_HASH] = digest
+
+
+def _running(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") == "Running" and bool(status.get("podIP"))
+
+
+def pod_problem(pod: Mapping[str, Any]) -> str:
+    """Why a pod is not ready, in a few words: a container's waiting or last termination reason, else an
+    unschedulable or not-ready condition's message; empty when nothing is wrong."""
+    name = (pod.get("metadata") or {}).get("name", "")
+    status = pod.get("status") or {}
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return f"pod {name}: {container.get('name')} {waiting['reason']}{detail}"[:300]
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("type") in ("PodScheduled", "Ready"):
+            why = condition.get("message") or condition.get("reason") or f"not {condition['type']}"
+            return f"pod {name}: {why}"[:300]
+    return ""
 
 
 def _changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:

@@ -118,3 +118,15 @@ def config_map(cluster: Cluster, ring: PublishedRing) -> dict[str, Any]:
         "metadata": cluster.metadata(cluster.ring_config_map, "ring"),
         "data": {RING_FILE: ring.to_json()},
     }
+
+
+def loaded_version(metrics_text: str) -> int | None:
+    """The ring version a Courier process reports on /metrics (the ``courier_ring_version`` gauge), or None."""
+    for line in metrics_text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "courier_ring_version":
+            try:
+                return int(float(value.split()[0]))
+            except (ValueError, IndexError):
+                return None
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from im_operator.model import Cluster
@@ -82,6 +83,25 @@ def gateway_endpoint(cluster: Cluster, service: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class PodRing:
+    """The ring version one gateway or delivery pod says it routes by (its courier_ring_version gauge), or why
+    it could not be read."""
+
+    name: str
+    component: str
+    version: int | None = None
+    error: str = ""
+
+    def to_status(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "component": self.component}
+        if self.version is not None:
+            entry["version"] = self.version
+        else:
+            entry["error"] = self.error or "unknown"
+        return entry
+
+
+@dataclass(frozen=True)
 class Problem:
     """Why the reconcile could not finish: a condition reason and a message for the user."""
 
@@ -104,6 +124,9 @@ class Observation:
     ring_config_map: str = ""
     ready_members: tuple[str, ...] = ()
     notes: Sequence[str] = field(default_factory=tuple)
+    pod_rings: Sequence[PodRing] = ()
+    # Why the pods of a component are not ready (a container's waiting reason), for the Degraded message.
+    pod_problems: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def waiting_for(self) -> list[str]:
@@ -158,7 +181,30 @@ def _condition(kind: str, status: str, reason: str, message: str, generation: in
     }
 
 
-def build_status(previous: Mapping[str, Any], seen: Observation, *, now: str) -> dict[str, Any]:
+def _seconds_between(since: str, now: str) -> float:
+    return (datetime.fromisoformat(now) - datetime.fromisoformat(since)).total_seconds()
+
+
+def stuck_components(previous: Mapping[str, Any], seen: Observation, *, now: str, deadline_s: float) -> dict[str, str]:
+    """Components whose rollout does not progress, with why: a Deployment past its progressDeadlineSeconds, or any
+    workload (StatefulSets have no deadline of their own) not rolled out for ``deadline_s`` since the status first
+    saw it unsettled (``rollingOutSince``)."""
+    before = previous.get("components") or {}
+    stuck: dict[str, str] = {}
+    for c in seen.components:
+        since = (before.get(c.name) or {}).get("rollingOutSince")
+        if c.stuck:
+            stuck[c.name] = f"{c.summary()}: progress deadline exceeded"
+        elif not c.settled and since and _seconds_between(str(since), now) > deadline_s:
+            stuck[c.name] = f"{c.summary()}: not rolled out since {since}"
+        if c.name in stuck and seen.pod_problems.get(c.name):
+            stuck[c.name] += f" ({seen.pod_problems[c.name]})"
+    return stuck
+
+
+def build_status(
+    previous: Mapping[str, Any], seen: Observation, *, now: str, rollout_deadline_s: float = 600.0
+) -> dict[str, Any]:
     """The whole new status: what was seen, over what the previous status said about anything not seen."""
     status: dict[str, Any] = {key: value for key, value in previous.items() if key != "conditions"}
     status["observedGeneration"] = seen.generation
@@ -169,7 +215,13 @@ def build_status(previous: Mapping[str, Any], seen: Observation, *, now: str) ->
         conditions = set_condition(conditions, kind, value, reason, message, generation=seen.generation, now=now)
 
     if seen.components:
-        status["components"] = {c.name: {"ready": c.ready, "desired": c.desired} for c in seen.components}
+        before = previous.get("components") or {}
+        status["components"] = {}
+        for c in seen.components:
+            entry: dict[str, Any] = {"ready": c.ready, "desired": c.desired}
+            if not c.settled:
+                entry["rollingOutSince"] = (before.get(c.name) or {}).get("rollingOutSince") or now
+            status["components"][c.name] = entry
         delivery = next((c for c in seen.components if c.name == "delivery"), None)
         if delivery is not None:
             status["delivery"] = {
@@ -186,6 +238,10 @@ def build_status(previous: Mapping[str, Any], seen: Observation, *, now: str) ->
             "members": list(seen.ring.members),
             "configMap": seen.ring_config_map,
         }
+        if seen.pod_rings:
+            current = sum(1 for p in seen.pod_rings if p.version == seen.ring.version)
+            status["ring"]["pods"] = [p.to_status() for p in seen.pod_rings]
+            status["ring"]["loaded"] = f"{current}/{len(seen.pod_rings)} pods on version {seen.ring.version}"
 
     if seen.problem is not None:
         put(READY, False, seen.problem.reason, seen.problem.message)
@@ -195,7 +251,7 @@ def build_status(previous: Mapping[str, Any], seen: Observation, *, now: str) ->
         return status
 
     waiting = seen.waiting_for
-    stuck = [c.name for c in seen.components if c.stuck]
+    stuck = stuck_components(previous, seen, now=now, deadline_s=rollout_deadline_s)
     if seen.ready:
         assert seen.ring is not None
         put(
@@ -214,7 +270,7 @@ def build_status(previous: Mapping[str, Any], seen: Observation, *, now: str) ->
     else:
         put(PROGRESSING, False, "Settled", f"generation {seen.generation} is rolled out")
     if stuck:
-        put(DEGRADED, True, "RolloutStuck", "progress deadline exceeded: " + ", ".join(sorted(stuck)))
+        put(DEGRADED, True, "RolloutStuck", "rollout not progressing: " + "; ".join(stuck[n] for n in sorted(stuck)))
     else:
         put(DEGRADED, False, "AsExpected", "no problem seen")
     if seen.ring is not None and seen.ring.members and seen.ring.members == seen.ready_members:

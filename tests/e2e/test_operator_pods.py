@@ -53,16 +53,19 @@ def pod_uids(cluster: KindCluster) -> set[str]:
 def test_restarting_the_operator_pod_changes_no_child_and_restarts_no_pod(kind_cluster: KindCluster) -> None:
     wait("the IMCluster to be Ready", lambda: ready(kind_cluster))
     before, pods_before = children(kind_cluster), pod_uids(kind_cluster)
-    operator = kind_cluster.get("pods", "-l", "app.kubernetes.io/component=operator")["items"][0]
+    # The leading operator (the holder of the chart's Lease): the standby takes over, and the Deployment replaces it.
+    leader = kind_cluster.get("lease", "courier-operator")["spec"]["holderIdentity"]
+    operator = kind_cluster.get("pod", leader)
     kind_cluster.kubectl("delete", "pod", operator["metadata"]["name"], "--wait=true", "--timeout=120s")
 
     def replaced() -> tuple[bool, Any]:
         pods = kind_cluster.get("pods", "-l", "app.kubernetes.io/component=operator")["items"]
-        new = [p for p in pods if p["metadata"]["uid"] != operator["metadata"]["uid"]]
-        up = [p for p in new if all(s["ready"] for s in p["status"].get("containerStatuses") or [{"ready": False}])]
-        return bool(up), [p["status"].get("phase") for p in pods]
+        up = [p for p in pods if all(s["ready"] for s in p["status"].get("containerStatuses") or [{"ready": False}])]
+        holder = kind_cluster.get("lease", "courier-operator")["spec"].get("holderIdentity")
+        led = holder in {p["metadata"]["name"] for p in up} and holder != leader
+        return led and len(up) == 2, (holder, [p["status"].get("phase") for p in pods])
 
-    wait("a new operator pod to be ready", replaced)
+    wait("another operator pod to lead and a new one to be ready", replaced)
     # The new operator resumes, finds every child as it wants it, and changes nothing.
     wait("the IMCluster to be Ready again", lambda: ready(kind_cluster))
     assert children(kind_cluster) == before

@@ -29,8 +29,10 @@ def test_helm_install_deploys_the_operator_and_the_crd_and_uninstall_removes_the
         assert "STATUS: deployed" in kube.helm("status", release, "--namespace", namespace)
         kube.kubectl("wait", "--for=condition=Established", "crd/imclusters.im.courier.dev", "--timeout=60s")
         [deployment] = kube.get("deployments", "-n", namespace)["items"]
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+        # Two operators, one leading on a Lease the release's Role lets it write; rolled one pod at a time.
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+        assert kube.find("role", f"{release}-courier-operator-lease", "-n", namespace)
         pod = deployment["spec"]["template"]["spec"]
         assert pod["containers"][0]["livenessProbe"]
         account = pod["serviceAccountName"]
@@ -45,7 +47,7 @@ def test_helm_install_deploys_the_operator_and_the_crd_and_uninstall_removes_the
                 kube.get("deployment", deployment["metadata"]["name"], "-n", namespace)["status"].get(
                     "availableReplicas"
                 )
-                == 1,
+                == 2,
                 None,
             ),
         )

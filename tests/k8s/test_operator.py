@@ -36,6 +36,13 @@ SERVICES = ("gateway", "identity", "conversation", "message", "presence", "file"
 MANAGED_STATEFULSETS = ("redis", "kafka", "database", "minio")
 
 
+def lease_name(kube: Cluster, namespace: str) -> str:
+    """The Lease the chart's operator Deployment in ``namespace`` elects on."""
+    deployments = kube.get("deployments", "-n", namespace, "-l", "app.kubernetes.io/component=operator")["items"]
+    [container] = deployments[0]["spec"]["template"]["spec"]["containers"]
+    return str(next(e["value"] for e in container["env"] if e["name"] == "COURIER_OPERATOR_LEASE_NAME"))
+
+
 @dataclass
 class Operator:
     """The operator subprocess; restartable, its log kept in a file."""
@@ -57,6 +64,10 @@ class Operator:
             "COURIER_OPERATOR_DEFAULT_IMAGE": IMAGE,
             "COURIER_OPERATOR_DRIFT_INTERVAL_S": "5",
             "COURIER_OPERATOR_RETRY_DELAY_S": "2",
+            # Leader election on the Lease the chart's Role lets the ServiceAccount write.
+            "POD_NAMESPACE": self.namespace,
+            "COURIER_OPERATOR_LEASE_NAME": lease_name(self.cluster, self.namespace),
+            **self.env,
         }
         with self.log.open("ab") as out:
             out.write(f"==== start {self.starts + 1}\n".encode())
@@ -334,7 +345,8 @@ def test_scaling_the_imcluster_grows_the_statefulset_then_the_ring_and_status(
     status = kube.get("imcluster", chat, "-n", namespace)["status"]
     assert status["delivery"]["replicas"] == replicas
     assert status["delivery"]["readiness"] == f"{replicas}/{replicas}"
-    assert status["ring"] == {"version": ring["version"], "members": ring["members"], "configMap": "chat-ring"}
+    published = {key: status["ring"][key] for key in ("version", "members", "configMap")}
+    assert published == {"version": ring["version"], "members": ring["members"], "configMap": "chat-ring"}
     scale = json.loads(
         kube.kubectl("get", "--raw", f"/apis/im.courier.dev/v1alpha1/namespaces/{namespace}/imclusters/chat/scale")
     )

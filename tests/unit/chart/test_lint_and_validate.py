@@ -101,6 +101,8 @@ def test_default_render_validates_strictly(helm: Helm) -> None:
             "ClusterRole/courier-operator",
             "ClusterRoleBinding/courier-operator",
             "Deployment/courier-operator",
+            "Role/courier-operator-lease",
+            "RoleBinding/courier-operator-lease",
             "Service/courier-operator-metrics",
             "ConfigMap/courier-smoke",
             "Pod/courier-smoke",

@@ -17,11 +17,11 @@ from tests.unit.dashboards.queries import SHIPPED_ALERTS
 ALL_ENABLED = CHART / "ci" / "all-enabled-values.yaml"
 
 
-def test_operator_runs_one_replica_recreated_with_a_kopf_liveness_probe(helm: Helm) -> None:
+def test_operator_runs_two_replicas_rolled_with_a_kopf_liveness_probe(helm: Helm) -> None:
     deployment = one(helm.template(), "Deployment", "-operator")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     container = spec["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "im_operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
@@ -29,6 +29,29 @@ def test_operator_runs_one_replica_recreated_with_a_kopf_liveness_probe(helm: He
     assert probe["path"] == "/healthz"
     port = next(p for p in container["ports"] if p["name"] == probe["port"])
     assert port["containerPort"] == 8080
+
+
+def test_operator_replicas_elect_a_leader_on_a_lease_they_alone_may_write(helm: Helm) -> None:
+    docs = helm.template()
+    env = {
+        e["name"]: e.get("value")
+        for e in one(docs, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["COURIER_OPERATOR_LEADER_ELECTION"] == "true"
+    assert env["COURIER_OPERATOR_LEASE_NAME"] == "courier-operator"
+    role = one(docs, "Role", "-operator-lease")
+    assert {"resources": ["leases"], "resourceNames": ["courier-operator"], "verbs": ["get", "update"]}.items() <= (
+        role["rules"][1].items()
+    )
+    assert one(docs, "RoleBinding", "-operator-lease")["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_several_operator_replicas_without_leader_election_are_refused(helm: Helm) -> None:
+    error = helm.template_error("--set", "operator.leaderElection.enabled=false")
+    assert "operator.replicas > 1 needs operator.leaderElection.enabled" in error
+    single = helm.template("--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=1")
+    assert one(single, "Deployment", "-operator")["spec"]["replicas"] == 1
+    assert not by_kind(single, "Role")
 
 
 def test_operator_image_comes_from_values_and_a_digest_wins_over_the_tag(helm: Helm) -> None:
@@ -364,8 +387,10 @@ def test_watched_namespaces_get_roles_and_no_cluster_wide_grant(helm: Helm) -> N
     assert not by_kind(docs, "ClusterRole")
     assert not by_kind(docs, "ClusterRoleBinding")
     wanted = yaml.safe_load((REPO / "operator" / "im_operator" / "rbac.yaml").read_text())["rules"]
-    roles = {r["metadata"]["namespace"]: r for r in by_kind(docs, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in by_kind(docs, "RoleBinding")}
+    # The release namespace's Role is the operator's Lease (leader election), granted there by design.
+    lease = "courier-operator-lease"
+    roles = {r["metadata"]["namespace"]: r for r in by_kind(docs, "Role") if r["metadata"]["name"] != lease}
+    bindings = {b["metadata"]["namespace"]: b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] != lease}
     assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
     account = one(docs, "ServiceAccount")["metadata"]["name"]
     for namespace, role in roles.items():

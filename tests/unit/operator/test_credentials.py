@@ -39,8 +39,27 @@ def test_existing_keys_are_never_regenerated() -> None:
 def test_manifest_is_an_owned_opaque_secret() -> None:
     cluster = Cluster(name="chat", namespace="team-a", uid="u-1", generation=1)
 
-    secret = credentials.manifest(cluster, {"b": "2", "a": "1"})
+    secret = credentials.manifest(cluster, {"b": "2", "a": "1"}, {"database": {"managed": {}}})
 
     assert secret["metadata"]["name"] == "chat-secrets"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     assert (secret["type"], list(secret["stringData"])) == ("Opaque", ["a", "b"])
+
+
+def test_retained_backend_data_keeps_the_secret_without_an_owner() -> None:
+    cluster = Cluster(name="chat", namespace="team-a", uid="u-1", generation=1)
+    retain = {
+        "redis": {"external": {"url": "redis://r"}},
+        "database": {"managed": {"storage": {"whenDeleted": "Retain"}}},
+    }
+    delete = {"database": {"managed": {"storage": {"whenDeleted": "Delete"}}}, "kafka": {"managed": {}}}
+
+    kept = credentials.manifest(cluster, {"a": "1"}, retain)
+
+    assert kept["metadata"]["ownerReferences"] == []
+    assert credentials.owner_references(cluster, delete) == [cluster.owner_reference()]
+    # A retained Secret has no owner but stays the operator's own by its labels, also for a new IMCluster (new uid).
+    successor = Cluster(name="chat", namespace="team-a", uid="u-2", generation=1)
+    assert credentials.generated(successor, kept)
+    assert not credentials.generated(successor, {"metadata": {"name": "chat-secrets", "labels": {}}})
+    assert credentials.claim_names(cluster) == ["data-chat-database-0", "data-chat-minio-0"]

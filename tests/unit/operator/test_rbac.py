@@ -82,6 +82,10 @@ class RecordingKube(MemoryKube):
         self.note(ref.api_version, ref.kind, "delete")
         await super().delete(ref, uid=uid)
 
+    async def pod_proxy_get(self, namespace: str, pod: str, port: int, path: str) -> str:
+        self.note("v1", "Pod", "get", "proxy")
+        return "courier_ring_version 1\n"
+
 
 def granted() -> set[Access]:
     return {
@@ -112,6 +116,12 @@ async def exercise() -> set[Access]:
     reconciler = Reconciler(kube, now=lambda: "2026-01-01T00:00:00Z", token=lambda n: "x" * n)  # type: ignore[arg-type]
     first = everything("rbac")
     await kube.put(first)
+    # A running gateway pod: the pass reads its loaded ring through the pod proxy.
+    running = {
+        "metadata": {"name": "chat-gateway-0", "namespace": "rbac"},
+        "status": {"phase": "Running", "podIP": "10.0.0.9"},
+    }
+    await kube.put({"apiVersion": "v1", "kind": "Pod", **running})
     await reconciler.reconcile(first)
     await reconciler.reconcile(first)
     secret = kube.objects[("v1", "Secret", "rbac", "chat-secrets")]
@@ -132,19 +142,24 @@ async def exercise() -> set[Access]:
     return kube.used
 
 
+def watched() -> set[Access]:
+    """What kopf lists and watches for the handlers: the children, and the Secrets IMClusters use."""
+    resources = (*handlers.CHILD_RESOURCES, handlers.SECRETS)
+    return {(group, plural, verb) for group, _, plural in resources for verb in ("list", "watch")}
+
+
 async def test_every_request_of_the_reconcile_is_granted() -> None:
     used = await exercise()
-    watched = {(group, plural, verb) for group, _, plural in handlers.CHILD_RESOURCES for verb in ("list", "watch")}
-    missing = sorted((used | watched) - granted())
+    missing = sorted((used | watched()) - granted())
     assert not missing, f"add rules to operator/im_operator/rbac.yaml for {missing}"
     # The exercise reached what it is meant to: pruning and the optional kinds.
     assert ("policy", "poddisruptionbudgets", "delete") in used
     assert ("networking.k8s.io", "ingresses", "create") in used
     assert ("", "secrets", "patch") in used
+    assert ("", "pods/proxy", "get") in used
 
 
 async def test_every_granted_verb_is_used() -> None:
     used = await exercise()
-    watched = {(group, plural, verb) for group, _, plural in handlers.CHILD_RESOURCES for verb in ("list", "watch")}
-    unused = sorted(granted() - used - watched - KOPF_ACCESS)
+    unused = sorted(granted() - used - watched() - KOPF_ACCESS)
     assert not unused, f"operator/im_operator/rbac.yaml grants what the operator never asks for: {unused}"
