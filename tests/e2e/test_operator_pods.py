@@ -86,3 +86,25 @@ def test_a_deleted_child_is_recreated_and_serves_again(kind_cluster: KindCluster
 
     wait("the operator to recreate the presence Deployment with a ready pod", recreated)
     wait("the IMCluster to be Ready again", lambda: ready(kind_cluster))
+
+
+def test_the_status_names_the_ring_version_every_gateway_and_delivery_pod_has_loaded(kind_cluster: KindCluster) -> None:
+    """Read by the operator from each pod's /metrics through the API server's pod proxy: only real pods answer."""
+    wait("the IMCluster to be Ready", lambda: ready(kind_cluster))
+
+    def loaded() -> tuple[bool, Any]:
+        ring = (kind_cluster.get("imc", kind_cluster.imcluster).get("status") or {}).get("ring") or {}
+        pods = kind_cluster.get("pods", "-l", f"im.courier.dev/cluster={kind_cluster.imcluster}")["items"]
+        running = {
+            p["metadata"]["name"]
+            for p in pods
+            if p["metadata"]["labels"].get("app.kubernetes.io/component") in ("gateway", "delivery")
+            and p["status"].get("phase") == "Running"
+            and p["metadata"].get("deletionTimestamp") is None
+        }
+        listed = {p["name"]: p for p in ring.get("pods") or []}
+        on_version = all(p.get("version") == ring.get("version") for p in listed.values())
+        return bool(running) and set(listed) == running and on_version, ring
+
+    ring = wait("every gateway and delivery pod listed on the published ring version", loaded)
+    assert ring["loaded"].startswith(f"{len(ring['pods'])}/{len(ring['pods'])} pods"), ring["loaded"]
