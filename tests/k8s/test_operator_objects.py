@@ -321,9 +321,10 @@ def test_the_operators_role_reads_secrets_only_in_its_namespace(
         except CommandFailed as answer:  # `can-i` exits 1 for "no"
             return answer.output.strip()
 
-    assert can("get", "secrets", "-n", namespace) == "yes"
-    assert can("get", "secrets", "-n", "default") == "no"
-    assert can("list", "secrets", "-n", namespace) == "no"
+    # In its namespace it reads and watches Secrets (the ones IMClusters use roll their pods); nowhere else.
+    for verb in ("get", "list", "watch"):
+        assert can(verb, "secrets", "-n", namespace) == "yes", verb
+        assert can(verb, "secrets", "-n", "default") == "no", verb
     assert can("create", "poddisruptionbudgets.policy", "-n", namespace) == "yes"
     assert can("delete", "deployments.apps", "-n", namespace) == "no"
     assert not kube.find("clusterrole", f"{release}-courier-operator")
