@@ -12,12 +12,11 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
 from services.common.ring import Ring
-from tests.harness.infra import ensure_infra, read_infra
+from tests.harness.infra import cli_module, ensure_infra, read_infra
 from tests.support.client import Api
 from tests.support.server import RunningServer, run_stack
 from tests.support.workload import make_pairs, senders, verify, wait_for_acks
@@ -71,18 +70,12 @@ async def test_kill_9_of_a_delivery_node_loses_and_duplicates_nothing(cluster: R
 def _kill_kafka() -> None:
     pid = int(read_infra()["services"]["kafka"]["pid"])
     os.kill(pid, signal.SIGKILL)
-    # Gone (or a zombie) means its sockets are closed too: a JVM takes a moment to exit after SIGKILL.
+    # A JVM takes a moment to exit after SIGKILL: its main thread turns zombie first, and its sockets and data-dir
+    # lock are released only when its last thread has gone.
+    infra = cli_module()
     deadline = time.monotonic() + 60
-    while not _exited(pid) and time.monotonic() < deadline:
+    while (infra.pid_alive(pid) or infra.still_exiting(pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
-
-
-def _exited(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
 
 
 async def test_kill_9_of_the_kafka_broker_loses_and_duplicates_nothing(cluster: RunningServer, api: Api) -> None:
