@@ -226,6 +226,15 @@ class Consumer(Protocol):
         ...
 
 
+class AheadConsumer(Consumer, Protocol):
+    """A consumer whose owner polls ahead of its processing (the fan-out worker) and so commits a prefix."""
+
+    async def commit_first(self, count: int) -> None:
+        """The first ``count`` records ``poll`` returned since the last commit are processed; those after
+        them may still be in hand and are not committed."""
+        ...
+
+
 class LogMonitor(Protocol):
     """Where consumer groups stand in the event log: what the lag and dead-letter gauges sample."""
 

@@ -141,6 +141,10 @@ class MemoryConsumer:
     async def commit(self) -> None:
         self._log._committed[(self._topic, self._group)] = self._position
 
+    async def commit_first(self, count: int) -> None:
+        key = (self._topic, self._group)
+        self._log._committed[key] = min(self._position, self._log._committed[key] + count)
+
     async def rewind(self) -> None:
         self._position = self._log._committed[(self._topic, self._group)]
 
