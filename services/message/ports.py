@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from services.message.domain import Message
 
@@ -210,6 +210,17 @@ class EventLog(Protocol):
     async def publish(self, records: Sequence[Record]) -> None:
         """Durably accepted when it returns, in order per key."""
         ...
+
+
+Instant = TypeVar("Instant", float, datetime)
+
+
+def holds_back(lease_token: str | None, leased_until: Instant, *, token: str, now: Instant) -> bool:
+    """The outbox hand-over rule (docs/design.md 3.3): an outbox row still waiting in a conversation holds
+    back that conversation's new rows from the relay holding ``token`` (they go to the sweep, after it)
+    unless that relay holds it itself, live: leased to ``token`` until after ``now``. The memory store
+    applies it as it is; the SQL store's seq read asks it as an ``EXISTS`` (checked against this)."""
+    return lease_token != token or leased_until <= now
 
 
 class Consumer(Protocol):
