@@ -41,6 +41,11 @@ class Pusher(Protocol):
         (``(user_id, device_id)``, the device the event came from)."""
         ...
 
+    async def push_many(self, pushes: Sequence[Push]) -> None:
+        """Several pushes, each device getting its frames in the order given (the fan-out of one
+        conversation's events that arrived together)."""
+        ...
+
     async def push_frames(self, user_ids: Collection[str], frames: Sequence[Frame]) -> None:
         """Several transient frames to the same users, in order, the recipients found once (a
         thousand members added to a large group: a thousand ``member_added`` to every member)."""

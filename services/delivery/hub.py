@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 
 from services.common import metrics, telemetry
 from services.common.errors import Unavailable
@@ -362,31 +363,38 @@ class Hub:
 
     async def push_many(self, pushes: Sequence[Push]) -> None:
         """Several pushes in their order: every frame is offered first, then each device's tracked
-        frames of the whole batch are recorded in the pending store in one call."""
+        frames of the whole batch are recorded in the pending store in one call. In a span ``push`` when
+        tracing is on (off, not even a no-op span: this runs once per pushed batch)."""
+        if not telemetry.is_enabled():
+            await self._push_many(pushes, None)
+            return
         with telemetry.tracer(__name__).start_as_current_span("push") as span:
-            now = self._clock()
-            offered = 0
-            tracking: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-            for push in pushes:
-                offered += self._offer(push, now, tracking)
-            if span.is_recording():
-                span.set_attributes(
-                    {
-                        "courier.frame.type": ",".join(sorted({str(p.frame.get("type")) for p in pushes})),
-                        "courier.push.frames": len(pushes),
-                        "courier.push.connections": offered,
-                    }
+            await self._push_many(pushes, span)
+
+    async def _push_many(self, pushes: Sequence[Push], span: trace.Span | None) -> None:
+        now = self._clock()
+        offered = 0
+        tracking: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for push in pushes:
+            offered += self._offer(push, now, tracking)
+        if span is not None and span.is_recording():
+            span.set_attributes(
+                {
+                    "courier.frame.type": ",".join(sorted({str(p.frame.get("type")) for p in pushes})),
+                    "courier.push.frames": len(pushes),
+                    "courier.push.connections": offered,
+                }
+            )
+        # After the offers, so the store never delays a push; an ack that overtakes its frame's
+        # record is safe, as the store skips frames at or below the acked seq.
+        pending = self._pending
+        if pending is not None and tracking:
+            await asyncio.gather(
+                *(
+                    self._guarded("recording a push", user_id, device_id, pending.add(user_id, device_id, frames))
+                    for (user_id, device_id), frames in tracking.items()
                 )
-            # After the offers, so the store never delays a push; an ack that overtakes its frame's
-            # record is safe, as the store skips frames at or below the acked seq.
-            pending = self._pending
-            if pending is not None and tracking:
-                await asyncio.gather(
-                    *(
-                        self._guarded("recording a push", user_id, device_id, pending.add(user_id, device_id, frames))
-                        for (user_id, device_id), frames in tracking.items()
-                    )
-                )
+            )
 
     def _offer(self, push: Push, now: float, tracking: dict[tuple[str, str], list[Mapping[str, Any]]]) -> int:
         """Queue one push's frame on its devices' sockets; returns how many took it."""

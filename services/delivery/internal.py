@@ -69,6 +69,14 @@ def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
     return serve(local, guard, [push, push_many, push_frames])
 
 
+def _group_by_node(user_ids: Collection[str], nodes: Mapping[str, Collection[str]]) -> dict[str, list[str]]:
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for user_id in user_ids:
+        for node in nodes[user_id]:
+            by_node[node].append(user_id)
+    return by_node
+
+
 class RingPusher:
     """Groups recipients by owning node (ring, or the route table when a user's devices sit on
     another node) and hands each node its share through that node's ``Batcher``: one request per
@@ -108,18 +116,19 @@ class RingPusher:
             batcher = self._batchers[node] = Batcher(partial(self._post, node), max_batch=self._max_batch)
         return batcher
 
-    async def _by_node(self, user_ids: Collection[str]) -> dict[str, list[str]]:
-        by_node: dict[str, list[str]] = defaultdict(list)
+    async def _nodes_of(self, user_ids: Collection[str]) -> dict[str, Collection[str]]:
+        """Each user's delivery nodes: the route table's, else the ring's."""
         routed: dict[str, set[str]] = {}
         if self._routes is not None:
             try:
                 routed = await self._routes.nodes_of(user_ids)
             except CourierError as exc:  # the table is an optimisation: the ring still routes
                 log.warning("route table unavailable (%s); routing by the ring", exc)
-        for user_id in user_ids:
-            for node in routed.get(user_id) or {self._ring.ring.node_for(user_id)}:
-                by_node[node].append(user_id)
-        return by_node
+        ring = self._ring.ring
+        return {user_id: routed.get(user_id) or (ring.node_for(user_id),) for user_id in user_ids}
+
+    async def _by_node(self, user_ids: Collection[str]) -> dict[str, list[str]]:
+        return _group_by_node(user_ids, await self._nodes_of(user_ids))
 
     async def push(
         self,
@@ -129,15 +138,27 @@ class RingPusher:
         tracked: bool = False,
         skip_device: tuple[str, str] | None = None,
     ) -> None:
-        if not user_ids or not self._ring.ring.members:
+        await self.push_many([Push(user_ids, frame, tracked, skip_device)])
+
+    async def push_many(self, pushes: Sequence[Push]) -> None:
+        """One route look-up for every recipient, then each push's share queued on its nodes' batchers in
+        the order given, so a node receives them in that order (one request in flight per node)."""
+        if not pushes or not self._ring.ring.members:
             return
-        one = PushTo(user_ids=[], frame=dict(frame), tracked=tracked, skip_device=skip_device)
-        await asyncio.gather(
-            *(
-                self._batcher(node).submit(one.model_copy(update={"user_ids": users}))
-                for node, users in (await self._by_node(user_ids)).items()
+        users = {user_id for push in pushes for user_id in push.user_ids}
+        if not users:
+            return
+        nodes = await self._nodes_of(users)
+        shares = [
+            self._batcher(node).submit(
+                PushTo.model_construct(
+                    user_ids=users, frame=dict(push.frame), tracked=push.tracked, skip_device=push.skip_device
+                )
             )
-        )
+            for push in pushes
+            for node, users in _group_by_node(push.user_ids, nodes).items()
+        ]
+        await asyncio.gather(*shares)
 
     async def push_frames(self, user_ids: Collection[str], frames: Sequence[Mapping[str, Any]]) -> None:
         """One route look-up, then per node the users once and the frames in requests of ``max_batch``."""

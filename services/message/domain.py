@@ -6,6 +6,7 @@ edit are tombstones whose content names the ``target_seq`` they change.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,12 @@ class Message:
     recalled: bool = False
     edited: bool = False
 
+    @functools.cached_property
+    def created_at_wire(self) -> str:
+        """``created_at`` as RFC 3339, computed once: a message goes on the wire several times (the
+        outbox record, the send's answer; in the fan-out the inbox entry and the pushed frame)."""
+        return rfc3339(self.created_at)
+
     @property
     def is_tombstone(self) -> bool:
         return self.content.get("type") in (RECALL, EDIT)
@@ -66,7 +73,7 @@ class Message:
             "sender_device_id": self.sender_device_id,
             "client_msg_id": self.client_msg_id,
             "content": self.content,
-            "created_at": rfc3339(self.created_at),
+            "created_at": self.created_at_wire,
             "recalled": self.recalled,
             "edited": self.edited,
         }
@@ -154,7 +161,7 @@ def tombstone_frame(event: Message) -> dict[str, Any]:
         "seq": event.content["target_seq"],
         "event_seq": event.seq,
         "by": event.sender_id,
-        "created_at": rfc3339(event.created_at),
+        "created_at": event.created_at_wire,
     }
     if event.content["type"] == EDIT:
         frame["content"] = event.content["content"]

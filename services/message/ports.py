@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from services.message.domain import Message
 
@@ -212,6 +212,17 @@ class EventLog(Protocol):
         ...
 
 
+Instant = TypeVar("Instant", float, datetime)
+
+
+def holds_back(lease_token: str | None, leased_until: Instant, *, token: str, now: Instant) -> bool:
+    """The outbox hand-over rule (docs/design.md 3.3): an outbox row still waiting in a conversation holds
+    back that conversation's new rows from the relay holding ``token`` (they go to the sweep, after it)
+    unless that relay holds it itself, live: leased to ``token`` until after ``now``. The memory store
+    applies it as it is; the SQL store's seq read asks it as an ``EXISTS`` (checked against this)."""
+    return lease_token != token or leased_until <= now
+
+
 class Consumer(Protocol):
     """One member of a consumer group: records in order per key; offsets committed explicitly."""
 
@@ -223,6 +234,15 @@ class Consumer(Protocol):
 
     async def rewind(self) -> None:
         """Forget what was polled since the last commit: the next ``poll`` returns it again."""
+        ...
+
+
+class AheadConsumer(Consumer, Protocol):
+    """A consumer whose owner polls ahead of its processing (the fan-out worker) and so commits a prefix."""
+
+    async def commit_first(self, count: int) -> None:
+        """The first ``count`` records ``poll`` returned since the last commit are processed; those after
+        them may still be in hand and are not committed."""
         ...
 
 

@@ -47,3 +47,14 @@ class MessageService:
         await app.fan_out(
             event, recipients=recipients, large=large, inbox=self.inbox, timeline=self.timeline, pusher=self.pusher
         )
+
+    async def handle_records(self, records: Sequence[Record]) -> None:
+        """The fan-out of records of one conversation, in order (the consumer's ``handle_many``): those that
+        carry their recipients together; otherwise (a large conversation) one by one."""
+        decoded = [decode_event(record.value) for record in records]
+        small = [(event, recipients) for event, recipients in decoded if recipients is not None]
+        if len(small) < len(decoded):
+            for record in records:
+                await self.handle_record(record)
+            return
+        await app.fan_out_many(small, inbox=self.inbox, pusher=self.pusher)

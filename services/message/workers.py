@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 from opentelemetry import trace
@@ -23,7 +24,7 @@ from opentelemetry import trace
 from services.common import metrics, telemetry
 from services.common.clock import utcnow
 from services.message.domain import SENDABLE_TYPES
-from services.message.ports import Consumer, EventLog, LogMonitor, MessageStore, OutboxRecord, Record
+from services.message.ports import AheadConsumer, EventLog, LogMonitor, MessageStore, OutboxRecord, Record
 
 log = logging.getLogger("courier.message.workers")
 
@@ -232,25 +233,78 @@ class RetryPolicy:
         return float(min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1))))
 
 
+@dataclass(eq=False)
+class _Slot:
+    """One polled record and whether it is processed (fanned out or dead-lettered)."""
+
+    record: Record
+    done: bool = False
+
+
+class _Flow:
+    """The records a pipelined worker holds: all of them in poll order (a commit takes the processed
+    prefix), and per key those still to process, one task per key working through its queue."""
+
+    def __init__(self) -> None:
+        self.polled: deque[_Slot] = deque()
+        self.queued: dict[str, deque[_Slot]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.changed = asyncio.Event()
+        self.failure: BaseException | None = None
+        self.open = 0  # polled, not processed
+
+    def processed_prefix(self) -> int:
+        count = 0
+        for slot in self.polled:
+            if not slot.done:
+                break
+            count += 1
+        return count
+
+
 class FanoutWorker:
-    """Processes records in order per key (conversation), keys in parallel, then commits."""
+    """Fans out event-log records in order per key (conversation), keys in parallel.
+
+    ``run`` is a pipeline: it polls while earlier records are being processed, each key's records are
+    taken by that key's task in order (those that queued while it worked go together, to ``handle_many``
+    when given), and offsets are committed for the processed prefix of what was polled, so a record is
+    committed only once it and every record polled before it are processed: a kill at any point means
+    redelivery (handled idempotently), never loss. ``run_once`` is one batch, stop-and-go (tools, tests).
+    """
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: AheadConsumer,
         dlq: EventLog,
         handle: Callable[[Record], Awaitable[None]],
         *,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         group: str = FANOUT_GROUP,
+        handle_many: Callable[[Sequence[Record]], Awaitable[None]] | None = None,
+        max_open: int = 2000,
+        max_key_batch: int = 100,
+        commit_every_s: float = 0.2,
+        poll_max: int = 500,
     ) -> None:
         self._consumer, self._dlq, self._handle = consumer, dlq, handle
+        self._handle_many = handle_many
         self._group = group
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._max_open, self._max_key_batch = max_open, max_key_batch
+        self._commit_every_s, self._poll_max = commit_every_s, poll_max
+        self._records_series: dict[str, Any] = {}
+        self._failures_series: dict[str, Any] = {}
         self.processed = 0
         self.dead_lettered = 0
+
+    def _counted(self, series: dict[str, Any], family: Any, topic: str) -> Any:
+        """A labelled series bound once per topic, not looked up per record."""
+        bound = series.get(topic)
+        if bound is None:
+            bound = series[topic] = family.labels(self._group, topic)
+        return bound
 
     async def _process(self, record: Record) -> None:
         """Handle one record in a span ``fanout`` continuing the trace its headers carry."""
@@ -262,12 +316,45 @@ class FanoutWorker:
         ):
             await self._attempts(record)
 
+    async def _process_many(self, records: list[Record]) -> None:
+        """Records of one key, in order: together through ``handle_many`` (one span per record, the work
+        under the last one); if that fails, one by one with their own retries and dead letters."""
+        if self._handle_many is None or len(records) == 1:
+            for record in records:
+                await self._process(record)
+            return
+        tracer = telemetry.tracer(__name__)
+        spans = [
+            tracer.start_span(
+                "fanout",
+                context=telemetry.extract(record_context(record)),
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.destination.name": record.topic, "messaging.consumer.group.name": self._group},
+            )
+            for record in records
+        ]
+        try:
+            with trace.use_span(spans[-1], end_on_exit=False):
+                await self._handle_many(records)
+        except Exception as exc:  # noqa: BLE001 - each record then gets its own attempts and, at worst, the DLQ
+            log.warning("%d records of %s failed together (%r); one by one now", len(records), records[0].key, exc)
+        else:
+            for record in records:
+                self._counted(self._records_series, metrics.CONSUMER_RECORDS, record.topic).inc()
+            self.processed += len(records)
+            return
+        finally:
+            for span in spans:
+                span.end()
+        for record in records:
+            await self._process(record)
+
     async def _attempts(self, record: Record) -> None:
         for attempt in range(1, self._retry.attempts + 1):
             try:
                 await self._handle(record)
             except Exception as exc:  # noqa: BLE001 - any failure of one record is retried, then parked
-                metrics.CONSUMER_FAILURES.labels(self._group, record.topic).inc()
+                self._counted(self._failures_series, metrics.CONSUMER_FAILURES, record.topic).inc()
                 if attempt == self._retry.attempts:
                     log.error("record of %s failed %d times, moving it to the DLQ: %r", record.key, attempt, exc)
                     await self._dlq.publish(
@@ -291,21 +378,59 @@ class FanoutWorker:
                 await self._sleep(self._retry.delay(attempt))
             else:
                 self.processed += 1
-                metrics.CONSUMER_RECORDS.labels(self._group, record.topic).inc()
+                self._counted(self._records_series, metrics.CONSUMER_RECORDS, record.topic).inc()
                 return
 
-    async def _process_key(self, records: list[Record]) -> None:
+    def _dispatch(self, flow: _Flow, records: Sequence[Record]) -> None:
+        """Queue each record behind its key's earlier ones; start a task for a key that has none."""
         for record in records:
-            await self._process(record)
+            slot = _Slot(record)
+            flow.polled.append(slot)
+            flow.open += 1
+            queue = flow.queued.get(record.key)
+            if queue is None:
+                queue = flow.queued[record.key] = deque()
+                task = asyncio.create_task(self._work_key(flow, record.key, queue))
+                flow.tasks.add(task)
+                task.add_done_callback(flow.tasks.discard)
+            queue.append(slot)
+
+    async def _work_key(self, flow: _Flow, key: str, queue: deque[_Slot]) -> None:
+        try:
+            while queue:
+                slots = [queue.popleft() for _ in range(min(self._max_key_batch, len(queue)))]
+                await self._process_many([slot.record for slot in slots])
+                for slot in slots:
+                    slot.done = True
+                flow.open -= len(slots)
+                flow.changed.set()
+        except BaseException as exc:
+            if flow.failure is None and not isinstance(exc, asyncio.CancelledError):
+                flow.failure = exc  # the DLQ could not be written: the pipeline stops and polls it again
+                flow.changed.set()
+            raise
+        finally:
+            if flow.queued.get(key) is queue:
+                del flow.queued[key]
+
+    async def _commit_prefix(self, flow: _Flow) -> None:
+        count = flow.processed_prefix()
+        if count:
+            await self._consumer.commit_first(count)
+            for _ in range(count):
+                flow.polled.popleft()
 
     async def run_once(self, *, max_records: int = 500, timeout_s: float = 1.0) -> int:
+        """Poll one batch, process it (keys in parallel), commit it."""
         records = await self._consumer.poll(max_records=max_records, timeout_s=timeout_s)
         if not records:
             return 0
-        by_key: dict[str, list[Record]] = defaultdict(list)
-        for record in records:
-            by_key[record.key].append(record)
-        await asyncio.gather(*(self._process_key(group) for group in by_key.values()))
+        flow = _Flow()
+        self._dispatch(flow, records)
+        try:
+            await asyncio.gather(*flow.tasks)
+        finally:
+            await _stop(flow)
         await self._consumer.commit()
         return len(records)
 
@@ -322,10 +447,57 @@ class FanoutWorker:
             return False
         return True
 
+    async def pipeline(self, *, idle_poll_s: float = 1.0, busy_poll_s: float = 0.05) -> None:
+        """Poll, dispatch and commit until a record cannot be processed nor parked (raises it) or the task
+        is cancelled (then the processed prefix is committed, within a second, so a restart redelivers
+        less). At most ``max_open`` records are held unprocessed: beyond, polling waits."""
+        flow = _Flow()
+        loop = asyncio.get_running_loop()
+        commit_at = loop.time() + self._commit_every_s
+        try:
+            while True:
+                if flow.failure is not None:
+                    raise flow.failure
+                if loop.time() >= commit_at:
+                    await self._commit_prefix(flow)
+                    commit_at = loop.time() + self._commit_every_s
+                if flow.open >= self._max_open:
+                    flow.changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(flow.changed.wait(), self._commit_every_s)
+                    continue
+                # While records are in hand, poll briefly so their commit and a failure are not held up.
+                wait_s = busy_poll_s if flow.polled else idle_poll_s
+                records = await self._consumer.poll(
+                    max_records=min(self._poll_max, self._max_open - flow.open), timeout_s=wait_s
+                )
+                self._dispatch(flow, records)
+        except asyncio.CancelledError:
+            await _stop(flow)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._commit_prefix(flow)
+            raise
+        finally:
+            await _stop(flow)
+
     async def run(self) -> None:
         while True:
-            if not await self.step():
+            try:
+                await self.pipeline()
+            except Exception:
+                log.exception("fan-out failed; polling again from the last commit")
+                with contextlib.suppress(Exception):
+                    await self._consumer.rewind()
                 await asyncio.sleep(1.0)
+
+
+async def _stop(flow: _Flow) -> None:
+    """Cancel the key tasks still running and wait for them to end."""
+    tasks = list(flow.tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def sample_outbox(store: MessageStore, *, now: Callable[[], datetime] = utcnow) -> None:

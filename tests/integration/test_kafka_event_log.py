@@ -32,6 +32,7 @@ from tests.unit.message.test_event_log_contract import (
     nothing_more,
     test_a_failing_record_is_dead_lettered_listed_and_replayed_once_to_a_fixed_handler,
     test_commit_covers_only_what_poll_returned,
+    test_commit_first_covers_only_the_first_records_polled,
     test_commit_with_nothing_polled_is_harmless,
     test_committed_records_are_not_delivered_again_to_the_group,
     test_every_group_receives_every_record,
@@ -46,6 +47,7 @@ from tests.unit.message.test_event_log_contract import (
 CONTRACT = (
     test_a_failing_record_is_dead_lettered_listed_and_replayed_once_to_a_fixed_handler,
     test_commit_covers_only_what_poll_returned,
+    test_commit_first_covers_only_the_first_records_polled,
     test_commit_with_nothing_polled_is_harmless,
     test_committed_records_are_not_delivered_again_to_the_group,
     test_every_group_receives_every_record,

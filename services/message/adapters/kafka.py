@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +230,8 @@ class KafkaConsumer:
         }
         self._consumer: Any = None
         self._spans: dict[Any, _Span] = {}  # TopicPartition -> records returned but not committed yet
+        # (TopicPartition, offset) of every record returned since the last commit, in the order returned.
+        self._returned: deque[tuple[Any, int]] = deque()
         self._starting = asyncio.Lock()
 
     async def start(self) -> None:
@@ -257,6 +260,7 @@ class KafkaConsumer:
         async with self._starting:
             consumer, self._consumer = self._consumer, None
             self._spans.clear()
+            self._returned.clear()
             if consumer is not None:
                 await consumer.stop()
 
@@ -277,13 +281,28 @@ class KafkaConsumer:
             tp = TopicPartition(record.topic, record.partition)
             span = self._spans.setdefault(tp, _Span(record.offset, record.offset + 1))
             span.next = record.offset + 1
+            self._returned.append((tp, record.offset))
         return list(records)
 
     async def commit(self) -> None:
-        if self._consumer is None or not self._spans:
+        await self.commit_first(len(self._returned))
+
+    async def commit_first(self, count: int) -> None:
+        """Per partition, the offset after the last of the first ``count`` records returned. A partition
+        taken away since (its span dropped) or given back (a new span that starts later) is left alone."""
+        count = min(count, len(self._returned))
+        if self._consumer is None or count <= 0:
             return
+        upto: dict[Any, int] = {}
+        for i in range(count):
+            tp, offset = self._returned[i]
+            upto[tp] = offset + 1
         owned = self._consumer.assignment()
-        offsets = {tp: span.next for tp, span in self._spans.items() if tp in owned}
+        offsets = {
+            tp: after
+            for tp, after in upto.items()
+            if tp in owned and tp in self._spans and self._spans[tp].first < after
+        }
         try:
             if offsets:
                 async with asyncio.timeout(self._commit_timeout_s):
@@ -295,7 +314,14 @@ class KafkaConsumer:
             raise Unavailable(f"Kafka commit of {self._group} timed out after {self._commit_timeout_s:g}s") from exc
         except _BROKER_ERRORS as exc:
             raise Unavailable(f"Kafka commit of {self._group} failed: {exc}") from exc
-        self._spans.clear()
+        for _ in range(count):
+            self._returned.popleft()
+        for tp, after in upto.items():
+            span = self._spans.get(tp)
+            if span is not None and span.first < after:
+                span.first = after
+                if span.first >= span.next:
+                    del self._spans[tp]
 
     async def rewind(self) -> None:
         """Fetch again everything ``poll`` returned since the last commit: after a failed batch, so that a
@@ -304,6 +330,7 @@ class KafkaConsumer:
             return
         owned = self._consumer.assignment()
         spans, self._spans = dict(self._spans), {}
+        self._returned.clear()
         for tp, span in spans.items():
             if tp in owned:
                 self._consumer.seek(tp, span.first)

@@ -21,6 +21,7 @@ from services.message.ports import (
     Page,
     Record,
     TimelineHead,
+    holds_back,
     in_conversation_order,
 )
 
@@ -141,6 +142,10 @@ class MemoryConsumer:
     async def commit(self) -> None:
         self._log._committed[(self._topic, self._group)] = self._position
 
+    async def commit_first(self, count: int) -> None:
+        key = (self._topic, self._group)
+        self._log._committed[key] = min(self._position, self._log._committed[key] + count)
+
     async def rewind(self) -> None:
         self._position = self._log._committed[(self._topic, self._group)]
 
@@ -195,7 +200,7 @@ class MemoryMessageStore:
             return event
         token = publisher.lease_token
         waiting = [r for r in self._outbox.values() if r.record.conversation_id == event.conversation_id]
-        direct = all(r.token == token and r.until > now for r in waiting)
+        direct = not any(holds_back(r.token, r.until, token=token, now=now) for r in waiting)
         if direct:
             row.token, row.until = token, now + publisher.lease_s
         self._outbox[record.outbox_id] = row

@@ -253,7 +253,7 @@ def _heads_statement(size: int, *, blockers: bool) -> Any:
             cid.label("conversation_id"),
             select(func.max(messages.c.seq)).where(messages.c.conversation_id == cid).scalar_subquery().label("seq"),
         ]
-        if blockers:
+        if blockers:  # ports.holds_back, as SQL
             foreign = or_(
                 outbox_rows.c.lease_token.is_(None),
                 outbox_rows.c.lease_token != bindparam("token", type_=String(32)),

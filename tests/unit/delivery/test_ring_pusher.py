@@ -88,6 +88,34 @@ async def test_each_node_gets_its_users_frames_in_order_batched_per_node() -> No
             assert len(hub.requests) < 43 - 10, hub.requests
 
 
+async def test_pushes_given_together_reach_each_node_in_their_order_with_one_route_look_up() -> None:
+    class CountingRoutes:
+        def __init__(self) -> None:
+            self.looked_up: list[set[str]] = []
+
+        async def nodes_of(self, user_ids: Sequence[str]) -> dict[str, set[str]]:
+            self.looked_up.append(set(user_ids))
+            return {}  # no entry: the ring routes
+
+    async with nodes() as (ring, hubs):
+        routes = CountingRoutes()
+        pusher = RingPusher(ring, TOKEN, routes=routes)  # type: ignore[arg-type]
+        alice, bob = _user_on(ring, "delivery-0"), _user_on(ring, "delivery-1")
+        on_0, on_1 = _connect(hubs["delivery-0"], alice), _connect(hubs["delivery-1"], bob)
+        # One conversation's events fanned out together, while another burst is in flight to the same nodes.
+        others = [pusher.push([alice, bob], {"type": "typing", "conversation_id": f"t{i}"}) for i in range(10)]
+        pushes = [
+            Push([alice, bob], {"type": "message", "conversation_id": "c", "seq": seq}, tracked=True)
+            for seq in range(1, 31)
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*others, pusher.push_many(pushes)), 30)
+        finally:
+            await pusher.close()
+        assert await _seqs(on_0, "c") == await _seqs(on_1, "c") == list(range(1, 31))
+        assert {alice, bob} in routes.looked_up and len(routes.looked_up) == 11  # one per call, not per push
+
+
 async def test_a_node_that_cannot_be_reached_costs_only_its_own_users() -> None:
     async with nodes() as (ring, hubs):
         alice, bob = _user_on(ring, "delivery-0"), _user_on(ring, "delivery-1")

@@ -10,6 +10,7 @@ import pytest
 
 from services.common.errors import NotFound
 from services.common.ids import new_id
+from services.common.push import Push
 from services.message import app
 from services.message.adapters.memory import (
     MemoryEventLog,
@@ -71,6 +72,10 @@ class RecordingPusher:
         skip_device: tuple[str, str] | None = None,
     ) -> None:
         self.pushed.append(Pushed(list(user_ids), frame, tracked, skip_device))
+
+    async def push_many(self, pushes: Sequence[Push]) -> None:
+        for p in pushes:
+            await self.push(p.user_ids, p.frame, tracked=p.tracked, skip_device=p.skip_device)
 
     async def push_frames(self, user_ids: Collection[str], frames: Sequence[Mapping[str, Any]]) -> None:
         for frame in frames:

@@ -199,6 +199,23 @@ async def test_commit_covers_only_what_poll_returned(backend: LogBackend) -> Non
     assert sorted(values(processed) + values(rest)) == sorted(values(sent))
 
 
+async def test_commit_first_covers_only_the_first_records_polled(backend: LogBackend) -> None:
+    """What the pipelined fan-out commits: the processed prefix of what it polled, not what it still holds."""
+    topic, group = await backend.topic(), f"g-{new_id()}"
+    sent = [Record(topic, f"k{n % 4}", f"v{n}".encode()) for n in range(10)]
+    await backend.log.publish(sent)
+
+    first = await backend.consumer(topic, group)
+    polled = await drain(first, 6)
+    await first.commit_first(2)  # type: ignore[attr-defined]
+    await backend.close(first)
+
+    second = await backend.consumer(topic, group)
+    rest = await drain(second, 8)
+    await nothing_more(backend, second)
+    assert sorted(values(polled[:2]) + values(rest)) == sorted(values(sent))
+
+
 async def test_commit_with_nothing_polled_is_harmless(backend: LogBackend) -> None:
     topic, group = await backend.topic(), f"g-{new_id()}"
     consumer = await backend.consumer(topic, group)

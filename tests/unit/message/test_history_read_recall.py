@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
 
 from services.common.errors import Forbidden, NotFound
 from services.message import app
-from services.message.domain import Message
 from services.message.ports import Record
 from services.message.workers import MESSAGES_TOPIC
 from tests.unit.message.conftest import World
@@ -113,7 +113,7 @@ async def test_recall_after_the_window_is_forbidden_but_admins_may(world: World)
     await _fill(world, cid, 1)
     old = await world.store.get(cid, 1)
     assert old is not None
-    aged = Message(**{**old.__dict__, "created_at": old.created_at - timedelta(seconds=121)})
+    aged = dataclasses.replace(old, created_at=old.created_at - timedelta(seconds=121))
     world.store._by_seq[cid][1] = aged
     with pytest.raises(Forbidden):
         await app.recall(cid, 1, by="alice", device_id="d1", deps=world.deps)
