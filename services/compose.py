@@ -408,7 +408,7 @@ def _message(w: Wiring) -> Built:
     )
     service = MessageService(deps, inbox, timeline, w.pusher, sync_limit=settings.delivery.sync_page_limit)
     w.local["message"] = service
-    fanout = FanoutWorker(consumer, event_log, service.handle_record)
+    fanout = FanoutWorker(consumer, event_log, service.handle_record, handle_many=service.handle_records)
     return Built(
         [build_message_router(service, w.auth)],
         [message_internal.internal_router(service, w.guard)],

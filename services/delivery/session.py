@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 
 from services.common import metrics
-from services.common.clock import rfc3339
 from services.common.errors import CourierError, InvalidRequest
 from services.common.push import Pusher
 from services.delivery import protocol
@@ -108,7 +107,7 @@ class Session:
                         "conversation_id": sent.message.conversation_id,
                         "seq": sent.message.seq,
                         "message_id": sent.message.message_id,
-                        "created_at": rfc3339(sent.message.created_at),
+                        "created_at": sent.message.created_at_wire,
                         "duplicate": not sent.created,
                     }
                 )
