@@ -11,9 +11,12 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import exc as sa_exc
 
+from services.common import db
 from services.common.clock import utcnow
 from services.common.db import create_engine
 from services.common.ids import new_id
@@ -556,3 +559,47 @@ async def test_replicas_racing_for_next_seqs_store_one_to_n_without_gaps(stores:
     assert seqs(page.messages) == list(range(1, 2 * each + 1))
     assert sorted(sent[0] + sent[1]) == list(range(1, 2 * each + 1))
     assert (await stores.store.outbox_stats())[0] == 2 * each
+
+
+@pytest.fixture(scope="module")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with migrated_database("sqlite", tmp_path_factory.mktemp("deadlock")) as url:
+        yield url
+
+
+def deadlocking_once(store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's next transaction is chosen as a deadlock's victim, as MariaDB ends two replicas inserting the
+    same next seq of a conversation (InnoDB's insert locks on the unique key), rather than with a duplicate key."""
+    commit = store._commit  # the transaction under test
+    victims = [True]
+
+    async def once(batch: Any) -> list[Message]:
+        if victims and victims.pop():
+            async with db.outage_is_unavailable("message"):
+                raise sa_exc.OperationalError("INSERT INTO message_messages", {}, Exception(1213, "Deadlock found"))
+        return await commit(batch)
+
+    monkeypatch.setattr(store, "_commit", once)
+
+
+async def test_a_deadlocked_append_is_a_seq_taken_which_the_sender_asks_again(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with clean_engine(sqlite_url) as engine:
+        store = SqlMessageStore(engine)
+        deadlocking_once(store, monkeypatch)
+        cid = new_id()
+        with pytest.raises(SeqTaken):
+            await put(store, message(cid, 0))
+        assert (await put(store, message(cid, 0))).seq == 1
+
+
+async def test_a_deadlocked_group_commit_answers_each_append_on_its_own(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with clean_engine(sqlite_url) as engine:
+        store = SqlMessageStore(engine)
+        deadlocking_once(store, monkeypatch)
+        cid = new_id()
+        stored = await asyncio.gather(*(put(store, message(cid, 0, sender=f"u{i}")) for i in range(3)))
+        assert sorted(m.seq for m in stored) == [1, 2, 3]

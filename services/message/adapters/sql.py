@@ -380,9 +380,12 @@ class SqlMessageStore:
     async def _append_batch(self, batch: list[_Append]) -> None:
         try:
             stored = await self._commit(batch)
-        except IntegrityError:
-            # A client_msg_id sent again, or a seq another process took: the batch rolled back as a
-            # whole; commit its appends one by one so each gets its own answer.
+        except (IntegrityError, Unavailable) as exc:
+            if isinstance(exc, Unavailable) and not db.is_deadlock(exc):
+                raise
+            # A client_msg_id sent again, or a seq another process took (refused by the unique key, or, on
+            # MariaDB, the two inserts' locks ending in a deadlock): the batch rolled back as a whole; commit its
+            # appends one by one so each gets its own answer.
             for item in batch:
                 try:
                     await self._append_one(item)
@@ -395,6 +398,11 @@ class SqlMessageStore:
     async def _append_one(self, item: _Append) -> None:
         try:
             [event] = await self._commit([item])
+        except Unavailable as exc:
+            if not db.is_deadlock(exc):
+                raise
+            # MariaDB ends two inserts of the same next seq in a deadlock rather than a duplicate key: taken.
+            raise SeqTaken(f"the next seq of {item.draft.conversation_id} was taken") from exc
         except IntegrityError as exc:
             sample = item.draft.build(0)  # its sender and client_msg_id, whatever the seq
             if await self.find_by_client_id(sample.sender_id, sample.client_msg_id) is not None:
