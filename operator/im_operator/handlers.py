@@ -62,6 +62,8 @@ def build_registry(reconciler: Reconciler, config: OperatorConfig) -> kopf.Opera
     @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", registry=registry)
     async def reconcile(body: kopf.Body, name: str, namespace: str | None, retry: int, **_: Any) -> None:
         outcome = await reconciler.reconcile(body)
+        if outcome.gone:
+            return
         if outcome.problem is not None and outcome.problem.permanent:
             raise kopf.PermanentError(outcome.message)
         if not outcome.ready:

@@ -64,9 +64,13 @@ class Outcome:
     ready: bool
     problem: Problem | None
     waiting_for: tuple[str, ...] = ()
+    gone: bool = False
+    """The IMCluster was deleted during the pass: nothing more to do, its children are the garbage collector's."""
 
     @property
     def message(self) -> str:
+        if self.gone:
+            return "deleted"
         if self.problem is not None:
             return f"{self.problem.reason}: {self.problem.message}"
         if self.waiting_for:
@@ -80,6 +84,11 @@ class NameTaken(Exception):
 
 class SecretLost(Exception):
     """The generated Secret is gone while backend data made with its passwords remains."""
+
+
+class OwnerGone(Exception):
+    """The IMCluster was deleted while its pass ran. A child missing then was taken by the garbage collector, and
+    creating it again would race the collector (a StatefulSet made again takes its volume claims back)."""
 
 
 class Reconciler:
@@ -121,7 +130,7 @@ class Reconciler:
             fresh = await self.kube.get(Ref(API_VERSION, KIND, cluster.namespace, cluster.name))
             if fresh is None:
                 metrics.forget(cluster.namespace, cluster.name)
-                return Outcome(ready=True, problem=None)  # deleted meanwhile: nothing left to wait for
+                return Outcome(ready=False, problem=None, gone=True)  # deleted meanwhile: nothing left to wait for
             return await self._pass(fresh)
 
     async def kick(self, namespace: str, name: str) -> None:
@@ -199,6 +208,9 @@ class Reconciler:
             roll_on_secret_change(manifests, found)
             applied = await self._apply(cluster, imcluster, manifests)
             published, members = await self._publish_ring(cluster, imcluster)
+        except OwnerGone as exc:
+            log.info("%s/%s was deleted during its pass (at %s): stopped", cluster.namespace, cluster.name, exc)
+            return Outcome(ready=False, problem=None, gone=True)
         except SecretLost as exc:
             return await self._finish(imcluster, Observation(cluster.generation, Problem("SecretLost", str(exc))))
         except NameTaken as exc:
@@ -366,6 +378,12 @@ class Reconciler:
                 problems[component.name] = reason
         return problems
 
+    async def _still_there(self, cluster: Cluster) -> bool:
+        """Whether this IMCluster still exists and is not being deleted (asked before a child is created)."""
+        found = await self.kube.get(Ref(API_VERSION, KIND, cluster.namespace, cluster.name))
+        meta = (found or {}).get("metadata") or {}
+        return meta.get("uid") == cluster.uid and not meta.get("deletionTimestamp")
+
     async def _apply(
         self, cluster: Cluster, imcluster: Mapping[str, Any], manifests: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
@@ -385,6 +403,8 @@ class Reconciler:
                 before = await self.kube.get(ref)  # unlabelled, so not listed: someone else's object?
             if before is not None and not cluster.owns(before):
                 raise NameTaken(f"{ref} already exists and does not belong to this IMCluster; rename or delete it")
+            if before is None and not await self._still_there(cluster):
+                raise OwnerGone(str(ref))
             handover = replicas_handover(manifest, before)
             if handover is not None:
                 await self.kube.apply(handover, field_manager=REPLICAS_HANDOVER_MANAGER)

@@ -163,3 +163,30 @@ async def test_every_granted_verb_is_used() -> None:
     used = await exercise()
     unused = sorted(granted() - used - watched() - KOPF_ACCESS)
     assert not unused, f"operator/im_operator/rbac.yaml grants what the operator never asks for: {unused}"
+
+
+class DeletedDuringThePass(RecordingKube):
+    """The IMCluster is found by the pass's first read and gone from then on, as if deleted right after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, ref: Ref) -> dict[str, Any] | None:
+        if ref.kind == "IMCluster":
+            self.reads += 1
+            if self.reads > 1:
+                return None
+        return await super().get(ref)
+
+
+async def test_a_pass_whose_imcluster_is_deleted_meanwhile_creates_no_child() -> None:
+    """A child the garbage collector took during the pass is not made again: deleting an IMCluster leaves nothing
+    behind (a StatefulSet made again would take its volume claims back)."""
+    kube = DeletedDuringThePass()
+    reconciler = Reconciler(kube, now=lambda: "2026-01-01T00:00:00Z", token=lambda n: "x" * n)  # type: ignore[arg-type]
+    body = everything("rbac")
+    await kube.put(body)
+    outcome = await reconciler.reconcile(body)
+    assert outcome.gone
+    assert not {kind for (_, kind, _, _) in kube.objects} & {"Deployment", "StatefulSet", "Service"}
