@@ -21,8 +21,17 @@ Reader = Callable[[Result], float | int | None]
 TESTS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
-def figure(key: str) -> Reader:
-    return lambda result: result.figure(key)
+def at_rate(rate: int, several: str, single: str) -> Reader:
+    """A throughput figure at ``rate``: keyed ``several`` in a run of several rates, ``single`` in a run of that
+    one rate."""
+
+    def read(result: Result) -> float | int | None:
+        found = result.figure(several)
+        if found is None and [s.get("target_rate") for s in result.steps] == [rate]:
+            found = result.figure(single)
+        return found
+
+    return read
 
 
 def best_delivered(result: Result) -> float | int | None:
@@ -57,26 +66,36 @@ class Target:
 
 TARGETS = (
     Target("dev", "delivered 1:1, best step", "throughput", best_delivered, ">=", 3_000, "msg/s"),
-    Target("dev", "P99 at 1,000 msg/s", "throughput", figure("latency_1000_p99_ms"), "<", 50, "ms"),
-    Target("dev", "P99 at 20 msg/s", "throughput", figure("latency_20_p99_ms"), "<", 10, "ms"),
+    Target(
+        "dev",
+        "P99 at 1,000 msg/s",
+        "throughput",
+        at_rate(1_000, "latency_1000_p99_ms", "latency_p99_ms"),
+        "<",
+        50,
+        "ms",
+    ),
+    Target("dev", "P99 at 20 msg/s", "throughput", at_rate(20, "latency_20_p99_ms", "latency_p99_ms"), "<", 10, "ms"),
     Target(
         "dev",
         "server CPU per message at 1,000 msg/s",
         "throughput",
-        figure("server_cpu_us_per_msg_1000"),
+        at_rate(1_000, "server_cpu_us_per_msg_1000", "server_cpu_us_per_msg"),
         "<=",
         400,
         "us",
     ),
     Target("dev", "10,000-member group: to the last member", "fanout", to_last_member, "<", 1_500, "ms"),
     Target("up", "delivered 1:1, best step", "throughput", best_delivered, ">=", 1_500, "msg/s"),
-    Target("up", "P99 at 500 msg/s", "throughput", figure("latency_500_p99_ms"), "<", 100, "ms"),
-    Target("up", "P99 at 20 msg/s", "throughput", figure("latency_20_p99_ms"), "<", 25, "ms"),
+    Target(
+        "up", "P99 at 500 msg/s", "throughput", at_rate(500, "latency_500_p99_ms", "latency_p99_ms"), "<", 100, "ms"
+    ),
+    Target("up", "P99 at 20 msg/s", "throughput", at_rate(20, "latency_20_p99_ms", "latency_p99_ms"), "<", 25, "ms"),
     Target(
         "up",
         "server CPU per message at 500 msg/s",
         "throughput",
-        figure("server_cpu_us_per_msg_500"),
+        at_rate(500, "server_cpu_us_per_msg_500", "server_cpu_us_per_msg"),
         "<=",
         1_500,
         "us",

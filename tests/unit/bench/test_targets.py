@@ -49,3 +49,12 @@ def test_a_figure_the_run_did_not_produce_is_not_measured_never_met() -> None:
     assert rows["P99 at 500 msg/s"] == ("-", "not measured")
     assert rows["server CPU per message at 500 msg/s"] == ("-", "not measured")
     assert rows["10,000-member group: to the last member"] == ("-", "not measured"), "a 100-member group is not it"
+
+
+def test_a_run_of_one_rate_is_judged_at_that_rate_only() -> None:
+    one = run("throughput", "dev", delivered=20, latency_p99_ms=4.0, server_cpu_us_per_msg=900)
+    one.steps = [{"target_rate": 20}]
+    rows = by_figure(verdicts({"dev": [one]}), "dev")
+    assert rows["P99 at 20 msg/s"] == ("4.00 ms", "met")
+    assert rows["P99 at 1,000 msg/s"] == ("-", "not measured"), "a 20 msg/s run says nothing of 1,000 msg/s"
+    assert rows["server CPU per message at 1,000 msg/s"] == ("-", "not measured")
