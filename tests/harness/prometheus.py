@@ -8,10 +8,8 @@ server on a free loopback port with a scrape configuration of the test's, stoppe
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -21,9 +19,10 @@ from typing import Any
 import httpx
 import yaml  # type: ignore[import-untyped]
 
+from tests.support.server import free_port, wait_http_ready
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "infra" / "courier-prometheus"
-READY_DEADLINE_S = 60.0
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -70,24 +69,6 @@ class Prometheus:
         return targets
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PrometheusUnavailable(f"prometheus exited with {process.returncode}:\n{log_path.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise PrometheusUnavailable(f"prometheus not ready after {READY_DEADLINE_S}s:\n{log_path.read_text()}")
-
-
 @contextlib.contextmanager
 def run_prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
     """Prometheus with ``config`` (prometheus.yml as a dict), its data in ``workdir``, on 127.0.0.1 only."""
@@ -97,7 +78,7 @@ def run_prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus
     checked = promtool("check", "config", str(config_path))
     if checked.returncode != 0:
         raise PrometheusUnavailable(f"promtool check config:\n{checked.stdout}{checked.stderr}")
-    port = _free_port()
+    port = free_port()
     log_path = workdir / "prometheus.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -113,7 +94,7 @@ def run_prometheus(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log_path)
+        wait_http_ready(f"{url}/-/ready", process, log_path, what="prometheus", error=PrometheusUnavailable)
         yield Prometheus(url, log_path)
     finally:
         process.terminate()

@@ -40,16 +40,25 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
-def _wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_http_ready(
+    url: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    *,
+    what: str,
+    error: type[Exception] = RuntimeError,
+) -> None:
+    """Poll ``url`` until it answers 200 (at most ``READY_DEADLINE_S``); ``error`` with ``what``'s log when the
+    process exits first or the deadline passes."""
     deadline = time.monotonic() + READY_DEADLINE_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"courier dev exited with {process.returncode}:\n{log_path.read_text()}")
+            raise error(f"{what} exited with {process.returncode}:\n{log_path.read_text()}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"courier dev not ready after {READY_DEADLINE_S}s:\n{log_path.read_text()}")
+    raise error(f"{what} not ready after {READY_DEADLINE_S}s:\n{log_path.read_text()}")
 
 
 @contextlib.contextmanager
@@ -82,7 +91,7 @@ def run_server(
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base_url, process, log_path)
+        wait_http_ready(f"{base_url}/readyz", process, log_path, what="courier dev")
         part_size = int(full_env.get("COURIER_FILE__PART_SIZE", 5 << 20))
         yield RunningServer(base_url, f"ws://127.0.0.1:{port}/v1/ws", data_dir, process, log_path, "dev", part_size)
     finally:
