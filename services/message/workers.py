@@ -306,14 +306,18 @@ class FanoutWorker:
             bound = series[topic] = family.labels(self._group, topic)
         return bound
 
-    async def _process(self, record: Record) -> None:
-        """Handle one record in a span ``fanout`` continuing the trace its headers carry."""
-        with telemetry.tracer(__name__).start_as_current_span(
+    def _span(self, record: Record) -> trace.Span:
+        """A span ``fanout`` for ``record``, continuing the trace its headers carry (not yet current)."""
+        return telemetry.tracer(__name__).start_span(
             "fanout",
             context=telemetry.extract(record_context(record)),
             kind=trace.SpanKind.CONSUMER,
             attributes={"messaging.destination.name": record.topic, "messaging.consumer.group.name": self._group},
-        ):
+        )
+
+    async def _process(self, record: Record) -> None:
+        """Handle one record in its ``fanout`` span."""
+        with trace.use_span(self._span(record), end_on_exit=True):
             await self._attempts(record)
 
     async def _process_many(self, records: list[Record]) -> None:
@@ -323,16 +327,7 @@ class FanoutWorker:
             for record in records:
                 await self._process(record)
             return
-        tracer = telemetry.tracer(__name__)
-        spans = [
-            tracer.start_span(
-                "fanout",
-                context=telemetry.extract(record_context(record)),
-                kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.destination.name": record.topic, "messaging.consumer.group.name": self._group},
-            )
-            for record in records
-        ]
+        spans = [self._span(record) for record in records]
         try:
             with trace.use_span(spans[-1], end_on_exit=False):
                 await self._handle_many(records)
