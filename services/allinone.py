@@ -5,8 +5,6 @@ gateway's edge (limits, the web page, rtc). The use-case code is the one of the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -30,19 +28,10 @@ def create_app(settings: Settings) -> FastAPI:
     telemetry.configure("all")
     system = Process(settings, ROLES)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await system.start()
-        try:
-            yield
-        finally:
-            await system.stop()
-            telemetry.shutdown()
-
     app = FastAPI(
         title="Courier",
         version="1",
-        lifespan=lifespan,
+        lifespan=system.lifespan,
         default_response_class=ORJSONResponse,
         description="Instant messaging over HTTP and WebSocket; see docs/protocol.md.",
     )

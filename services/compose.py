@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -522,6 +523,16 @@ class Process:
             await stop()
         for close in reversed(self.wiring.closers):
             await close()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        """The app's lifespan: started before it serves, stopped (and its traces flushed) after."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+            telemetry.shutdown()
 
     async def drain(self, lag: Hook) -> None:
         """SIGTERM: not ready from now on, serving on for ``lag``, and meanwhile the roles' own drains."""

@@ -37,16 +37,9 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     telemetry.configure(name)
     process = Process(settings, {name})
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await process.start()
-        try:
-            yield
-        finally:
-            await process.stop()
-            telemetry.shutdown()
-
-    app = FastAPI(title=f"Courier {name}", version="1", lifespan=lifespan, default_response_class=ORJSONResponse)
+    app = FastAPI(
+        title=f"Courier {name}", version="1", lifespan=process.lifespan, default_response_class=ORJSONResponse
+    )
     app.state.drain = lambda: process.drain(lambda: shutdown.lag(settings.shutdown.lag_s))
     install_error_handlers(app)
     for router in process.routers:
