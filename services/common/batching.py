@@ -1,23 +1,30 @@
-"""Micro-batching of calls to another process: whatever callers submit while one batch is in
-flight leaves together in the next one.
+"""Micro-batching of calls to another process: whatever callers submit while a batch is in flight
+leaves together in a next one.
 
 Idle, a submission leaves at once (a batch of one, no added wait); under load the batches grow by
 themselves to what arrived during one round trip, so the cost per item of the round trip falls as
-the rate rises. One batch is in flight at a time per ``Batcher``: items leave in the order they
-were submitted, and a caller that awaits its own item before submitting the next keeps its order.
+the rate rises. By default one batch is in flight at a time per ``Batcher``: items leave in the
+order they were submitted, and a caller that awaits its own item before submitting the next keeps
+its order.
+
+With ``in_flight=n`` up to n batches are out at once, each taken when a slot frees up, so one slow
+round trip no longer holds back everything that arrived behind it. Batches may then complete in
+any order; with a ``key``, the items of one key are never in two batches at once, so they are still
+flushed in their order, one batch after the other, while other keys use the other slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 Flush = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
+Queued = tuple[T, "asyncio.Future[R]"]
 
 
 class Batcher(Generic[T, R]):
@@ -26,33 +33,84 @@ class Batcher(Generic[T, R]):
     is raised to that item's caller alone. When ``flush`` itself raises, every caller of that batch
     gets the exception."""
 
-    def __init__(self, flush: Flush[T, R], *, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        flush: Flush[T, R],
+        *,
+        max_batch: int = 256,
+        in_flight: int = 1,
+        key: Callable[[T], Hashable] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
         self._flush = flush
         self._max_batch = max_batch
-        self._queue: list[tuple[T, asyncio.Future[R]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._in_flight = in_flight
+        self._key = key
+        self._queue: list[Queued[T, R]] = []
+        self._senders: set[asyncio.Task[None]] = set()
+        self._running = 0  # senders started and not ended
+        self._starting = False  # a sender was started and has not taken its first batch yet
+        self._busy: set[Hashable] = set()  # the keys of the batches in flight
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: T) -> R:
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, done))
-        if self._sender is None:
-            self._sender = asyncio.create_task(self._send_all())
+        if not self._starting and self._running < self._in_flight:
+            # Started, not run: what is submitted before it runs (the same turn of the loop) joins its batch.
+            self._starting = True
+            self._running += 1
+            sender = asyncio.create_task(self._send_all())
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
         return await done
 
     async def _send_all(self) -> None:
+        first = True
         try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._send(batch)
+            while batch := self._take():
+                if first:
+                    self._starting, first = False, False
+                keys = self._hold(batch)
+                try:
+                    await self._send(batch)
+                finally:
+                    self._busy.difference_update(keys)
         finally:
-            self._sender = None
+            if first:
+                self._starting = False
+            # Counted out as it ends, not in a done callback that runs later: a caller woken by its answer
+            # may submit again before that callback and must find a free slot.
+            self._running -= 1
 
-    async def _send(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    def _take(self) -> list[Queued[T, R]]:
+        """The oldest items that may leave now: the first ``max_batch``, or with a key, the first
+        ``max_batch`` whose key is in no batch in flight (the rest keep their place)."""
+        if self._key is None:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            return batch
+        batch, rest = [], []
+        for queued in self._queue:
+            if len(batch) < self._max_batch and self._key(queued[0]) not in self._busy:
+                batch.append(queued)
+            else:
+                rest.append(queued)
+        self._queue = rest
+        return batch
+
+    def _hold(self, batch: list[Queued[T, R]]) -> set[Hashable]:
+        if self._key is None:
+            return set()
+        keys = {self._key(item) for item, _ in batch}
+        self._busy.update(keys)
+        return keys
+
+    async def _send(self, batch: list[Queued[T, R]]) -> None:
         self.batches += 1
         self.items += len(batch)
         try:
@@ -75,16 +133,19 @@ class Batcher(Generic[T, R]):
 
     async def close(self) -> None:
         """Stop sending; callers still waiting get ``CancelledError``."""
-        sender, self._sender = self._sender, None
-        if sender is not None:
+        senders, self._senders = list(self._senders), set()
+        for sender in senders:
             sender.cancel()
+        for sender in senders:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+        self._starting = False
+        self._busy.clear()
         queued, self._queue = self._queue, []
         _fail(queued, asyncio.CancelledError())
 
 
-def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
+def _fail(batch: list[Queued[T, R]], exc: BaseException) -> None:
     for _, done in batch:
         if done.done():
             continue

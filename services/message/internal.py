@@ -213,15 +213,24 @@ def internal_router(service: MessageService, guard: RequireInternal) -> APIRoute
     return serve(service, guard, [send, send_many, sync, mark_read, activity])
 
 
+# Send requests one delivery node keeps in flight to the message service: a slow batch (a long group
+# commit) holds back only its own sends.
+SENDS_IN_FLIGHT = 4
+
+
 class MessagesClient:
     """delivery's ``Messages`` port and conversation's ``ActivityReader`` over HTTP. Sends leave in
-    batches (``Batcher``): one request in flight, carrying every send that arrived meanwhile."""
+    batches (``Batcher``): up to ``SENDS_IN_FLIGHT`` requests at once, each carrying the sends that
+    arrived while the others were out. The sends of a batch are independent (a device waits for each
+    ``send_ack`` before its next send), so batches need not answer in order."""
 
     def __init__(self, client: InternalClient, *, max_batch: int = MAX_SEND_BATCH) -> None:
         if max_batch > MAX_SEND_BATCH:
             raise ValueError(f"the send/batch call takes at most {MAX_SEND_BATCH} sends")
         self._client = client
-        self._sends: Batcher[app.SendMessage, app.Sent] = Batcher(self._send_batch, max_batch=max_batch)
+        self._sends: Batcher[app.SendMessage, app.Sent] = Batcher(
+            self._send_batch, max_batch=max_batch, in_flight=SENDS_IN_FLIGHT
+        )
 
     async def send(self, cmd: app.SendMessage) -> app.Sent:
         return await self._sends.submit(cmd)

@@ -15,16 +15,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 
 from services.common import db
 from services.common.clock import utcnow
 from services.common.db import create_engine
 from services.common.ids import new_id
 from services.message.adapters.memory import MemoryMessageStore
-from services.message.adapters.sql import SqlMessageStore
+from services.message.adapters.sql import SqlMessageStore, _columns, messages
 from services.message.domain import Message, encode_event
 from services.message.ports import ClientMsgIdTaken, Draft, MessageStore, SeqTaken
-from tests.integration.test_sql_support import SQL_BACKENDS, clean_engine, migrated_database
+from tests.integration.test_sql_support import SERVER_BACKENDS, SQL_BACKENDS, clean_engine, migrated_database
 
 T0 = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 
@@ -603,3 +604,43 @@ async def test_a_deadlocked_group_commit_answers_each_append_on_its_own(
         cid = new_id()
         stored = await asyncio.gather(*(put(store, message(cid, 0, sender=f"u{i}")) for i in range(3)))
         assert sorted(m.seq for m in stored) == [1, 2, 3]
+
+
+# Sessions waiting for a lock another transaction holds (MariaDB: the store's insert still running; a user
+# without the PROCESS privilege sees its own sessions).
+_LOCK_WAITS = {
+    "mariadb": "SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'INSERT INTO message_messages%'",
+    "postgres": "SELECT count(*) FROM pg_locks WHERE NOT granted",
+}
+
+
+@pytest.mark.parametrize("server", SERVER_BACKENDS)
+async def test_a_commit_waiting_on_a_lock_holds_back_only_its_own_conversation(
+    server: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """On a database server the group commits of different conversations run side by side: a conversation
+    whose transaction waits (here on the unique key of a row another session inserted and has not
+    committed) does not stop the sends of every other conversation; its own append goes through once the
+    lock is gone, with the seq it should have."""
+    with migrated_database(server, tmp_path_factory.mktemp("lanes")) as url:
+        async with clean_engine(url) as engine:
+            store = SqlMessageStore(engine)
+            stalled, free = new_id(), new_id()
+            async with engine.connect() as other:
+                holder = await other.begin()
+                await other.execute(messages.insert(), [_columns(message(stalled, 1))])
+                waiting = asyncio.create_task(put(store, message(stalled, 1)))
+                async with engine.connect() as watcher:
+                    deadline = asyncio.get_running_loop().time() + 60
+                    while (await watcher.execute(text(_LOCK_WAITS[server]))).scalar() == 0:
+                        assert asyncio.get_running_loop().time() < deadline, "the append never waited on the lock"
+                        await asyncio.sleep(0.05)
+                        await watcher.rollback()  # a fresh snapshot for the next look
+                passing = asyncio.create_task(put(store, message(free, 1)))
+                await asyncio.wait([passing], timeout=60)
+                assert passing.done(), "another conversation's append waited for the stalled one"
+                assert passing.result().seq == 1
+                assert not waiting.done()
+                await holder.rollback()
+            assert (await asyncio.wait_for(waiting, 60)).seq == 1
+            assert await store.max_seq(stalled) == 1

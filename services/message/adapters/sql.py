@@ -6,13 +6,11 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import secrets
 from collections import Counter, deque
 from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,6 +60,8 @@ from services.message.ports import (
 ID = String(32)
 # Most appends committed in one transaction (group commit).
 GROUP_COMMIT_LIMIT = 64
+# Most group commits running at once on a database server (each a pooled connection), for different conversations.
+COMMITS_IN_FLIGHT = 4
 # Most idempotency look-ups answered by one statement.
 CLIENT_ID_BATCH = 200
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -300,26 +300,20 @@ async def _insert_outbox(conn: AsyncConnection, rows: list[dict[str, Any]], toke
     return [new[row["conversation_id"]].popleft() if row["lease_token"] == token else None for row in rows]
 
 
-@dataclass(eq=False)
-class _Append:
-    draft: Draft
-    done: asyncio.Future[Message]
-
-    def settle(self, outcome: Message | Exception) -> None:
-        if self.done.done():  # the sender stopped waiting (cancelled); the row stands or not all the same
-            return
-        if isinstance(outcome, Message):
-            self.done.set_result(outcome)
-        else:
-            self.done.set_exception(outcome)
-
-
 class SqlMessageStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, commits_in_flight: int | None = None) -> None:
         self._engine = engine
-        self._waiting: deque[_Append] = deque()
-        self._committer: asyncio.Task[None] | None = None
         self._publisher: CommitPublisher | None = None
+        # Group commit: one transaction per conversation at a time (its seqs are read and taken in order),
+        # different conversations' transactions side by side on a server; SQLite has one writer anyway.
+        if commits_in_flight is None:
+            commits_in_flight = 1 if engine.dialect.name == "sqlite" else COMMITS_IN_FLIGHT
+        self._appends: Batcher[Draft, Message] = Batcher(
+            self._commit_group,
+            max_batch=GROUP_COMMIT_LIMIT,
+            in_flight=commits_in_flight,
+            key=lambda draft: draft.conversation_id,
+        )
         self._client_ids: Batcher[tuple[str, str], Message | None] = Batcher(
             self._find_by_client_ids, max_batch=CLIENT_ID_BATCH
         )
@@ -354,63 +348,46 @@ class SqlMessageStore:
         return None if row is None else _message(row)
 
     async def append(self, draft: Draft) -> Message:
-        """Group commit: appends that arrive while a commit is running wait for it to end and are then
+        """Group commit: appends that arrive while commits are running wait for one to end and are then
         committed together, one transaction and one multi-row statement per table for all of them,
         so under load the database work per message shrinks with the batch instead of queueing."""
-        item = _Append(draft, asyncio.get_running_loop().create_future())
-        self._waiting.append(item)
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_waiting(), name="message-group-commit")
-        return await item.done
+        return await self._appends.submit(draft)
 
-    async def _commit_waiting(self) -> None:
-        while self._waiting:
-            batch = [self._waiting.popleft() for _ in range(min(GROUP_COMMIT_LIMIT, len(self._waiting)))]
-            try:
-                if len(batch) == 1:
-                    await self._append_one(batch[0])
-                else:
-                    await self._append_batch(batch)
-            except BaseException as exc:  # whatever happens, nobody is left waiting
-                for item in batch:
-                    item.settle(exc if isinstance(exc, Exception) else Unavailable("the message store stopped"))
-                if not isinstance(exc, Exception):
-                    raise
-
-    async def _append_batch(self, batch: list[_Append]) -> None:
+    async def _commit_group(self, drafts: list[Draft]) -> list[Message | Exception]:
+        if len(drafts) == 1:
+            return [await self._commit_alone(drafts[0])]
         try:
-            stored = await self._commit(batch)
+            return list(await self._commit(drafts))
         except (IntegrityError, Unavailable) as exc:
             if isinstance(exc, Unavailable) and not db.is_deadlock(exc):
                 raise
-            # A client_msg_id sent again, or a seq another process took (refused by the unique key, or, on
-            # MariaDB, the two inserts' locks ending in a deadlock): the batch rolled back as a whole; commit its
-            # appends one by one so each gets its own answer.
-            for item in batch:
-                try:
-                    await self._append_one(item)
-                except Exception as exc:  # noqa: BLE001 - the sender's own error, handed to the sender
-                    item.settle(exc)
-            return
-        for item, event in zip(batch, stored, strict=True):
-            item.settle(event)
+        # A client_msg_id sent again, or a seq another process took (refused by the unique key, or, on MariaDB,
+        # the two inserts' locks ending in a deadlock): the batch rolled back as a whole; commit its appends one
+        # by one so each gets its own answer.
+        return [await self._commit_alone(draft) for draft in drafts]
 
-    async def _append_one(self, item: _Append) -> None:
+    async def _commit_alone(self, draft: Draft) -> Message | Exception:
         try:
-            [event] = await self._commit([item])
+            return await self._append_one(draft)
+        except Exception as exc:  # noqa: BLE001 - the sender's own error, handed to the sender
+            return exc
+
+    async def _append_one(self, draft: Draft) -> Message:
+        try:
+            [event] = await self._commit([draft])
         except Unavailable as exc:
             if not db.is_deadlock(exc):
                 raise
             # MariaDB ends two inserts of the same next seq in a deadlock rather than a duplicate key: taken.
-            raise SeqTaken(f"the next seq of {item.draft.conversation_id} was taken") from exc
+            raise SeqTaken(f"the next seq of {draft.conversation_id} was taken") from exc
         except IntegrityError as exc:
-            sample = item.draft.build(0)  # its sender and client_msg_id, whatever the seq
+            sample = draft.build(0)  # its sender and client_msg_id, whatever the seq
             if await self.find_by_client_id(sample.sender_id, sample.client_msg_id) is not None:
                 raise ClientMsgIdTaken(sample.client_msg_id) from exc
-            raise SeqTaken(f"the next seq of {item.draft.conversation_id} was taken") from exc
-        item.settle(event)
+            raise SeqTaken(f"the next seq of {draft.conversation_id} was taken") from exc
+        return event
 
-    async def _commit(self, batch: list[_Append]) -> list[Message]:
+    async def _commit(self, batch: list[Draft]) -> list[Message]:
         """One transaction for the batch: each draft takes its conversation's next seq, in batch order.
 
         Only committed rows are visible to the seq read, so a seq is committed only right after the one
@@ -423,22 +400,22 @@ class SqlMessageStore:
             # With the seqs, the conversations whose new rows must wait for the sweep: those with a row still
             # waiting that this relay does not hold. Those rows go out first, in order (docs/design.md 3.3).
             highest, blocked = await _heads(
-                conn, [item.draft.conversation_id for item in batch], lease=None if token is None else (token, now)
+                conn, [draft.conversation_id for draft in batch], lease=None if token is None else (token, now)
             )
             events = []
-            for item in batch:
-                cid = item.draft.conversation_id
+            for draft in batch:
+                cid = draft.conversation_id
                 highest[cid] = highest.get(cid, 0) + 1
-                events.append(item.draft.build(highest[cid]))
+                events.append(draft.build(highest[cid]))
             direct = set() if token is None else set(highest) - blocked
             await conn.execute(_INSERT_MESSAGES, [_columns(event) for event in events])
-            for item in batch:
-                if item.draft.replace is not None:
-                    await _apply_replace(conn, item.draft.replace)
+            for draft in batch:
+                if draft.replace is not None:
+                    await _apply_replace(conn, draft.replace)
             lease = None if publisher is None or token is None else (token, now + timedelta(seconds=publisher.lease_s))
             rows = [
-                _outbox_row(event, item.draft, now, lease if event.conversation_id in direct else None)
-                for item, event in zip(batch, events, strict=True)
+                _outbox_row(event, draft, now, lease if event.conversation_id in direct else None)
+                for draft, event in zip(batch, events, strict=True)
             ]
             ids = await _insert_outbox(conn, rows, token if direct else None)
             await _advance_reads(conn, _sender_cursors(events))

@@ -125,3 +125,97 @@ def test_max_batch_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(echo, max_batch=0)
+
+
+class Gates:
+    """A flush whose every call waits for its own release: ``released(n)`` lets the n-th call answer."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int]]] = []
+        self.entered = asyncio.Condition()
+        self._releases: list[asyncio.Event] = []
+
+    async def __call__(self, items: list[tuple[str, int]]) -> list[int | BaseException]:
+        release = asyncio.Event()
+        async with self.entered:
+            self.batches.append(items)
+            self._releases.append(release)
+            self.entered.notify_all()
+        await release.wait()
+        return [n for _, n in items]
+
+    async def wait_calls(self, count: int) -> None:
+        async with self.entered:
+            await asyncio.wait_for(self.entered.wait_for(lambda: len(self.batches) >= count), 10)
+
+    def release(self, index: int) -> None:
+        self._releases[index].set()
+
+
+async def _submitted(batcher: Batcher[tuple[str, int], int], items: list[tuple[str, int]]) -> list[asyncio.Task[int]]:
+    tasks = []
+    for item in items:
+        tasks.append(asyncio.create_task(batcher.submit(item)))
+        await asyncio.sleep(0)
+    return tasks
+
+
+async def test_with_more_flights_a_slow_batch_does_not_hold_back_what_arrives_behind_it() -> None:
+    gates = Gates()
+    batcher: Batcher[tuple[str, int], int] = Batcher(gates, in_flight=2)
+    slow = await _submitted(batcher, [("a", 1)])
+    await gates.wait_calls(1)
+    quick = [asyncio.create_task(batcher.submit(item)) for item in (("b", 2), ("c", 3))]  # in one turn of the loop
+    await gates.wait_calls(2)
+    gates.release(1)
+    assert await asyncio.wait_for(asyncio.gather(*quick), 10) == [2, 3]
+    assert not slow[0].done()
+    gates.release(0)
+    assert await asyncio.wait_for(slow[0], 10) == 1
+    assert gates.batches == [[("a", 1)], [("b", 2), ("c", 3)]]
+
+
+async def test_no_more_than_in_flight_batches_are_out_at_once() -> None:
+    gates = Gates()
+    batcher: Batcher[tuple[str, int], int] = Batcher(gates, in_flight=2)
+    first = await _submitted(batcher, [("a", 1)])
+    await gates.wait_calls(1)
+    second = await _submitted(batcher, [("b", 2)])
+    await gates.wait_calls(2)
+    third = [asyncio.create_task(batcher.submit(item)) for item in (("c", 3), ("d", 4))]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(gates.batches) == 2  # both slots taken: the others wait
+    gates.release(0)
+    await gates.wait_calls(3)
+    assert gates.batches[2] == [("c", 3), ("d", 4)]
+    gates.release(1)
+    gates.release(2)
+    assert await asyncio.wait_for(asyncio.gather(*first, *second, *third), 10) == [1, 2, 3, 4]
+
+
+async def test_a_key_in_flight_waits_for_its_batch_while_other_keys_go_ahead() -> None:
+    gates = Gates()
+    batcher: Batcher[tuple[str, int], int] = Batcher(gates, in_flight=4, key=lambda item: item[0])
+    await _submitted(batcher, [("a", 1)])
+    await gates.wait_calls(1)
+    later = [asyncio.create_task(batcher.submit(item)) for item in (("a", 2), ("b", 3), ("a", 4), ("c", 5))]
+    await gates.wait_calls(2)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    # "a" is out: its later items wait, in their order; "b" and "c" leave together at once.
+    assert gates.batches == [[("a", 1)], [("b", 3), ("c", 5)]]
+    gates.release(0)
+    await gates.wait_calls(3)
+    assert gates.batches[2] == [("a", 2), ("a", 4)]
+    gates.release(1)
+    gates.release(2)
+    assert await asyncio.wait_for(asyncio.gather(*later), 10) == [2, 3, 4, 5]
+
+
+def test_in_flight_must_be_positive() -> None:
+    async def echo(items: list[int]) -> list[int | BaseException]:
+        return list(items)
+
+    with pytest.raises(ValueError, match="in_flight"):
+        Batcher(echo, in_flight=0)
