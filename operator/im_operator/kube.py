@@ -33,6 +33,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("discovery.k8s.io/v1", "EndpointSlice"): "endpointslices",
     ("v1", "Event"): "events",
     ("v1", "Pod"): "pods",

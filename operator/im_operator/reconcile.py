@@ -19,10 +19,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from im_operator import credentials, metrics, ring
-from im_operator.kube import ApiError, Conflict, Kube, Ref
+from im_operator.kube import ApiError, Conflict, Kube, NotFound, Ref
 from im_operator.model import API_VERSION, CLUSTER_LABEL, COMPONENT_LABEL, HTTP_PORT, KIND, Cluster, InvalidSpec
-from im_operator.render import RENDERED_POLICY_KINDS, REPLICAS_HANDOVER_MANAGER, render, replicas_handover
+from im_operator.render import (
+    OPTIONAL_KINDS,
+    RENDERED_POLICY_KINDS,
+    REPLICAS_HANDOVER_MANAGER,
+    render,
+    replicas_handover,
+)
 from im_operator.status import (
+    DEGRADED,
     READY,
     Component,
     Observation,
@@ -206,7 +213,7 @@ class Reconciler:
                 problem = Problem("MissingSecret", "missing " + "; ".join(missing))
                 return await self._finish(imcluster, Observation(cluster.generation, problem))
             roll_on_secret_change(manifests, found)
-            applied = await self._apply(cluster, imcluster, manifests)
+            applied, not_served = await self._apply(cluster, imcluster, manifests)
             published, members = await self._publish_ring(cluster, imcluster)
         except OwnerGone as exc:
             log.info("%s/%s was deleted during its pass (at %s): stopped", cluster.namespace, cluster.name, exc)
@@ -237,6 +244,7 @@ class Reconciler:
             ready_members=members,
             pod_rings=await self._pod_rings(cluster),
             pod_problems=await self._pod_problems(cluster, components),
+            not_served=[not_served_message(m) for m in not_served],
         )
         return await self._finish(imcluster, seen)
 
@@ -268,6 +276,8 @@ class Reconciler:
                 await self._event(imcluster, "Warning", seen.problem.reason, seen.problem.message)
             elif condition["type"] == READY and condition["status"] == "True":
                 await self._event(imcluster, "Normal", "Ready", condition["message"])
+            elif condition["type"] == DEGRADED and condition["status"] == "True" and seen.problem is None:
+                await self._event(imcluster, "Warning", condition["reason"], condition["message"])
 
     async def _event(self, imcluster: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event about the IMCluster, posted directly: kopf's own poster only works inside its handlers,
@@ -386,17 +396,31 @@ class Reconciler:
 
     async def _apply(
         self, cluster: Cluster, imcluster: Mapping[str, Any], manifests: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Apply the children and prune the ones no longer rendered. Returns the applied children as the API server
+        answered, and the rendered ones left out because the API server does not serve their kind (OPTIONAL_KINDS:
+        a listing answered 404, so there is nothing of that kind to prune either)."""
         existing: dict[tuple[str, str], dict[str, Any]] = {}
+        unserved: set[tuple[str, str]] = set()
         selector = f"{CLUSTER_LABEL}={cluster.name}"
         for api_version, kind in CHILD_KINDS:
-            for obj in await self.kube.list_objects(api_version, kind, cluster.namespace, selector=selector):
+            try:
+                found = await self.kube.list_objects(api_version, kind, cluster.namespace, selector=selector)
+            except NotFound:
+                if (api_version, kind) not in OPTIONAL_KINDS:
+                    raise
+                unserved.add((api_version, kind))
+                continue
+            for obj in found:
                 obj.setdefault("apiVersion", api_version)  # the API server leaves it out of a list's items
                 existing[(kind, obj["metadata"]["name"])] = obj
         created: list[str] = []
         updated: list[str] = []
         applied: list[dict[str, Any]] = []
+        not_served = [m for m in manifests if (m["apiVersion"], m["kind"]) in unserved]
         for manifest in manifests:
+            if (manifest["apiVersion"], manifest["kind"]) in unserved:
+                continue
             ref = Ref.of(manifest)
             before = existing.get((ref.kind, ref.name))
             if before is None:
@@ -425,7 +449,7 @@ class Reconciler:
             if names:
                 log.info("%s/%s: %s %s", cluster.namespace, cluster.name, reason.lower(), ", ".join(names))
                 await self._event(imcluster, "Normal", reason, f"{reason.lower()} {', '.join(names)}")
-        return applied
+        return applied, not_served
 
     async def _publish_ring(
         self, cluster: Cluster, imcluster: Mapping[str, Any]
@@ -478,6 +502,16 @@ class Reconciler:
         log.info("%s/%s: ring version %d: %s", cluster.namespace, cluster.name, wanted.version, joined)
         await self._event(imcluster, "Normal", "RingPublished", f"ring version {wanted.version}: {joined}")
         return wanted
+
+
+def not_served_message(manifest: Mapping[str, Any]) -> str:
+    """Why a rendered child of an optional kind was not applied, and what makes it appear."""
+    api_version, kind = manifest["apiVersion"], manifest["kind"]
+    field, crds = OPTIONAL_KINDS[(api_version, kind)]
+    return (
+        f"{field}: the API server does not serve {api_version} {kind}, so {Ref.of(manifest)} is not applied; "
+        f"install {crds} and the next pass applies it"
+    )
 
 
 def _pod_templates(manifests: Iterable[Mapping[str, Any]]) -> Iterable[dict[str, Any]]:

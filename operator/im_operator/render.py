@@ -121,13 +121,20 @@ DELIVERY_SCALE_DOWN_WINDOW_S = 600
 DELIVERY_SCALE_DOWN_PERIOD_S = 300
 # The field manager that keeps a Deployment's replicas while they pass from the operator to an autoscaler.
 REPLICAS_HANDOVER_MANAGER = "courier-replicas-handover"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+HTTP_ROUTE = (f"{GATEWAY_API_GROUP}/v1", "HTTPRoute")
 # The kinds beyond workloads, Services and ConfigMaps that render() may produce (and the reconcile prunes).
 RENDERED_POLICY_KINDS = (
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("networking.k8s.io/v1", "Ingress"),
+    HTTP_ROUTE,
 )
+# Those of them from APIs a cluster serves only once their CRDs are installed (the platform's choice, not ours): the
+# reconcile applies them only where served, and pruning skips a kind whose API is not there. Each with the spec field
+# that asks for it and what to install.
+OPTIONAL_KINDS = {HTTP_ROUTE: ("spec.gateway.httpRoute", "the Gateway API CRDs (standard channel, v1.0 or newer)")}
 
 
 def render(
@@ -156,8 +163,11 @@ def render(
     children.append(pod.deployment("gateway", "gateway", gateway, default_replicas=2))
     children.append(gateway_service(cluster, gateway.get("service") or {}))
     children.extend(_scaling(cluster, "gateway", gateway, default_replicas=2))
+    port = int((gateway.get("service") or {}).get("port", 80))
     if gateway.get("ingress"):
-        children.append(ingress(cluster, gateway["ingress"], int((gateway.get("service") or {}).get("port", 80))))
+        children.append(ingress(cluster, gateway["ingress"], port))
+    if gateway.get("httpRoute"):
+        children.append(http_route(cluster, gateway["httpRoute"], port))
     for service in SERVICES:
         settings = (spec.get("services") or {}).get(service) or {}
         children.append(pod.deployment(service, service, settings, default_replicas=1))
@@ -967,6 +977,31 @@ def ingress(cluster: Cluster, settings: Mapping[str, Any], port: int) -> Manifes
     if annotations:
         metadata["annotations"] = dict(sorted(annotations.items()))
     return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
+
+
+def http_route(cluster: Cluster, settings: Mapping[str, Any], port: int) -> Manifest:
+    """An HTTPRoute (Gateway API) from the listeners of the given Gateways to the gateway Service, for the path prefix.
+    TLS has no place here: it terminates at the Gateway's HTTPS listener, with the certificate Secret that listener
+    names (which cert-manager's gateway-shim fills when the Gateway carries an issuer annotation)."""
+    parents = []
+    for ref in settings["parentRefs"]:
+        parent = {"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": str(ref["name"])}
+        parent.update((key, str(ref[key])) for key in ("namespace", "sectionName") if ref.get(key))
+        parents.append(parent)
+    spec: dict[str, Any] = {"parentRefs": parents}
+    if settings.get("hostnames"):
+        spec["hostnames"] = [str(host) for host in settings["hostnames"]]
+    spec["rules"] = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": str(settings.get("path") or "/")}}],
+            "backendRefs": [{"group": "", "kind": "Service", "name": cluster.child("gateway"), "port": port}],
+        }
+    ]
+    metadata = cluster.metadata(cluster.child("gateway"), "gateway")
+    if settings.get("annotations"):
+        metadata["annotations"] = dict(sorted(settings["annotations"].items()))
+    api_version, kind = HTTP_ROUTE
+    return {"apiVersion": api_version, "kind": kind, "metadata": metadata, "spec": spec}
 
 
 def backend_component(backend: str) -> str:

@@ -127,6 +127,8 @@ class Observation:
     pod_rings: Sequence[PodRing] = ()
     # Why the pods of a component are not ready (a container's waiting reason), for the Degraded message.
     pod_problems: Mapping[str, str] = field(default_factory=dict)
+    # Children the spec asks for whose kind the API server does not serve (why each was left out).
+    not_served: Sequence[str] = ()
 
     @property
     def waiting_for(self) -> list[str]:
@@ -271,6 +273,8 @@ def build_status(
         put(PROGRESSING, False, "Settled", f"generation {seen.generation} is rolled out")
     if stuck:
         put(DEGRADED, True, "RolloutStuck", "rollout not progressing: " + "; ".join(stuck[n] for n in sorted(stuck)))
+    elif seen.not_served:
+        put(DEGRADED, True, "APINotServed", "; ".join(seen.not_served))
     else:
         put(DEGRADED, False, "AsExpected", "no problem seen")
     if seen.ring is not None and seen.ring.members and seen.ring.members == seen.ready_members:

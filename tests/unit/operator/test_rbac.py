@@ -103,6 +103,7 @@ def everything(namespace: str) -> dict[str, Any]:
     manifest["spec"]["gateway"].update(
         autoscaling={"maxReplicas": 6},
         ingress={"host": "chat.example.org", "tls": {"secretName": "chat-tls", "clusterIssuer": "letsencrypt"}},
+        httpRoute={"parentRefs": [{"name": "public", "namespace": "infra"}], "hostnames": ["chat.example.org"]},
     )
     manifest["spec"]["delivery"]["autoscaling"] = {"maxReplicas": 10}
     manifest["spec"]["networkPolicy"] = {"enabled": True}
@@ -137,7 +138,12 @@ async def exercise() -> set[Access]:
     await kube.put({**redis, "data": {"url": "cmVkaXM6Ly94"}})
     await reconciler.reconcile(second)
     left = {f"{kind}/{name}" for (_, kind, _, name) in kube.objects}
-    pruned = {"PodDisruptionBudget/chat-message", "HorizontalPodAutoscaler/chat-gateway", "Ingress/chat-gateway"}
+    pruned = {
+        "PodDisruptionBudget/chat-message",
+        "HorizontalPodAutoscaler/chat-gateway",
+        "Ingress/chat-gateway",
+        "HTTPRoute/chat-gateway",
+    }
     assert not left & pruned, left
     return kube.used
 
@@ -155,6 +161,7 @@ async def test_every_request_of_the_reconcile_is_granted() -> None:
     # The exercise reached what it is meant to: pruning and the optional kinds.
     assert ("policy", "poddisruptionbudgets", "delete") in used
     assert ("networking.k8s.io", "ingresses", "create") in used
+    assert ("gateway.networking.k8s.io", "httproutes", "delete") in used
     assert ("", "secrets", "patch") in used
     assert ("", "pods/proxy", "get") in used
 
