@@ -33,16 +33,24 @@ INTERNAL = ("message", "identity")
 # the gateway's to them, must then pass the policies.
 RESTARTED = ("identity", "conversation", "message")
 CONNECT_TIMEOUT_S = 5.0
-# What the probe prints: "open", "timeout" (no answer to the SYN: dropped), or "error <reason>".
+# Run in the probe pod: one TCP connection to each host:port argument at once; prints {target: outcome} as JSON, the
+# outcome "open", "timeout" (no answer to the SYN: dropped) or "error <reason>".
 CONNECT = """
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("open")
-except TimeoutError:
-    print("timeout")
-except OSError as exc:
-    print("error", exc)
+import concurrent.futures, json, socket, sys
+
+def attempt(target):
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=float(sys.argv[1])).close()
+        return "open"
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return f"error {exc}"
+
+targets = sys.argv[2:]
+with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+    print(json.dumps(dict(zip(targets, pool.map(attempt, targets)))))
 """
 
 
@@ -116,13 +124,6 @@ def network_policies(probe: KindCluster) -> Iterator[KindCluster]:
         set_policies(probe, False)
 
 
-def connect_from_probe(cluster: KindCluster, host: str, port: int) -> str:
-    argv = [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "-n", cluster.namespace, "exec", PROBE, "--",
-            "python", "-c", CONNECT, host, str(port), str(CONNECT_TIMEOUT_S)]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else f"kubectl exec failed: {proc.stderr.strip()}"
-
-
 def targets(cluster: KindCluster, components: tuple[str, ...]) -> dict[str, tuple[str, int]]:
     """For each component, its Service and one of its pods, with the port each serves on:
     {"redis service": ("chat-redis", 6379), "redis pod": ("10.244.0.12", 6379), ...}."""
@@ -149,7 +150,15 @@ def pod_port(pod: dict[str, Any], service_port: dict[str, Any]) -> int:
 
 
 def reachable(cluster: KindCluster, found: dict[str, tuple[str, int]]) -> dict[str, str]:
-    return {name: connect_from_probe(cluster, host, port) for name, (host, port) in found.items()}
+    """What the probe pod gets when it connects to each target, all at once: {"redis pod": "timeout", ...}."""
+    addresses = {name: f"{host}:{port}" for name, (host, port) in found.items()}
+    argv = [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "-n", cluster.namespace, "exec", PROBE, "--",
+            "python", "-c", CONNECT, str(CONNECT_TIMEOUT_S), *addresses.values()]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        return dict.fromkeys(found, f"kubectl exec failed: {proc.stderr.strip()}")
+    outcomes: dict[str, str] = json.loads(proc.stdout)
+    return {name: outcomes[address] for name, address in addresses.items()}
 
 
 def test_without_policies_a_pod_without_couriers_labels_reaches_backends_services_and_gateway(
