@@ -54,19 +54,18 @@ with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
 """
 
 
-def enforcer(command: str) -> None:
-    run([sys.executable, str(COURIER_KIND), command, "--name", "courier-e2e"], timeout=3600)
+def enforcer(command: str, cluster: KindCluster) -> None:
+    run([sys.executable, str(COURIER_KIND), command, "--name", cluster.name], timeout=3600)
 
 
 @pytest.fixture(scope="module")
 def enforced(kind_cluster: KindCluster) -> Iterator[KindCluster]:
     """The cluster with the NetworkPolicy enforcer judging every new connection of its pods."""
-    assert kind_cluster.name == "courier-e2e"
-    enforcer("netpol")
+    enforcer("netpol", kind_cluster)
     try:
         yield kind_cluster
     finally:
-        enforcer("netpol-down")
+        enforcer("netpol-down", kind_cluster)
 
 
 @pytest.fixture(scope="module")
