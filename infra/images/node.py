@@ -419,25 +419,34 @@ def ensure_node_image() -> str:
 # ---------------------------------------------------------------------------------------------------- kind
 
 
+def go_install(package: str, target: Path, name: str) -> float:
+    """`go install <package>@<version>` (static, stripped), its binary moved to `target`; returns seconds.
+
+    The binary is named after the package's last element (sigs.k8s.io/kind -> kind); output in images/<name>.log."""
+    log(f"go install {package}")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"courier-{name}-") as tmp:
+        work = Path(tmp)
+        (work / "gotmp").mkdir()
+        env = {**kube.go_env(work / "gotmp"), "GOBIN": str(work / "bin")}
+        env["GOFLAGS"] = "-buildvcs=false"  # `go install pkg@version` builds in module mode on its own terms
+        argv = [go_tool(), "install", "-trimpath", "-ldflags=-s -w", package]
+        run(argv, cwd=work, env=env, timeout=3600, log_file=imagelib.images_dir() / f"{name}.log")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        built = package.split("@")[0].rsplit("/", 1)[1]
+        shutil.move(work / "bin" / built, target.with_suffix(".partial"))
+        os.replace(target.with_suffix(".partial"), target)
+    return time.monotonic() - started
+
+
 def ensure_kind() -> Path:
     """kind KIND_VERSION, built with `go install` into the cache; returns the binary's path."""
     target = imagelib.cache_root() / f"kind-{KIND_VERSION}" / "kind"
     with imagelib.file_lock("kind"):
         if target.exists():
             return target
-        log(f"go install sigs.k8s.io/kind@{KIND_VERSION}")
-        started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="courier-kind-") as tmp:
-            work = Path(tmp)
-            (work / "gotmp").mkdir()
-            env = {**kube.go_env(work / "gotmp"), "GOBIN": str(work / "bin")}
-            env["GOFLAGS"] = "-buildvcs=false"  # `go install pkg@version` builds in module mode on its own terms
-            argv = [go_tool(), "install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kind@{KIND_VERSION}"]
-            run(argv, cwd=work, env=env, timeout=3600, log_file=imagelib.images_dir() / "kind.log")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(work / "bin" / "kind", target.with_suffix(".partial"))
-            os.replace(target.with_suffix(".partial"), target)
-        log(f"kind {KIND_VERSION} built in {time.monotonic() - started:.0f}s")
+        seconds = go_install(f"sigs.k8s.io/kind@{KIND_VERSION}", target, "kind")
+        log(f"kind {KIND_VERSION} built in {seconds:.0f}s")
     return target
 
 
