@@ -625,7 +625,10 @@ async def test_a_commit_waiting_on_a_lock_holds_back_only_its_own_conversation(
     with migrated_database(server, tmp_path_factory.mktemp("lanes")) as url:
         async with clean_engine(url) as engine:
             store = SqlMessageStore(engine)
-            stalled, free = new_id(), new_id()
+            # The free conversation's key sorts after the stalled one's: InnoDB's duplicate check of an insert
+            # locks the next key of the unique index, and two ids made in one millisecond come in either order,
+            # so half the time the free conversation's insert would wait on the held row as its neighbour.
+            stalled, free = sorted((new_id(), new_id()))
             async with engine.connect() as other:
                 holder = await other.begin()
                 await other.execute(messages.insert(), [_columns(message(stalled, 1))])
