@@ -1,7 +1,8 @@
 """The relational store shared by the services: one SQLAlchemy ``MetaData`` and engine creation.
 
 Each service declares its own tables on ``metadata`` in its ``adapters/sql.py``. The embedded mode
-uses SQLite (aiosqlite); the distributed mode MySQL/MariaDB or PostgreSQL through the same tables.
+uses SQLite (the aiosqlite dialect over ``inline_sqlite``, and for ``write_sync`` a synchronous engine on
+the same file); the distributed mode MySQL/MariaDB or PostgreSQL through the same tables.
 """
 
 from __future__ import annotations
@@ -11,24 +12,28 @@ import logging
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from services.common import inline_sqlite
 from services.common.errors import Unavailable
 
 log = logging.getLogger("courier.db")
+
+T = TypeVar("T")
 
 metadata = MetaData(
     naming_convention={
@@ -60,6 +65,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 SQLITE_POOL_SIZE = 16
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -75,29 +81,15 @@ def create_engine(url: str) -> AsyncEngine:
         database = make_url(url).database or ""
         engine = create_async_engine(
             url,
-            async_creator=inline_sqlite.creator(database, timeout_s=30),
+            async_creator=inline_sqlite.creator(database, timeout_s=SQLITE_BUSY_TIMEOUT_S),
             pool_size=SQLITE_POOL_SIZE,
             max_overflow=0,
             pool_timeout=60,
             hide_parameters=True,
         )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-            # Autocommit as the driver sees it (inline_sqlite connects so): the "begin" listener below says how.
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            # A transaction that may write takes the write lock when it starts: a deferred one that
-            # reads and then writes fails at once with SQLITE_BUSY when another one did the same. A
-            # read-only one (``reading``) runs deferred: in WAL mode it neither waits for nor holds it.
-            read_only = conn.get_execution_options().get(_READ_ONLY, False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
+        _configure_sqlite(engine.sync_engine)
+        if database and database != ":memory:" and not database.startswith("file:"):
+            _add_sync_twin(engine, database)
         return engine
     # READ COMMITTED, as PostgreSQL has by default: MySQL's REPEATABLE READ takes gap locks on every
     # search of an index, and two logins deleting a missing row then inserting into the same gap deadlock.
@@ -110,6 +102,59 @@ def create_engine(url: str) -> AsyncEngine:
         isolation_level="READ COMMITTED",
         hide_parameters=True,
     )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+        # Autocommit as the driver sees it (connections are opened so): the "begin" listener below says how.
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # A transaction that may write takes the write lock when it starts: a deferred one that
+        # reads and then writes fails at once with SQLITE_BUSY when another one did the same. A
+        # read-only one (``reading``) runs deferred: in WAL mode it neither waits for nor holds it.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+# A synchronous engine on the same SQLite file as an async one, for ``write_sync``.
+_SYNC_TWINS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _add_sync_twin(engine: AsyncEngine, database: str) -> None:
+    """SQLAlchemy's asyncio layer costs most of a short statement's CPU even when the driver answers
+    at once (inline_sqlite): a greenlet per ``execute`` and a switch per driver call. A hot path of
+    several statements runs through this engine instead, on the loop's thread like the async one.
+    It is disposed of with the async engine."""
+    twin = sa_create_engine(
+        f"sqlite:///{database}",
+        poolclass=QueuePool,
+        creator=lambda: sqlite3.connect(
+            database, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        ),
+        pool_size=2,
+        max_overflow=0,
+        pool_timeout=60,
+        hide_parameters=True,
+    )
+    _configure_sqlite(twin)
+    _SYNC_TWINS[engine.sync_engine] = twin
+
+    @event.listens_for(engine.sync_engine, "engine_disposed")
+    def _dispose_twin(_engine: Any) -> None:
+        twin.dispose()
+
+
+def statement_engines(engine: AsyncEngine) -> list[Engine]:
+    """The engines whose connections run ``engine``'s statements (for event listeners): its own, and on
+    a SQLite file the synchronous twin ``write_sync`` uses."""
+    twin = _SYNC_TWINS.get(engine.sync_engine)
+    return [engine.sync_engine] if twin is None else [engine.sync_engine, twin]
 
 
 def is_deadlock(exc: BaseException | None) -> bool:
@@ -195,6 +240,20 @@ async def writing(engine: AsyncEngine, what: str) -> AsyncIterator[AsyncConnecti
     """A transaction that may write, committed on success; an outage is ``Unavailable``."""
     async with outage_is_unavailable(what), _writer_turn(engine), engine.begin() as conn:
         yield conn
+
+
+async def write_sync(engine: AsyncEngine, what: str, work: Callable[[Connection], T]) -> T:
+    """``work`` in a transaction that may write, committed when it returns (as ``writing``), on a
+    synchronous connection: for paths of several statements, which then pay SQLAlchemy's asyncio
+    adaptation once, or on a SQLite file not at all (its synchronous twin, on the loop's thread, in
+    this process's turn of writers). On a server ``work`` runs through ``run_sync``."""
+    twin = _SYNC_TWINS.get(engine.sync_engine)
+    if twin is None:
+        async with writing(engine, what) as conn:
+            return await conn.run_sync(work)
+    async with outage_is_unavailable(what), _writer_turn(engine):
+        with twin.begin() as conn:
+            return work(conn)
 
 
 @asynccontextmanager

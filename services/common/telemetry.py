@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
+from services.common import db
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -146,7 +148,8 @@ def instrument_engine(engine: AsyncEngine) -> None:
 
     usage = get_meter("courier.sqlalchemy").create_up_down_counter("db.client.connections.usage")
     sql_tracer = _state.provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
-    EngineTracer(sql_tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+    for statements in db.statement_engines(engine):  # on SQLite, the group commit's synchronous engine too
+        EngineTracer(sql_tracer, statements, usage)  # type: ignore[no-untyped-call]
     _state.engines.add(id(engine.sync_engine))
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import event, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.clock import utcnow
-from services.common.db import create_engine, sessionmaker
+from services.common.db import create_engine, sessionmaker, statement_engines
 from services.conversation.adapters.sql import SqlConversationStore, conversations_table, members_table
 from services.message.adapters.sql import SqlMessageStore, messages, read_cursors
 from tests.integration.test_sql_support import SERVER_BACKENDS, migrated_database, run_async
@@ -128,10 +128,12 @@ async def captured(database: str) -> AsyncIterator[Captured]:
     engine = create_engine(database)
     seen = Captured(engine)
 
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
         if not statement.lstrip().upper().startswith("EXPLAIN"):
             seen.statements.append((statement, parameters))
+
+    for statements in statement_engines(engine):
+        event.listen(statements, "before_cursor_execute", record)
 
     try:
         yield seen

@@ -48,7 +48,7 @@ async def test_the_seq_read_holds_back_exactly_the_conversations_the_rule_names(
             ]
             await conn.execute(outbox_rows.insert(), rows)
         async with engine.connect() as conn:
-            _, blocked = await _heads(conn, list(cases), lease=(MINE, NOW))
+            _, blocked = await conn.run_sync(_heads, list(cases), lease=(MINE, NOW))
     expected = {
         cid
         for cid, waiting in cases.items()

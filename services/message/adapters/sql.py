@@ -37,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -168,23 +168,23 @@ def _sender_cursors(events: list[Message]) -> list[dict[str, Any]]:
     return [{"conversation_id": cid, "user_id": uid, "read_seq": seq} for (cid, uid), seq in cursors.items()]
 
 
-async def _apply_replace(conn: AsyncConnection, replace: Message) -> None:
+def _apply_replace(conn: Connection, replace: Message) -> None:
     """A recall or edit rewrites the message it targets in the same transaction as its own event."""
     changed = _columns(replace)
-    await conn.execute(
+    conn.execute(
         update(messages)
         .where(messages.c.message_id == replace.message_id)
         .values(content=changed["content"], recalled=replace.recalled, edited=replace.edited)
     )
 
 
-async def _advance_reads(conn: AsyncConnection, cursors: list[dict[str, Any]]) -> None:
+def _advance_reads(conn: Connection, cursors: list[dict[str, Any]]) -> None:
     """Upsert cursors (distinct keys), each keeping the larger seq (the dialects spell upsert differently).
 
     One statement of one row executed for many (the driver's executemany), not one multi-row statement:
     a multi-row INSERT changes shape with the number of rows, and each shape is compiled anew.
     """
-    await conn.execute(_CURSOR_UPSERTS[conn.dialect.name], cursors)
+    conn.execute(_CURSOR_UPSERTS[conn.dialect.name], cursors)
 
 
 # Text, not the dialects' insert constructs: those have no cache key, so every execution compiled them again.
@@ -209,14 +209,14 @@ _CURSOR_UPSERTS["mariadb"] = _CURSOR_UPSERTS["mysql"]
 MAX_SEQS_CHUNK = 256
 
 
-async def _max_seqs(conn: AsyncConnection, conversation_ids: Collection[str]) -> dict[str, int]:
+def _max_seqs(conn: Connection, conversation_ids: Collection[str]) -> dict[str, int]:
     """The highest stored seq of each conversation that has one."""
-    seqs, _ = await _heads(conn, conversation_ids)
+    seqs, _ = _heads(conn, conversation_ids)
     return seqs
 
 
-async def _heads(
-    conn: AsyncConnection, conversation_ids: Collection[str], *, lease: tuple[str, datetime] | None = None
+def _heads(
+    conn: Connection, conversation_ids: Collection[str], *, lease: tuple[str, datetime] | None = None
 ) -> tuple[dict[str, int], set[str]]:
     """The highest stored seq of each conversation that has one; with ``lease`` (a token and now), also
     the conversations with a row in the outbox that is not leased to that token and live.
@@ -234,7 +234,7 @@ async def _heads(
         params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(chunk)}
         if lease is not None:
             params["token"], params["now"] = lease
-        for row in await conn.execute(_heads_statement(size, blockers=lease is not None), params):
+        for row in conn.execute(_heads_statement(size, blockers=lease is not None), params):
             if row.seq is not None:
                 seqs[row.conversation_id] = int(row.seq)
             if lease is not None and row.blocked:
@@ -279,25 +279,69 @@ _MINE = (
 )
 
 
-async def _insert_outbox(conn: AsyncConnection, rows: list[dict[str, Any]], token: str | None) -> list[int | None]:
+def _insert_outbox(conn: Connection, rows: list[dict[str, Any]], token: str | None) -> list[int | None]:
     """Insert the rows in order; the ids of those leased to ``token``, None for the others.
 
     A multi-row insert numbers its rows in the order given, so the k rows of a conversation leased here
     take the conversation's k highest ids leased to the token, in order (nobody else writes the token)."""
     if token is None:
-        await conn.execute(_INSERT_OUTBOX, rows)
+        conn.execute(_INSERT_OUTBOX, rows)
         return [None] * len(rows)
     mine = Counter(row["conversation_id"] for row in rows if row["lease_token"] == token)
     if conn.dialect.insert_executemany_returning:
-        found = (await conn.execute(_INSERT_OUTBOX_RETURNING, rows)).all()
+        found = conn.execute(_INSERT_OUTBOX_RETURNING, rows).all()
     else:  # MySQL: no RETURNING; the token's rows of those conversations, earlier ones included
-        await conn.execute(_INSERT_OUTBOX, rows)
-        found = (await conn.execute(_MINE, {"conversation_ids": list(mine), "token": token})).all()
+        conn.execute(_INSERT_OUTBOX, rows)
+        found = conn.execute(_MINE, {"conversation_ids": list(mine), "token": token}).all()
     ids: dict[str, list[int]] = {}
     for outbox_id, cid in sorted(found):
         ids.setdefault(cid, []).append(int(outbox_id))
     new = {cid: deque(ids[cid][-count:]) for cid, count in mine.items()}
     return [new[row["conversation_id"]].popleft() if row["lease_token"] == token else None for row in rows]
+
+
+def _set_read(conversation_id: str, user_id: str, seq: int, conn: Connection) -> int:
+    """Advance the user's read cursor of the conversation to ``seq`` unless it is past it; its value now."""
+    _advance_reads(conn, [{"conversation_id": conversation_id, "user_id": user_id, "read_seq": seq}])
+    query = select(read_cursors.c.read_seq).where(
+        read_cursors.c.conversation_id == conversation_id, read_cursors.c.user_id == user_id
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def _write_batch(
+    batch: list[Draft], conn: Connection, *, token: str | None, lease_s: float
+) -> tuple[list[Message], list[dict[str, Any]], list[int | None]]:
+    """The group commit's statements: each draft takes its conversation's next seq, in batch order; the
+    events, their outbox rows, and the ids of the rows leased to ``token`` (None for the sweep's).
+
+    Only committed rows are visible to the seq read, so a seq is committed only right after the one
+    before it: no gap, even when a process dies mid-commit. Two processes that read the same maximum
+    insert the same seq, and the unique key refuses the later one (``IntegrityError``)."""
+    now = utcnow()
+    # With the seqs, the conversations whose new rows must wait for the sweep: those with a row still
+    # waiting that this relay does not hold. Those rows go out first, in order (docs/design.md 3.3).
+    highest, blocked = _heads(
+        conn, [draft.conversation_id for draft in batch], lease=None if token is None else (token, now)
+    )
+    events = []
+    for draft in batch:
+        cid = draft.conversation_id
+        highest[cid] = highest.get(cid, 0) + 1
+        events.append(draft.build(highest[cid]))
+    direct = set() if token is None else set(highest) - blocked
+    conn.execute(_INSERT_MESSAGES, [_columns(event) for event in events])
+    for draft in batch:
+        if draft.replace is not None:
+            _apply_replace(conn, draft.replace)
+    lease = None if token is None else (token, now + timedelta(seconds=lease_s))
+    rows = [
+        _outbox_row(event, draft, now, lease if event.conversation_id in direct else None)
+        for draft, event in zip(batch, events, strict=True)
+    ]
+    ids = _insert_outbox(conn, rows, token if direct else None)
+    _advance_reads(conn, _sender_cursors(events))
+    return events, rows, ids
 
 
 class SqlMessageStore:
@@ -388,37 +432,13 @@ class SqlMessageStore:
         return event
 
     async def _commit(self, batch: list[Draft]) -> list[Message]:
-        """One transaction for the batch: each draft takes its conversation's next seq, in batch order.
-
-        Only committed rows are visible to the seq read, so a seq is committed only right after the one
-        before it: no gap, even when a process dies mid-commit. Two processes that read the same maximum
-        insert the same seq, and the unique key refuses the later one (``IntegrityError``)."""
-        now = utcnow()
+        """One transaction for the batch (``_write_batch``), its leased outbox rows then handed to the publisher."""
         publisher = self._publisher
         token = publisher.lease_token if publisher is not None else None
-        async with self._write() as conn:
-            # With the seqs, the conversations whose new rows must wait for the sweep: those with a row still
-            # waiting that this relay does not hold. Those rows go out first, in order (docs/design.md 3.3).
-            highest, blocked = await _heads(
-                conn, [draft.conversation_id for draft in batch], lease=None if token is None else (token, now)
-            )
-            events = []
-            for draft in batch:
-                cid = draft.conversation_id
-                highest[cid] = highest.get(cid, 0) + 1
-                events.append(draft.build(highest[cid]))
-            direct = set() if token is None else set(highest) - blocked
-            await conn.execute(_INSERT_MESSAGES, [_columns(event) for event in events])
-            for draft in batch:
-                if draft.replace is not None:
-                    await _apply_replace(conn, draft.replace)
-            lease = None if publisher is None or token is None else (token, now + timedelta(seconds=publisher.lease_s))
-            rows = [
-                _outbox_row(event, draft, now, lease if event.conversation_id in direct else None)
-                for draft, event in zip(batch, events, strict=True)
-            ]
-            ids = await _insert_outbox(conn, rows, token if direct else None)
-            await _advance_reads(conn, _sender_cursors(events))
+        lease_s = publisher.lease_s if publisher is not None else 0.0
+        events, rows, ids = await db.write_sync(
+            self._engine, "message", functools.partial(_write_batch, batch, token=token, lease_s=lease_s)
+        )
         if publisher is not None and token is not None:
             committed = [
                 OutboxRecord(outbox_id, row["conversation_id"], row["payload"], row["trace_context"])
@@ -435,7 +455,7 @@ class SqlMessageStore:
 
     async def max_seqs(self, conversation_ids: Collection[str]) -> dict[str, int]:
         async with self._read() as conn:
-            return await _max_seqs(conn, conversation_ids)
+            return await conn.run_sync(_max_seqs, conversation_ids)
 
     async def last_messages(self, conversation_ids: Collection[str]) -> dict[str, Message]:
         heads = await self.max_seqs(conversation_ids)
@@ -465,12 +485,7 @@ class SqlMessageStore:
         return Page(chosen, has_more)
 
     async def set_read(self, conversation_id: str, user_id: str, seq: int) -> int:
-        async with self._write() as conn:
-            await _advance_reads(conn, [{"conversation_id": conversation_id, "user_id": user_id, "read_seq": seq}])
-            query = select(read_cursors.c.read_seq).where(
-                read_cursors.c.conversation_id == conversation_id, read_cursors.c.user_id == user_id
-            )
-            return int((await conn.execute(query)).scalar_one())
+        return await db.write_sync(self._engine, "message", functools.partial(_set_read, conversation_id, user_id, seq))
 
     async def read_seqs(self, user_id: str, conversation_ids: Collection[str]) -> dict[str, int]:
         if not conversation_ids:

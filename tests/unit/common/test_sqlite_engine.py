@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.common.db import create_engine, reading, writing
+from services.common.db import create_engine, reading, statement_engines, write_sync, writing
 
 
 def _journal_mode(path: Path) -> str:
@@ -135,5 +138,62 @@ async def test_a_failed_statement_rolls_its_transaction_back(tmp_path: Path) -> 
             await insert_one_twice()
         async with reading(engine, "test") as conn:
             assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_write_sync_commits_on_return_and_rolls_back_on_a_raise(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}")
+    try:
+        async with writing(engine, "test") as conn:
+            await conn.execute(text("CREATE TABLE t (n INTEGER UNIQUE)"))
+
+        def insert(n: int) -> Callable[[Connection], int]:
+            def work(conn: Connection) -> int:
+                conn.execute(text("INSERT INTO t (n) VALUES (:n)"), {"n": n})
+                return int(conn.execute(text("SELECT count(*) FROM t")).scalar_one())
+
+            return work
+
+        assert await write_sync(engine, "test", insert(1)) == 1
+        with pytest.raises(IntegrityError):
+            await write_sync(engine, "test", lambda conn: (insert(2)(conn), insert(1)(conn)))
+        async with reading(engine, "test") as conn:
+            assert sorted((await conn.execute(text("SELECT n FROM t"))).scalars()) == [1]
+        assert _open_files(tmp_path / "sync.db")
+    finally:
+        await engine.dispose()
+    assert not _open_files(tmp_path / "sync.db")  # the twin's pooled connections are closed with the engine
+
+
+def _open_files(path: Path) -> list[Path]:
+    return [fd for fd in Path("/proc/self/fd").iterdir() if os.path.realpath(fd) == str(path)]
+
+
+async def test_write_sync_and_async_writers_of_one_process_take_turns(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'mixed.db'}")
+    try:
+        assert len(statement_engines(engine)) == 2  # a file: the synchronous twin is there
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE counter (n INTEGER)"))
+            await conn.execute(text("INSERT INTO counter (n) VALUES (0)"))
+
+        def increment_sync(conn: Connection) -> None:
+            n = conn.execute(text("SELECT n FROM counter")).scalar_one()
+            conn.execute(text("UPDATE counter SET n = :n"), {"n": n + 1})
+
+        async def increment(i: int) -> None:
+            if i % 2:
+                await write_sync(engine, "test", increment_sync)
+                return
+            async with writing(engine, "test") as conn:
+                n = (await conn.execute(text("SELECT n FROM counter"))).scalar_one()
+                await asyncio.sleep(0)  # another writer may run now, and must wait for this one
+                await conn.execute(text("UPDATE counter SET n = :n"), {"n": n + 1})
+
+        await asyncio.gather(*(increment(i) for i in range(60)))
+
+        async with reading(engine, "test") as conn:
+            assert (await conn.execute(text("SELECT n FROM counter"))).scalar_one() == 60
     finally:
         await engine.dispose()

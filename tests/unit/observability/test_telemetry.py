@@ -199,7 +199,10 @@ async def test_an_instrumented_engine_traces_statements(spans: InMemorySpanExpor
     try:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+        await db.write_sync(engine, "test", lambda conn: conn.execute(text("SELECT 2")))  # SQLite's synchronous twin
     finally:
         await engine.dispose()
     statements = [s for s in spans.get_finished_spans() if s.attributes and s.attributes.get("db.system") == "sqlite"]
-    assert "SELECT 1" in [s.attributes.get("db.statement") for s in statements if s.attributes]
+    traced = [s.attributes.get("db.statement") for s in statements if s.attributes]
+    assert "SELECT 1" in traced
+    assert "SELECT 2" in traced
