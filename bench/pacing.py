@@ -41,7 +41,10 @@ class Pacer:
         done = self.fired + self.skipped
         if now < self._at(done):
             return 0
-        due_through = int((now - self.start) * self.rate) + 1  # events 0..due_through-1 are due
+        # Events 0..due_through-1 are due. Event `done` is due by the test above, even where rounding puts
+        # (now - start) * rate a hair below `done`: without the max, nothing would fire and next_at would stay
+        # in the past, and a caller that fires until next_at is ahead of now would spin forever.
+        due_through = max(int((now - self.start) * self.rate) + 1, done + 1)
         overdue = due_through - done
         allowed = max(1, int(self.max_lag_s * self.rate))
         if overdue > allowed:

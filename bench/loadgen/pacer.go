@@ -19,7 +19,10 @@ func (p *pacer) due(now float64) int {
 	if now < p.at(done) {
 		return 0
 	}
-	overdue := int((now-p.start)*p.rate) + 1 - done
+	// Event `done` is due by the test above, even where rounding puts (now-start)*rate a hair below
+	// `done`: without the max nothing would fire, nextAt would stay in the past, and runStep, which
+	// fires until nextAt is ahead of now, would spin forever.
+	overdue := max(int((now-p.start)*p.rate)+1, done+1) - done
 	allowed := max(1, int(p.maxLag*p.rate))
 	if overdue > allowed {
 		p.skipped += overdue - allowed

@@ -43,3 +43,15 @@ async def test_run_paced_fires_the_scheduled_number_of_events_on_a_fake_clock() 
     await run_paced(Pacer(4.0, start=0.0), fire, until=2.0, clock=lambda: now[0], sleep=sleep)
     assert sum(count for _, count in fired) == 8  # 0, 0.25, ..., 1.75
     assert [at for at, _ in fired] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+
+
+def test_an_event_due_exactly_now_fires_whatever_the_rounding() -> None:
+    # Event 33433 is due at start + 33433/100.0, but (due - start) * 100.0 rounds to a hair below 33433: the
+    # pacer must still fire it, or a caller that fires until next_at is ahead of now never gets there.
+    start, rate, index = 134.36424411240122, 100.0, 33433
+    pacer = Pacer(rate, start=start, max_lag_s=1e9)
+    pacer.fired = index
+    now = pacer.next_at()
+    assert int((now - start) * rate) + 1 == index  # the rounding this is about
+    assert pacer.due(now) == 1
+    assert pacer.next_at() > now
