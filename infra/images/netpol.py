@@ -13,14 +13,11 @@ ensure_image() returns courier-netpol:<version>-<key>; manifest(image) the objec
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 from pathlib import Path
 
 import imagelib
 import node
-from imagelib import docker, log
 
 VERSION = "v0.8.0"
 MODULE = "sigs.k8s.io/kube-network-policies"
@@ -32,30 +29,14 @@ NAMESPACE = "kube-system"
 DAEMONSET = "courier-netpol"
 
 
-def cache_dir() -> Path:
-    return imagelib.cache_root() / f"kube-network-policies-{VERSION}"
-
-
 def ensure_binary() -> Path:
     """kube-network-policies VERSION (its cmd package), built with `go install` when missing; returns its path."""
-    target = cache_dir() / "kube-network-policies"
-    with imagelib.file_lock("kube-network-policies"):
-        if target.exists():
-            return target
-        seconds = node.go_install(f"{MODULE}/cmd@{VERSION}", target, "kube-network-policies")
-        record = {"module": f"{MODULE}@{VERSION}", "seconds": round(seconds, 1)}
-        (cache_dir() / "built.json").write_text(json.dumps(record, indent=2) + "\n")
-        log(f"kube-network-policies {VERSION} built in {seconds:.0f}s")
-    return target
+    return node.ensure_go_program(MODULE, f"{MODULE}/cmd", VERSION, "kube-network-policies")
 
 
 def image_ref(base: str) -> str:
     """courier-netpol:<version>-<key>: the key covers netpol/, this file and the base image."""
-    digest = hashlib.sha256(VERSION.encode())
-    digest.update(node.sources_digest(NETPOL_DIR).encode())
-    digest.update(Path(__file__).read_bytes())
-    digest.update(docker("image", "inspect", "--format", "{{.Id}}", base).strip().encode())
-    return f"{REPOSITORY}:{VERSION}-{digest.hexdigest()[:10]}"
+    return f"{REPOSITORY}:{VERSION}-{node.image_key(VERSION, NETPOL_DIR, __file__, base)}"
 
 
 def ensure_image() -> str:

@@ -375,13 +375,19 @@ def wait_for_containerd(container: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def image_key(versions: object, directory: Path, module: str, base: str) -> str:
+    """Ten hex digits for an image's tag, which change with `versions` (anything JSON writes), the files under
+    `directory`, the Python module that builds the image (its __file__) and the base image."""
+    digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode())
+    digest.update(sources_digest(directory).encode())
+    digest.update(Path(module).read_bytes())
+    digest.update(docker("image", "inspect", "--format", "{{.Id}}", base).strip().encode())
+    return digest.hexdigest()[:10]
+
+
 def node_ref(base: str) -> str:
     """courier-kind-node:<version>-<key>: the key covers the versions, node/, this file and the base image."""
-    digest = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
-    digest.update(sources_digest(NODE_DIR).encode())
-    digest.update(Path(__file__).read_bytes())
-    digest.update(docker("image", "inspect", "--format", "{{.Id}}", base).strip().encode())
-    return f"{NODE_REPOSITORY}:{KUBE_VERSION}-{digest.hexdigest()[:10]}"
+    return f"{NODE_REPOSITORY}:{KUBE_VERSION}-{image_key(versions(), NODE_DIR, __file__, base)}"
 
 
 def remove_older_node_images(keep: str) -> None:
@@ -437,6 +443,30 @@ def go_install(package: str, target: Path, name: str) -> float:
         shutil.move(work / "bin" / built, target.with_suffix(".partial"))
         os.replace(target.with_suffix(".partial"), target)
     return time.monotonic() - started
+
+
+def ensure_go_program(module: str, package: str, version: str, binary: str) -> Path:
+    """`package` (a main package of `module`) at `version`, built into <cache>/<module's last element>-<version>/
+    <binary> when missing, with built.json beside it (what was built, in how many seconds); returns the binary's path.
+
+    It is built in a throw-away module that requires `module` (courier-kube's go_build), not with `go install
+    <package>@<version>`: that asks the module proxy for the module's list of versions too, which the proxy refuses
+    for some modules (sigs.k8s.io/prometheus-adapter) while it serves the version itself."""
+    name = module.rsplit("/", 1)[1]
+    home = imagelib.cache_root() / f"{name}-{version}"
+    target = home / binary
+    with imagelib.file_lock(name):
+        if target.exists():
+            return target
+        log(f"building {package}@{version} (a cold build takes minutes)")
+        try:
+            seconds = kube.go_build(name, {module: version}, {}, [package], home, binary)
+        except kube.KubeError as exc:
+            raise ImageError(str(exc)) from exc
+        record = {"module": f"{module}@{version}", "seconds": round(seconds, 1)}
+        (home / "built.json").write_text(json.dumps(record, indent=2) + "\n")
+        log(f"{name} {version} built in {seconds:.0f}s")
+    return target
 
 
 def ensure_kind() -> Path:
