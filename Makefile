@@ -10,6 +10,8 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
+# Go modules of our own that `make lint` formats and vets: the load generator, and the metrics pipeline's pod-targets.
+GO_DIRS := bench/loadgen infra/images/metrics/pod-targets
 
 .PHONY: help setup dev test test-unit test-system test-browser test-integration lint fmt typecheck check \
 	browser-deps clean infra-up infra-down up down kube-up kube-down operator-local image kind-up kind-down \
@@ -101,12 +103,12 @@ e2e: setup ## a kind cluster of real pods: images built here, helm install, the 
 bench: setup ## every load scenario against courier dev and make up: one table, and which targets the run met
 	$(BIN)/python -m bench all --short --dev --up --rates 20,500,1000 --find-max --members 10000 --group-messages 5
 
-lint: setup ## ruff lint and format check, import contracts, gofmt and go vet of the Go load generator
+lint: setup ## ruff lint and format check, import contracts, gofmt and go vet of our Go modules
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	@test -z "$$(gofmt -l bench/loadgen)" || { gofmt -l bench/loadgen; echo "gofmt: format bench/loadgen"; exit 1; }
-	cd bench/loadgen && GOFLAGS=-mod=readonly go vet ./...
+	@test -z "$$(gofmt -l $(GO_DIRS))" || { gofmt -l $(GO_DIRS); echo "gofmt: format $(GO_DIRS)"; exit 1; }
+	for dir in $(GO_DIRS); do (cd $$dir && GOFLAGS=-mod=readonly go vet ./...) || exit 1; done
 
 fmt: setup ## format the code
 	$(BIN)/ruff format .

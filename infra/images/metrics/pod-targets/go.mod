@@ -1,0 +1,3 @@
+module courier.invalid/pod-targets
+
+go 1.22
