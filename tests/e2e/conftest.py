@@ -9,6 +9,7 @@ COURIER_E2E_KEEP=1 leaves the cluster running after the session (for a look with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -84,6 +85,19 @@ class KindCluster:
     def get(self, *args: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.kubectl("get", "-o", "json", *args))
         return result
+
+
+@contextlib.contextmanager
+def added(addition: str, cluster: KindCluster) -> Iterator[KindCluster]:
+    """The cluster with one of courier-kind's additions to it for the block (`courier-kind netpol`, `metrics`):
+    installed first, removed (`courier-kind <addition>-down`) after, also when installing failed half way. A cold
+    cache builds its image first: up to an hour."""
+    courier_kind = [sys.executable, str(COURIER_KIND)]
+    try:
+        run([*courier_kind, addition, "--name", cluster.name], timeout=3600)
+        yield cluster
+    finally:
+        run([*courier_kind, f"{addition}-down", "--name", cluster.name], timeout=900)
 
 
 @pytest.fixture(scope="session")

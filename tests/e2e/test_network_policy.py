@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import COURIER_KIND, KindCluster, run
+from tests.e2e.conftest import KindCluster, added
 from tests.e2e.test_operator_pods import ready, wait
 from tests.e2e.test_protocol import connect
 from tests.support.client import Api
@@ -54,18 +53,11 @@ with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
 """
 
 
-def enforcer(command: str, cluster: KindCluster) -> None:
-    run([sys.executable, str(COURIER_KIND), command, "--name", cluster.name], timeout=3600)
-
-
 @pytest.fixture(scope="module")
 def enforced(kind_cluster: KindCluster) -> Iterator[KindCluster]:
     """The cluster with the NetworkPolicy enforcer judging every new connection of its pods."""
-    enforcer("netpol", kind_cluster)
-    try:
-        yield kind_cluster
-    finally:
-        enforcer("netpol-down", kind_cluster)
+    with added("netpol", kind_cluster) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")

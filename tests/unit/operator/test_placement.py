@@ -8,10 +8,11 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from im_operator.kube import FIELD_MANAGER
-from im_operator.render import REPLICAS_HANDOVER_MANAGER, render, replicas_handover
+from im_operator.render import CONNECTIONS_METRIC, REPLICAS_HANDOVER_MANAGER, render, replicas_handover
 
-from tests.unit.operator.test_render import SCHEMA, by_name, sample
+from tests.unit.operator.test_render import REPO, SCHEMA, by_name, sample
 
 COURIER = ("gateway", "identity", "conversation", "message", "presence", "file", "delivery")
 BACKENDS = ("redis", "kafka", "database", "minio")
@@ -196,6 +197,17 @@ def test_delivery_autoscales_the_imcluster_on_connections_and_scales_down_slowly
     # The StatefulSet keeps the replicas of spec.delivery.replicas, which the autoscaler writes through the scale
     # subresource: the operator is their one writer.
     assert children["StatefulSet/chat-delivery"]["spec"]["replicas"] == 2
+
+
+def test_the_adapter_rule_the_readme_shows_is_the_one_the_e2e_tier_runs() -> None:
+    """operator/README.md gives the prometheus-adapter rule that serves the delivery autoscaler's metric; the kind
+    cluster's metrics pipeline (infra/images/metrics/adapter.yaml), where the autoscaler is tested, runs that rule."""
+    readme = (REPO / "operator" / "README.md").read_text()
+    section = readme[readme.index("## Autoscaling") :]
+    shown = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    shipped = yaml.safe_load((REPO / "infra" / "images" / "metrics" / "adapter.yaml").read_text())
+    assert shown == shipped
+    assert [rule["name"]["matches"] for rule in shipped["rules"]] == [f"^{CONNECTIONS_METRIC}$"]
 
 
 def test_gateway_autoscales_on_cpu_and_then_owns_the_deployments_replicas() -> None:
