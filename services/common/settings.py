@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.collector import YOUNG_THRESHOLD
+
 DEV_SECRET = "courier-dev-insecure-secret-change-me"  # noqa: S105 - refused outside dev mode, replaced in it
 MIN_SECRET_CHARS = 32
 """Shortest secret accepted outside dev mode (e.g. ``openssl rand -hex 32`` makes 64 characters)."""
@@ -227,6 +229,12 @@ class Settings(BaseSettings):
     ack_timeout_s: float = Field(30.0, gt=0, description="Retransmit an unacked push after this long.")
     max_redeliveries: int = Field(5, ge=0, description="Retransmissions before a device is left to sync.")
     presence_ttl_s: float = Field(60.0, gt=0, description="A device without heartbeat for this long is offline.")
+    gc_young_threshold: int = Field(
+        YOUNG_THRESHOLD,
+        ge=100,
+        description="Allocations between two collections of Python's youngest garbage-collector generation "
+        "(Python's default 700 promotes short-lived objects into full collections of the whole heap).",
+    )
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     passwords: PasswordSettings = Field(default_factory=PasswordSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
