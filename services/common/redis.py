@@ -11,7 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.batching import Batcher
@@ -54,7 +54,12 @@ def unavailable(what: str) -> Iterator[None]:
 class ScriptBatcher:
     """Calls of one Lua script made at the same time (every device a push reaches, every frame of a
     burst) sent together in one pipeline (``Batcher``): each caller gets its own reply, and a Redis
-    failure is ``Unavailable`` for every call of that pipeline."""
+    failure is ``Unavailable`` for every call of that pipeline.
+
+    The pipeline is one round trip: each call is an EVALSHA of the script's digest. A pipeline handed the
+    script itself (redis-py's ``script(..., client=pipeline)``) first asks ``SCRIPT EXISTS``, a second round
+    trip for every batch; a server that lost its scripts (restarted, ``SCRIPT FLUSH``) answers NOSCRIPT
+    instead, and those calls run again once the script is loaded."""
 
     def __init__(self, client: Redis, script: AsyncScript, what: str, *, max_batch: int = 256) -> None:
         self._client = client
@@ -67,7 +72,19 @@ class ScriptBatcher:
 
     async def _run(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
         with unavailable(self._what):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    await self._script(keys=keys, args=args, client=pipe)
-                return list(await pipe.execute())
+            replies = await self._evalsha(calls)
+            lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if lost:
+                self._script.sha = await self._client.script_load(self._script.script)
+                for i, reply in zip(lost, await self._evalsha([calls[i] for i in lost]), strict=True):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+
+    async def _evalsha(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
