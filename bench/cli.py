@@ -24,7 +24,7 @@ from bench.table import duration
 from bench.target import REPO, Target, TargetError, from_up, from_url, spawned_dev, spawned_up
 from bench.targets import targets_table
 from bench.users import Pool, UserCache
-from services.common.collector import tune_collector
+from services.common.runtime import tune_collector
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TARGET = "http://127.0.0.1:8080"

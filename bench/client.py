@@ -177,6 +177,19 @@ class Socket:
         )
         return cls(ws, on_frame)
 
+    @classmethod
+    async def open_retrying(cls, ws_url: str, token: str, *, deflate: bool = False, attempts: int = 5) -> Socket:
+        """``open``, tried again after an answer of 503 (a server with no room right now, as while ten thousand
+        sockets connect at once) the way a client retries: after 1, 2, 4... seconds, ``attempts`` times in all."""
+        for attempt in range(attempts - 1):
+            try:
+                return await cls.open(ws_url, token, deflate=deflate)
+            except websockets.InvalidStatus as exc:
+                if exc.response.status_code != 503:
+                    raise
+            await asyncio.sleep(2.0**attempt)
+        return await cls.open(ws_url, token, deflate=deflate)
+
     async def _read(self) -> None:
         try:
             async for raw in self.ws:

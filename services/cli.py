@@ -18,8 +18,8 @@ with its close bounded in time as the legacy one had it."""
 
 def _dev(args: argparse.Namespace) -> int:
     from services.allinone import create_app
-    from services.common.collector import tune_collector
     from services.common.logs import configure_logging
+    from services.common.runtime import settle
     from services.common.settings import Settings
 
     overrides: dict[str, object] = {"mode": "dev"}
@@ -32,7 +32,7 @@ def _dev(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     log_config = configure_logging("all", args.log_level)
     app = create_app(settings)
-    tune_collector(settings.gc_young_threshold)
+    settle(settings.gc_young_threshold)
     print(f"courier dev: serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}/)", flush=True)
     uvicorn.run(
         app,
@@ -55,9 +55,9 @@ def _dev(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.common.collector import tune_collector
     from services.common.hardening import harden
     from services.common.logs import configure_logging
+    from services.common.runtime import settle
     from services.common.settings import Settings
     from services.common.shutdown import DrainingServer
     from services.run import create_service_app, serve_gateway
@@ -71,11 +71,11 @@ def _run(args: argparse.Namespace) -> int:
     settings = harden(Settings(**overrides))  # type: ignore[arg-type]
     print(f"courier run {args.service}: http://{settings.host}:{settings.port}", flush=True)
     if args.service == "gateway":
-        tune_collector(settings.gc_young_threshold)
+        settle(settings.gc_young_threshold)
         asyncio.run(serve_gateway(settings))
         return 0
     app = create_service_app(args.service, settings)
-    tune_collector(settings.gc_young_threshold)
+    settle(settings.gc_young_threshold)
     config = uvicorn.Config(
         app,
         host=settings.host,

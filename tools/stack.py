@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -31,6 +32,10 @@ STATE = REPO / ".courier"
 UP_FILE = STATE / "up.json"
 LOGS = STATE / "logs"
 READY_DEADLINE_S = 90.0
+OPEN_FILES = 65_536
+"""Open files each process of the stack may hold, where this user may allow it (root): a gateway splicing the
+10,000 WebSockets of a large group holds 20,000, past the hard limit of many machines. Every Courier process
+lifts its soft limit to the hard one itself (services/common/runtime.py)."""
 # The stack has fixed ports and shares the infra servers' databases and topics: test runs and benchmarks
 # of any checkout on this machine take turns on this lock before they start one of their own.
 STACK_LOCK = Path("/tmp/courier-stack.lock")  # noqa: S108 - machine-wide on purpose, shared by every checkout
@@ -236,6 +241,7 @@ def up(*, database: str = "mysql", extra_env: dict[str, str] | None = None) -> d
     infra = ensure_infra()
     env = {**environment(infra, database=database), **(extra_env or {})}
     migrate(env)
+    _allow_open_files(OPEN_FILES)
     state = read_up()
     running = {p["name"]: p for p in state.get("processes", []) if _alive(p["pid"]) and _ready(p["port"])}
     processes = []
@@ -254,6 +260,14 @@ def up(*, database: str = "mysql", extra_env: dict[str, str] | None = None) -> d
         print(f"  {p['name']:<13} pid {p['pid']:<7} http://127.0.0.1:{p['port']}  log {p['log']}")
     print(f"courier is up: http://127.0.0.1:8080 (state in {UP_FILE})")
     return state
+
+
+def _allow_open_files(wanted: int) -> None:
+    """Raise the hard limit on open files the processes started from here inherit, if this user may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # not privileged: the processes keep the machine's limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, wanted))
 
 
 def kill(name: str) -> None:

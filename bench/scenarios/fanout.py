@@ -80,7 +80,7 @@ async def run(ctx: Context) -> Result:
         if socket is not None:
             ackers[index], task = Acker.start(socket)
             ack_tasks.append(task)
-    sender = await Socket.open(target.ws_url, users[0].access_token, deflate=options.deflate)
+    sender = await Socket.open_retrying(target.ws_url, users[0].access_token, deflate=options.deflate)
     online = len(receivers.opened)
     tag = secrets.token_hex(4)
     to_last: list[float] = []

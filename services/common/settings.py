@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.collector import YOUNG_THRESHOLD
+from services.common.runtime import YOUNG_THRESHOLD
 
 DEV_SECRET = "courier-dev-insecure-secret-change-me"  # noqa: S105 - refused outside dev mode, replaced in it
 MIN_SECRET_CHARS = 32

@@ -1,4 +1,9 @@
-"""Python's cyclic garbage collector, set for a server that holds many long-lived objects.
+"""What a server process settles once start-up has built it: how many files it may open, and Python's
+cyclic garbage collector, set for a process that holds many long-lived objects.
+
+Every socket is an open file, and a gateway holds two per WebSocket it splices (the client's and the
+delivery node's): the soft limit on open files, often 1,024, is lifted to the hard one, as far as an
+unprivileged process may.
 
 A delivery node keeps a few hundred objects per open WebSocket (its protocol, parser, queues, tasks), so
 at 10,000 sockets the heap holds two million objects. With Python's thresholds (a young collection every
@@ -13,10 +18,28 @@ object graph) is frozen out of every collection, as it lives as long as the proc
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import resource
 
 YOUNG_THRESHOLD = 100_000
 """Allocations between two collections of the youngest generation (Python's default: 700)."""
+
+
+def settle(young_threshold: int = YOUNG_THRESHOLD) -> None:
+    """Called once start-up has built what the process keeps, before it serves."""
+    lift_open_files_limit()
+    tune_collector(young_threshold)
+
+
+def lift_open_files_limit() -> int:
+    """The soft limit on open files raised to the hard one; the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
 
 
 def tune_collector(young_threshold: int = YOUNG_THRESHOLD) -> None:
