@@ -74,13 +74,14 @@ async def run(ctx: Context) -> Result:
 
         return handle
 
+    # The sender first: a gateway at its limit of open files refuses whoever comes last (docs/design.md 7.3).
+    sender = await Socket.open_retrying(target.ws_url, users[0].access_token, deflate=options.deflate)
     receivers = await ramp(ctx, users[1:], handler, what="members")
     ack_tasks = []
     for index, socket in enumerate(receivers.sockets):
         if socket is not None:
             ackers[index], task = Acker.start(socket)
             ack_tasks.append(task)
-    sender = await Socket.open_retrying(target.ws_url, users[0].access_token, deflate=options.deflate)
     online = len(receivers.opened)
     tag = secrets.token_hex(4)
     to_last: list[float] = []

@@ -146,7 +146,8 @@ GATEWAY_SPLICES = Gauge(
 )
 GATEWAY_UPSTREAM_ERRORS = Counter(
     "courier_gateway_upstream_errors_total",
-    "Requests the gateway could not forward because the upstream was unreachable, by upstream.",
+    'Requests the gateway could not forward because the upstream was unreachable, by upstream; upstream="files": '
+    "refused because the gateway was at its limit of open files.",
     ["upstream"],
 )
 RING_VERSION = Gauge(

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -40,6 +41,9 @@ DRAINING_HEADER = b"x-courier-draining"
 # naming it within this time; a node that comes back is used again after it.
 AVOID_S = 30.0
 UPSTREAM_HEAD_TIMEOUT_S = 10.0
+FILES_RESERVED = 256
+"""Open files kept from the connections: the process's own (its logs, Redis, the HTTP app's clients) and the one a
+connection refused for want of files is accepted on."""
 
 
 class Refused(Exception):
@@ -104,6 +108,33 @@ async def _error(writer: asyncio.StreamWriter, status: int, reason: str, code: s
         await writer.drain()
 
 
+class FileBudget:
+    """The open files this process's connections may hold. A spliced WebSocket holds two (the client's socket
+    and the delivery node's), an HTTP connection three (the client's, and both ends of its splice to the HTTP
+    app, which runs in this process). Past the budget a connection is answered 503 at once: left to the soft
+    limit, ``accept`` fails with EMFILE, which asyncio logs for every connection waiting, thousands a second,
+    while nobody gets an answer."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            limit = 1 << 62 if soft == resource.RLIM_INFINITY else max(soft - FILES_RESERVED, 0)
+        self.limit = limit
+        self.used = 0
+
+    @contextlib.contextmanager
+    def hold(self, files: int) -> Iterator[bool]:
+        """Whether ``files`` more fit; if they did, they are held until the block ends."""
+        room = self.used + files <= self.limit
+        if room:
+            self.used += files
+        try:
+            yield room
+        finally:
+            if room:
+                self.used -= files
+
+
 class Front:
     def __init__(
         self,
@@ -114,8 +145,10 @@ class Front:
         http_upstream: tuple[str, int],
         internal_token: str,
         on_splice: Callable[[str], None] | None = None,
+        files: FileBudget | None = None,
     ) -> None:
         self._internal_token = internal_token
+        self.files = files or FileBudget()
         self._ring = ring
         self._tokens = tokens
         self._limiter = limiter
@@ -129,7 +162,7 @@ class Front:
         # runs in this process and looks the client up here, so no header a client could forge (on
         # a kept-alive connection, after the first request) decides its address.
         self.clients: dict[int, str] = {}
-        for upstream in UPSTREAM_OF.values():
+        for upstream in [*UPSTREAM_OF.values(), "files"]:
             GATEWAY_UPSTREAM_ERRORS.labels(upstream)
 
     def client_ip(self, scope_client: tuple[str, int] | None) -> str | None:
@@ -149,6 +182,13 @@ class Front:
             return None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self.files.hold(1) as room:  # the client's socket
+            if room:
+                await self._handle(reader, writer)
+                return
+        await self._full(writer)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if peer else "unknown"
         try:
@@ -164,6 +204,21 @@ class Front:
         ):
             writer.close()
             return
+        # The upstream's socket, and for HTTP the HTTP app's end of it too.
+        with self.files.hold(1 if head.is_websocket() else 2) as room:
+            if room:
+                await self._forward(reader, writer, head, ip)
+                return
+        await self._full(writer)
+
+    async def _full(self, writer: asyncio.StreamWriter) -> None:
+        GATEWAY_UPSTREAM_ERRORS.labels("files").inc()
+        await _error(writer, 503, "Service Unavailable", "unavailable", "the gateway is at its connection limit")
+        writer.close()
+
+    async def _forward(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: RequestHead, ip: str
+    ) -> None:
         extra = {"X-Forwarded-For": ip}
         if head.is_websocket():
             # The delivery node believes the client's address only with the internal token beside it.
