@@ -145,10 +145,9 @@ class Front:
         http_upstream: tuple[str, int],
         internal_token: str,
         on_splice: Callable[[str], None] | None = None,
-        files: FileBudget | None = None,
     ) -> None:
         self._internal_token = internal_token
-        self.files = files or FileBudget()
+        self.files = FileBudget()
         self._ring = ring
         self._tokens = tokens
         self._limiter = limiter
