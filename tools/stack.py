@@ -123,22 +123,38 @@ def write_ring(members: list[str], urls: dict[str, str] | None = None) -> Path:
 
 
 def _ready(port: int) -> bool:
+    return _readiness(port) == "ready"
+
+
+def _readiness(port: int) -> str:
+    """``ready``, or what ``/readyz`` answered instead."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
-            return bool(answer.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+            return "ready" if answer.status == 200 else f"/readyz answered {answer.status}"
+    except urllib.error.HTTPError as error:
+        return f"/readyz answered {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        return f"/readyz unreachable ({error})"
 
 
 def wait_ready(proc: Proc, pid: int, log: Path, deadline_s: float = READY_DEADLINE_S) -> None:
+    """Return once the process is ready; otherwise stop it (a later start must find its port free) and
+    say why, with the end of its log."""
     deadline = time.monotonic() + deadline_s
+    answer = "not asked"
     while time.monotonic() < deadline:
         if not _alive(pid):
-            raise SystemExit(f"{proc.name} exited during start-up; see {log}:\n{log.read_text()[-3000:]}")
-        if _ready(proc.port):
+            raise SystemExit(f"{proc.name} exited during start-up; see {log}:\n{_tail(log)}")
+        answer = _readiness(proc.port)
+        if answer == "ready":
             return
         time.sleep(0.2)
-    raise SystemExit(f"{proc.name} not ready after {deadline_s:.0f}s; see {log}")
+    stop_pid(pid)
+    raise SystemExit(f"{proc.name} not ready after {deadline_s:.0f}s ({answer}); stopped, see {log}:\n{_tail(log)}")
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
 
 
 def _alive(pid: int) -> bool:
