@@ -6,11 +6,13 @@ Two unique constraints carry the guarantees: ``(conversation_id, seq)`` (no seq 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
+import weakref
 from collections import Counter, deque
-from collections.abc import Collection
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,15 +39,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.common import db
+from services.common import db, telemetry
 from services.common.batching import Batcher
 from services.common.clock import utcnow
 from services.common.db import UtcDateTime, metadata
 from services.common.errors import Unavailable
+from services.common.prepared import Prepared
 from services.message.domain import Message, encode_event
 from services.message.ports import (
     ClientMsgIdTaken,
@@ -179,12 +182,9 @@ def _apply_replace(conn: Connection, replace: Message) -> None:
 
 
 def _advance_reads(conn: Connection, cursors: list[dict[str, Any]]) -> None:
-    """Upsert cursors (distinct keys), each keeping the larger seq (the dialects spell upsert differently).
-
-    One statement of one row executed for many (the driver's executemany), not one multi-row statement:
-    a multi-row INSERT changes shape with the number of rows, and each shape is compiled anew.
-    """
-    conn.execute(_CURSOR_UPSERTS[conn.dialect.name], cursors)
+    """Upsert cursors (distinct keys), each keeping the larger seq (the dialects spell upsert differently):
+    one statement of one row executed for many (the driver's executemany)."""
+    _statements(conn.dialect).upsert_cursors.run_many(conn, cursors)
 
 
 # Text, not the dialects' insert constructs: those have no cache key, so every execution compiled them again.
@@ -216,10 +216,15 @@ def _max_seqs(conn: Connection, conversation_ids: Collection[str]) -> dict[str, 
 
 
 def _heads(
-    conn: Connection, conversation_ids: Collection[str], *, lease: tuple[str, datetime] | None = None
+    conn: Connection,
+    conversation_ids: Collection[str],
+    *,
+    lease: tuple[str, datetime] | None = None,
+    prepared: bool = False,
 ) -> tuple[dict[str, int], set[str]]:
     """The highest stored seq of each conversation that has one; with ``lease`` (a token and now), also
-    the conversations with a row in the outbox that is not leased to that token and live.
+    the conversations with a row in the outbox that is not leased to that token and live. ``prepared``:
+    on the driver's cursor (the group commit), else through Core (reads, which Core's events observe).
 
     One max() per conversation, each answered from the end of the (conversation_id, seq) index: a
     GROUP BY over an IN list reads every message of those conversations on PostgreSQL."""
@@ -227,19 +232,29 @@ def _heads(
     seqs: dict[str, int] = {}
     blocked: set[str] = set()
     for start in range(0, len(ids), MAX_SEQS_CHUNK):
-        chunk = ids[start : start + MAX_SEQS_CHUNK]
-        # Padded to a power of two by repeating the last id, so a handful of statements serve every batch size.
-        size = 1 << (len(chunk) - 1).bit_length()
-        chunk += chunk[-1:] * (size - len(chunk))
+        chunk = _padded(ids[start : start + MAX_SEQS_CHUNK])
+        size = len(chunk)
         params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(chunk)}
         if lease is not None:
             params["token"], params["now"] = lease
-        for row in conn.execute(_heads_statement(size, blockers=lease is not None), params):
-            if row.seq is not None:
-                seqs[row.conversation_id] = int(row.seq)
-            if lease is not None and row.blocked:
-                blocked.add(row.conversation_id)
+        blockers = lease is not None
+        rows: Iterable[Sequence[Any]] = (
+            _statements(conn.dialect).heads(size, blockers=blockers).rows(conn, params)
+            if prepared
+            else conn.execute(_heads_statement(size, blockers=blockers), params)
+        )
+        for row in rows:  # conversation_id, seq[, blocked]
+            if row[1] is not None:
+                seqs[row[0]] = int(row[1])
+            if blockers and row[2]:
+                blocked.add(row[0])
     return seqs, blocked
+
+
+def _padded(ids: list[str]) -> list[str]:
+    """Padded to a power of two by repeating the last id, so a handful of statements serve every batch size."""
+    size = 1 << (len(ids) - 1).bit_length()
+    return ids + ids[-1:] * (size - len(ids))
 
 
 @functools.cache
@@ -265,18 +280,63 @@ def _heads_statement(size: int, *, blockers: bool) -> Any:
     return union_all(*heads) if size > 1 else heads[0]
 
 
-# Built once, like every statement of the message path: a statement's cache key is computed per object.
-_INSERT_MESSAGES = messages.insert()
-_INSERT_OUTBOX = outbox_rows.insert()
-_INSERT_OUTBOX_RETURNING = outbox_rows.insert().returning(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
 _DELETE_OUTBOX = outbox_rows.delete().where(outbox_rows.c.outbox_id.in_(bindparam("ids", expanding=True)))
+MESSAGE_COLUMNS = tuple(column.name for column in messages.c)
+OUTBOX_COLUMNS = ("conversation_id", "payload", "created_at", "leased_until", "lease_token", "trace_context")
 
 
-_MINE = (
-    select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
-    .where(outbox_rows.c.conversation_id.in_(bindparam("conversation_ids", expanding=True)))
-    .where(outbox_rows.c.lease_token == bindparam("token"))
-)
+class _CommitStatements:
+    """The group commit's statements for one dialect, each compiled on the first use of its shape and run
+    on the driver's cursor (``Prepared``): Core's work per execution was half of a one-message commit."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.insert_messages = Prepared(messages.insert(), dialect, columns=MESSAGE_COLUMNS)
+        self.insert_outbox = Prepared(outbox_rows.insert(), dialect, columns=OUTBOX_COLUMNS)
+        self.upsert_cursors = Prepared(_CURSOR_UPSERTS[dialect.name], dialect)
+        self._heads: dict[tuple[int, bool], Prepared] = {}
+        self._outbox_returning: dict[int, Prepared] = {}
+        self._mine: dict[int, Prepared] = {}
+
+    def heads(self, size: int, *, blockers: bool) -> Prepared:
+        key = (size, blockers)
+        if key not in self._heads:
+            self._heads[key] = Prepared(_heads_statement(size, blockers=blockers), self.dialect)
+        return self._heads[key]
+
+    def outbox_returning(self, count: int) -> Prepared:
+        """A multi-row insert of ``count`` rows returning their ids, its binds ``<column>_<row>``."""
+        if count not in self._outbox_returning:
+            values = [
+                {name: bindparam(f"{name}_{i}", type_=outbox_rows.c[name].type) for name in OUTBOX_COLUMNS}
+                for i in range(count)
+            ]
+            statement = (
+                outbox_rows.insert().values(values).returning(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id)
+            )
+            self._outbox_returning[count] = Prepared(statement, self.dialect)
+        return self._outbox_returning[count]
+
+    def mine(self, size: int) -> Prepared:
+        """The outbox rows leased to ``token`` of ``size`` conversations, bound as c0, c1, ..."""
+        if size not in self._mine:
+            conversations = [bindparam(f"c{i}", type_=ID) for i in range(size)]
+            statement = select(outbox_rows.c.outbox_id, outbox_rows.c.conversation_id).where(
+                outbox_rows.c.conversation_id.in_(conversations),
+                outbox_rows.c.lease_token == bindparam("token", type_=String(32)),
+            )
+            self._mine[size] = Prepared(statement, self.dialect)
+        return self._mine[size]
+
+
+_STATEMENTS: weakref.WeakKeyDictionary[Dialect, _CommitStatements] = weakref.WeakKeyDictionary()
+
+
+def _statements(dialect: Dialect) -> _CommitStatements:
+    found = _STATEMENTS.get(dialect)
+    if found is None:
+        found = _STATEMENTS[dialect] = _CommitStatements(dialect)
+    return found
 
 
 def _insert_outbox(conn: Connection, rows: list[dict[str, Any]], token: str | None) -> list[int | None]:
@@ -284,15 +344,23 @@ def _insert_outbox(conn: Connection, rows: list[dict[str, Any]], token: str | No
 
     A multi-row insert numbers its rows in the order given, so the k rows of a conversation leased here
     take the conversation's k highest ids leased to the token, in order (nobody else writes the token)."""
+    statements = _statements(conn.dialect)
     if token is None:
-        conn.execute(_INSERT_OUTBOX, rows)
+        statements.insert_outbox.run_many(conn, rows)
         return [None] * len(rows)
     mine = Counter(row["conversation_id"] for row in rows if row["lease_token"] == token)
     if conn.dialect.insert_executemany_returning:
-        found = conn.execute(_INSERT_OUTBOX_RETURNING, rows).all()
+        numbered = {f"{name}_{i}": row[name] for i, row in enumerate(rows) for name in OUTBOX_COLUMNS}
+        found = statements.outbox_returning(len(rows)).rows(conn, numbered)
     else:  # MySQL: no RETURNING; the token's rows of those conversations, earlier ones included
-        conn.execute(_INSERT_OUTBOX, rows)
-        found = conn.execute(_MINE, {"conversation_ids": list(mine), "token": token}).all()
+        statements.insert_outbox.run_many(conn, rows)
+        found = []
+        ids_of = list(mine)
+        for start in range(0, len(ids_of), MAX_SEQS_CHUNK):
+            chunk = _padded(ids_of[start : start + MAX_SEQS_CHUNK])
+            params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(chunk)}
+            params["token"] = token
+            found += statements.mine(len(chunk)).rows(conn, params)
     ids: dict[str, list[int]] = {}
     for outbox_id, cid in sorted(found):
         ids.setdefault(cid, []).append(int(outbox_id))
@@ -322,7 +390,7 @@ def _write_batch(
     # With the seqs, the conversations whose new rows must wait for the sweep: those with a row still
     # waiting that this relay does not hold. Those rows go out first, in order (docs/design.md 3.3).
     highest, blocked = _heads(
-        conn, [draft.conversation_id for draft in batch], lease=None if token is None else (token, now)
+        conn, [draft.conversation_id for draft in batch], lease=None if token is None else (token, now), prepared=True
     )
     events = []
     for draft in batch:
@@ -330,7 +398,7 @@ def _write_batch(
         highest[cid] = highest.get(cid, 0) + 1
         events.append(draft.build(highest[cid]))
     direct = set() if token is None else set(highest) - blocked
-    conn.execute(_INSERT_MESSAGES, [_columns(event) for event in events])
+    _statements(conn.dialect).insert_messages.run_many(conn, [_columns(event) for event in events])
     for draft in batch:
         if draft.replace is not None:
             _apply_replace(conn, draft.replace)
@@ -342,6 +410,15 @@ def _write_batch(
     ids = _insert_outbox(conn, rows, token if direct else None)
     _advance_reads(conn, _sender_cursors(events))
     return events, rows, ids
+
+
+def _commit_span(system: str, size: int) -> AbstractContextManager[Any]:
+    """One span for a group commit when tracing is on: its statements run on the driver's cursor, out of
+    sight of the SQLAlchemy instrumentation that traces every other statement."""
+    if not telemetry.is_enabled():
+        return contextlib.nullcontext()
+    attributes: dict[str, str | int] = {"db.system": system, "db.operation": "message commit", "courier.messages": size}
+    return telemetry.tracer(__name__).start_as_current_span("message commit", attributes=attributes)
 
 
 class SqlMessageStore:
@@ -436,9 +513,10 @@ class SqlMessageStore:
         publisher = self._publisher
         token = publisher.lease_token if publisher is not None else None
         lease_s = publisher.lease_s if publisher is not None else 0.0
-        events, rows, ids = await db.write_sync(
-            self._engine, "message", functools.partial(_write_batch, batch, token=token, lease_s=lease_s)
-        )
+        with _commit_span(self._engine.dialect.name, len(batch)):
+            events, rows, ids = await db.write_sync(
+                self._engine, "message", functools.partial(_write_batch, batch, token=token, lease_s=lease_s)
+            )
         if publisher is not None and token is not None:
             committed = [
                 OutboxRecord(outbox_id, row["conversation_id"], row["payload"], row["trace_context"])
