@@ -12,7 +12,7 @@ What this path leaves out, on purpose: Core's engine events (``before_cursor_exe
 statement spans of OpenTelemetry's SQLAlchemy instrumentation; the caller traces the work as a whole) and
 result processing (rows come back as the driver's tuples, so only statements whose columns need no
 conversion belong here). A driver error is raised as Core raises it (``IntegrityError``, ``OperationalError``
-... with ``orig``), and a connection the driver reports lost is invalidated, as Core does.
+... with ``orig``), and a connection the driver reports lost is not used again.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ class Prepared:
         try:
             yield cursor
         except dbapi.Error as error:
+            # A lost connection is said so; the rollback of the failed transaction then fails on it too and
+            # Core invalidates it there, so the pool does not hand it out again.
             lost = self._dialect.is_disconnect(error, dbapi_connection, cursor)
-            if lost:
-                conn.invalidate(error)
             raise sa_exc.DBAPIError.instance(
                 self.sql,
                 None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, create_engine, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from services.common.db import UtcDateTime
 from services.common.prepared import Prepared
@@ -71,3 +71,21 @@ def test_a_constraint_violation_is_cores_integrity_error_and_the_transaction_rol
     assert "same" not in str(refused.value)  # parameters are kept out of the message
     with engine.connect() as conn:
         assert conn.execute(select(notes)).all() == []
+
+
+def test_a_connection_the_driver_reports_lost_is_invalidated_and_not_handed_out_again(engine: Engine) -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    insert = Prepared(notes.insert(), engine.dialect, columns=COLUMNS)
+
+    def on_a_closed_connection() -> None:
+        with engine.begin() as conn:
+            conn.connection.dbapi_connection.close()  # type: ignore[union-attr]  # as a server going away would
+            insert.run(conn, {"note_id": 1, "body": "lost", "at": at, "pinned": False})
+
+    with pytest.raises(DBAPIError) as lost:
+        on_a_closed_connection()
+    assert lost.value.connection_invalidated
+    with engine.begin() as conn:  # the pool opens a new connection
+        insert.run(conn, {"note_id": 2, "body": "kept", "at": at, "pinned": False})
+    with engine.connect() as conn:
+        assert conn.execute(select(notes.c.body)).scalars().all() == ["kept"]
