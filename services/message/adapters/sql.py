@@ -11,7 +11,7 @@ import functools
 import secrets
 import weakref
 from collections import Counter, deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
@@ -228,16 +228,13 @@ def _heads(
 
     One max() per conversation, each answered from the end of the (conversation_id, seq) index: a
     GROUP BY over an IN list reads every message of those conversations on PostgreSQL."""
-    ids = list(dict.fromkeys(conversation_ids))
     seqs: dict[str, int] = {}
     blocked: set[str] = set()
-    for start in range(0, len(ids), MAX_SEQS_CHUNK):
-        chunk = _padded(ids[start : start + MAX_SEQS_CHUNK])
-        size = len(chunk)
-        params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(chunk)}
+    blockers = lease is not None
+    for params in _bound_conversations(conversation_ids):
+        size = len(params)
         if lease is not None:
             params["token"], params["now"] = lease
-        blockers = lease is not None
         rows: Iterable[Sequence[Any]] = (
             _statements(conn.dialect).heads(size, blockers=blockers).rows(conn, params)
             if prepared
@@ -251,10 +248,15 @@ def _heads(
     return seqs, blocked
 
 
-def _padded(ids: list[str]) -> list[str]:
-    """Padded to a power of two by repeating the last id, so a handful of statements serve every batch size."""
-    size = 1 << (len(ids) - 1).bit_length()
-    return ids + ids[-1:] * (size - len(ids))
+def _bound_conversations(conversation_ids: Collection[str]) -> Iterator[dict[str, Any]]:
+    """The distinct ids, at most ``MAX_SEQS_CHUNK`` at a time, bound as c0, c1, ...: each chunk padded to a
+    power of two by repeating its last id, so a handful of statements serve every batch size."""
+    ids = list(dict.fromkeys(conversation_ids))
+    for start in range(0, len(ids), MAX_SEQS_CHUNK):
+        chunk = ids[start : start + MAX_SEQS_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += chunk[-1:] * (size - len(chunk))
+        yield {f"c{i}": cid for i, cid in enumerate(chunk)}
 
 
 @functools.cache
@@ -355,12 +357,10 @@ def _insert_outbox(conn: Connection, rows: list[dict[str, Any]], token: str | No
     else:  # MySQL: no RETURNING; the token's rows of those conversations, earlier ones included
         statements.insert_outbox.run_many(conn, rows)
         found = []
-        ids_of = list(mine)
-        for start in range(0, len(ids_of), MAX_SEQS_CHUNK):
-            chunk = _padded(ids_of[start : start + MAX_SEQS_CHUNK])
-            params: dict[str, Any] = {f"c{i}": cid for i, cid in enumerate(chunk)}
+        for params in _bound_conversations(mine):
+            size = len(params)
             params["token"] = token
-            found += statements.mine(len(chunk)).rows(conn, params)
+            found += statements.mine(size).rows(conn, params)
     ids: dict[str, list[int]] = {}
     for outbox_id, cid in sorted(found):
         ids.setdefault(cid, []).append(int(outbox_id))
