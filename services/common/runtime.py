@@ -32,14 +32,12 @@ def settle(young_threshold: int = YOUNG_THRESHOLD) -> None:
     tune_collector(young_threshold)
 
 
-def lift_open_files_limit() -> int:
-    """The soft limit on open files raised to the hard one; the soft limit now."""
+def lift_open_files_limit() -> None:
+    """The soft limit on open files raised to the hard one (the gateway's ``FileBudget`` reads it after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            return hard
-    return soft
 
 
 def tune_collector(young_threshold: int = YOUNG_THRESHOLD) -> None:
