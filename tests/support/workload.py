@@ -17,9 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
 import websockets
 
 from services.common.ring import Ring
+from tests.harness.infra import read_infra
 from tests.support.client import Api, Device, User
 
 SEND_TIMEOUT_S = 10.0
@@ -69,6 +71,15 @@ async def _user_on(api: Api, ring: Ring, node: str, pools: dict[str, list[User]]
         user = await api.register("f")
         pools.setdefault(ring.node_for(user.user_id), []).append(user)
     return pools[node].pop()
+
+
+async def routed_nodes(user: User) -> set[str]:
+    """The delivery nodes holding the user's sockets right now, by the route table in the stack's Redis."""
+    client = aioredis.from_url(read_infra()["services"]["redis"]["url"], decode_responses=True)
+    try:
+        return {str(node) for node in await client.hvals(f"courier:route:{user.user_id}")}
+    finally:
+        await client.aclose()
 
 
 async def keep_receiving(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:

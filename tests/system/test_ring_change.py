@@ -7,12 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from services.common.ring import Ring
-from tests.harness.infra import read_infra
 from tests.support.client import Api, Device, User
 from tests.support.server import RunningServer, run_stack
+from tests.support.workload import routed_nodes
 from tests.system.conftest import SYSTEM_ENV
 from tools import stack
 
@@ -40,14 +39,6 @@ async def _user_on(api: Api, node: str) -> User:
             return user
 
 
-async def _routes(user: User) -> set[str]:
-    client = aioredis.from_url(read_infra()["services"]["redis"]["url"])
-    try:
-        return {v.decode() for v in await client.hvals(f"courier:route:{user.user_id}")}
-    finally:
-        await client.aclose()
-
-
 async def _gateway_routes_by(api: Api, members: int) -> None:
     """Until the gateway has loaded a ring of ``members`` nodes. Each process re-reads the ring file on its own
     schedule: the node that lost the user may hear of the change before the gateway, which would still send the
@@ -69,7 +60,7 @@ async def test_losing_node_asks_its_users_to_reconnect_and_they_land_on_the_new_
     d_old = await Device.connect(cluster.ws_url, mover)
     try:
         await d_old.request({"type": "ping"}, answer="pong")
-        assert await _routes(mover) == {"delivery-1"}
+        assert await routed_nodes(mover) == {"delivery-1"}
         stack.write_ring(["delivery-0"])
         hint = await d_old.wait_for(lambda f: f["type"] == "reconnect")
         assert 0 <= hint["after_ms"] <= 5000
@@ -81,7 +72,7 @@ async def test_losing_node_asks_its_users_to_reconnect_and_they_land_on_the_new_
         d_new = await Device.connect(cluster.ws_url, await api.device(mover, "after-move"))
         try:
             await d_new.request({"type": "ping"}, answer="pong")
-            assert "delivery-0" in await _routes(mover)
+            assert "delivery-0" in await routed_nodes(mover)
             after = await d_stayer.send_text(cid, "after the move")
             await d_new.wait_for(lambda f: f["type"] == "message" and f["seq"] == after["seq"])
             reply = await d_new.send_text(cid, "moved fine")
