@@ -7,22 +7,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.clock import utcnow
 from services.common.db import create_engine, sessionmaker, statement_engines
 from services.conversation.adapters.sql import SqlConversationStore, conversations_table, members_table
+from services.identity.adapters.sql import SqlSessionStore, rotated_tokens_table, sessions_table, users_table
 from services.message.adapters.sql import SqlMessageStore, messages, read_cursors
 from tests.integration.test_sql_support import SERVER_BACKENDS, migrated_database, run_async
 
 CONVERSATIONS = 60
 MESSAGES_PER_CONVERSATION = 80
 USERS = 40
+DEVICES_PER_USER = 50
+ROTATIONS_PER_SESSION = 3
 
 
 def conversation_id(n: int) -> str:
@@ -88,15 +91,60 @@ async def populate(url: str) -> None:
                     for u in range(USERS)
                 ],
             )
+            await populate_identity(conn, now)
         async with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 await conn.execute(text("ANALYZE"))
             else:
-                tables = "message_messages, message_read_cursors, conversation_members, conversation_conversations"
+                tables = (
+                    "message_messages, message_read_cursors, conversation_members, conversation_conversations, "
+                    "identity_users, identity_sessions, identity_rotated_tokens"
+                )
                 await conn.exec_driver_sql(f"ANALYZE TABLE {tables}")
             await conn.commit()
     finally:
         await engine.dispose()
+
+
+async def populate_identity(conn: AsyncConnection, now: datetime) -> None:
+    """Every user signed in on many devices, each session refreshed a few times: logins must not scan them."""
+    await conn.execute(
+        insert(users_table),
+        [
+            {
+                "user_id": user_id(u),
+                "username": f"user{u}",
+                "display_name": f"User {u}",
+                "password_hash": "x",
+                "created_at": now,
+            }
+            for u in range(USERS)
+        ],
+    )
+    sessions = [(user_id(u), f"device{d}", f"s{u:04d}{d:03d}") for u in range(USERS) for d in range(DEVICES_PER_USER)]
+    await conn.execute(
+        insert(sessions_table),
+        [
+            {
+                "session_id": session_id,
+                "user_id": user,
+                "device_id": device,
+                "device_name": None,
+                "refresh_hash": f"h{session_id}",
+                "refresh_expires_at": now + timedelta(days=1 if device != "device0" else -1),
+                "created_at": now,
+            }
+            for user, device, session_id in sessions
+        ],
+    )
+    await conn.execute(
+        insert(rotated_tokens_table),
+        [
+            {"token_hash": f"t{session_id}{r}", "session_id": session_id, "expires_at": now + timedelta(days=1)}
+            for _, _, session_id in sessions
+            for r in range(ROTATIONS_PER_SESSION)
+        ],
+    )
 
 
 @pytest.fixture(scope="module", params=SERVER_BACKENDS)
@@ -113,10 +161,12 @@ class Captured:
     engine: AsyncEngine
     statements: list[tuple[str, Any]] = field(default_factory=list)
 
-    async def sent_by(self, call: Callable[[], Awaitable[object]]) -> list[tuple[str, Any]]:
+    async def sent_by(
+        self, call: Callable[[], Awaitable[object]], kinds: tuple[str, ...] = ("SELECT",)
+    ) -> list[tuple[str, Any]]:
         self.statements.clear()
         await call()
-        return [(sql, params) for sql, params in self.statements if sql.lstrip().upper().startswith("SELECT")]
+        return [(sql, params) for sql, params in self.statements if sql.lstrip().upper().startswith(kinds)]
 
     async def plan(self, statement: str, params: Any) -> list[Any]:
         async with self.engine.connect() as conn:
@@ -142,12 +192,17 @@ async def captured(database: str) -> AsyncIterator[Captured]:
 
 
 async def assert_served_by_index(
-    captured: Captured, call: Callable[[], Awaitable[object]], *, key: set[str], in_index_order: bool = True
+    captured: Captured,
+    call: Callable[[], Awaitable[object]],
+    *,
+    key: set[str],
+    in_index_order: bool = True,
+    kinds: tuple[str, ...] = ("SELECT",),
 ) -> None:
-    """Every SELECT ``call`` sends reads its table through one of the indexes ``key``, with no full scan;
-    and with ``in_index_order``, no sort either (the index yields the rows in the order asked)."""
-    statements = await captured.sent_by(call)
-    assert statements, "the call sent no SELECT"
+    """Every SELECT (or statement of ``kinds``) ``call`` sends reads its table through one of the indexes ``key``,
+    with no full scan; and with ``in_index_order``, no sort either (the index yields the rows in the order asked)."""
+    statements = await captured.sent_by(call, kinds)
+    assert statements, f"the call sent no {' or '.join(kinds)}"
     for statement, params in statements:
         await assert_plan_uses_index(captured, statement, params, key=key, in_index_order=in_index_order)
 
@@ -273,3 +328,17 @@ async def test_a_users_conversations_are_found_through_the_members_user_index(ca
         key={"ix_conversation_members_user_id"},
         in_index_order=False,
     )
+
+
+async def test_a_login_deletes_expired_sessions_and_their_tokens_through_indexes(captured: Captured) -> None:
+    # A login first deletes its user's expired sessions: each statement finds its rows through an index, however
+    # many sessions and rotated tokens other users have (a scan of the tokens under lock deadlocked logins).
+    store = SqlSessionStore(sessionmaker(captured.engine))
+    user_sessions = {"uq_identity_sessions_user_id_device_id", "fk_identity_sessions_user_id_identity_users"}
+    by_id = {"PRIMARY", "pk_identity_sessions", "ix_identity_rotated_tokens_session_id"}
+
+    statements = await captured.sent_by(lambda: store.delete_expired(user_id(11), now=utcnow()), ("SELECT", "DELETE"))
+
+    for statement, params in statements:
+        await assert_plan_uses_index(captured, statement, params, key=user_sessions | by_id, in_index_order=False)
+    assert [sql.lstrip().split()[0].upper() for sql, _ in statements] == ["SELECT", "DELETE", "DELETE"]

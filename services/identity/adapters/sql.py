@@ -244,7 +244,15 @@ class SqlSessionStore:
 
     @staticmethod
     async def _delete_where(db: AsyncSession, condition: Any) -> None:
-        """Delete the matching sessions, their rotated tokens first (they reference the session)."""
-        doomed = select(sessions_table.c.session_id).where(condition)
+        """Delete the matching sessions, their rotated tokens first (they reference the session).
+
+        The sessions are read first, locked, and their tokens deleted by session id through its index. MariaDB runs
+        a DELETE whose WHERE is an ``IN (SELECT ...)`` as a scan of the whole token table, locking each row it
+        reads: every login scanned every user's rotated tokens, and concurrent logins deadlocked. The lock keeps a
+        refresh from adding a token to a session being deleted."""
+        found = await db.execute(select(sessions_table.c.session_id).where(condition).with_for_update())
+        doomed = list(found.scalars())
+        if not doomed:
+            return
         await db.execute(delete(rotated_tokens_table).where(rotated_tokens_table.c.session_id.in_(doomed)))
-        await db.execute(delete(sessions_table).where(condition))
+        await db.execute(delete(sessions_table).where(sessions_table.c.session_id.in_(doomed)))
