@@ -165,10 +165,8 @@ class SqlSessionStore:
             try:
                 async with _transaction(self._sessions) as db:
                     await db.execute(lock_user)
-                    replaced: str | None = (
-                        await db.execute(select(sessions_table.c.session_id).where(device))
-                    ).scalar()
-                    await self._delete_where(db, device)
+                    # At most one: (user_id, device_id) is unique.
+                    replaced = next(iter(await self._delete_where(db, device)), None)
                     await db.execute(
                         insert(sessions_table).values(
                             session_id=session.session_id,
@@ -243,8 +241,8 @@ class SqlSessionStore:
             )
 
     @staticmethod
-    async def _delete_where(db: AsyncSession, condition: Any) -> None:
-        """Delete the matching sessions, their rotated tokens first (they reference the session).
+    async def _delete_where(db: AsyncSession, condition: Any) -> list[str]:
+        """Delete the matching sessions, their rotated tokens first (they reference the session); their ids.
 
         The sessions are read first, locked, and their tokens deleted by session id through its index. MariaDB runs
         a DELETE whose WHERE is an ``IN (SELECT ...)`` as a scan of the whole token table, locking each row it
@@ -252,7 +250,7 @@ class SqlSessionStore:
         refresh from adding a token to a session being deleted."""
         found = await db.execute(select(sessions_table.c.session_id).where(condition).with_for_update())
         doomed = list(found.scalars())
-        if not doomed:
-            return
-        await db.execute(delete(rotated_tokens_table).where(rotated_tokens_table.c.session_id.in_(doomed)))
-        await db.execute(delete(sessions_table).where(sessions_table.c.session_id.in_(doomed)))
+        if doomed:
+            await db.execute(delete(rotated_tokens_table).where(rotated_tokens_table.c.session_id.in_(doomed)))
+            await db.execute(delete(sessions_table).where(sessions_table.c.session_id.in_(doomed)))
+        return doomed
