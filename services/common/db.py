@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy import create_engine as sa_create_engine
@@ -213,9 +213,19 @@ async def outage_is_unavailable(what: str) -> AsyncIterator[None]:
     try:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
-        # The client gets a 503 without the cause; the operator needs it.
-        log.warning("the %s database is unavailable: %s", what, exc.__class__.__name__, exc_info=exc)
-        raise Unavailable(f"the {what} database is unavailable; try again") from exc
+        _unavailable(what, exc)
+    except sa_exc.DBAPIError as exc:
+        # PostgreSQL's deadlock comes through asyncpg as the driver's base Error, so as Core's plain DBAPIError: the
+        # transaction was rolled back and may run again, as MySQL's OperationalError deadlock says.
+        if not is_deadlock(exc):
+            raise
+        _unavailable(what, exc)
+
+
+def _unavailable(what: str, exc: BaseException) -> NoReturn:
+    # The client gets a 503 without the cause; the operator needs it.
+    log.warning("the %s database is unavailable: %s", what, exc.__class__.__name__, exc_info=exc)
+    raise Unavailable(f"the {what} database is unavailable; try again") from exc
 
 
 _READ_ONLY = "courier_read_only"

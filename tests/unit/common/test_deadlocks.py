@@ -46,6 +46,19 @@ async def test_a_deadlock_reported_as_unavailable_is_still_recognised() -> None:
     assert not is_deadlock(Unavailable("no database error behind it"))
 
 
+async def test_a_postgresql_deadlock_raised_as_a_plain_driver_error_is_unavailable_too() -> None:
+    # asyncpg's deadlock reaches Core as the driver's base Error, so as a plain DBAPIError, not an OperationalError.
+    with pytest.raises(Unavailable) as raised:
+        async with outage_is_unavailable("test"):
+            raise sa_exc.DBAPIError("INSERT INTO t VALUES (1)", {}, PgError("40P01"))
+    assert is_deadlock(raised.value)
+
+    # Any other driver error is the caller's to see, as it was.
+    with pytest.raises(sa_exc.DBAPIError):
+        async with outage_is_unavailable("test"):
+            raise sa_exc.DBAPIError("INSERT INTO t VALUES (1)", {}, PgError("22001"))
+
+
 async def test_a_database_error_never_carries_the_statement_parameters(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'hidden.db'}")
     try:
