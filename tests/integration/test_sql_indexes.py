@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, text
+from sqlalchemy import delete, event, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.clock import utcnow
@@ -330,15 +331,39 @@ async def test_a_users_conversations_are_found_through_the_members_user_index(ca
     )
 
 
+@asynccontextmanager
+async def _restored(engine: AsyncEngine, user: str) -> AsyncIterator[None]:
+    """Whatever the block deletes of ``user``'s sessions and tokens is put back after it, so the statements it sent
+    can be explained on the rows they found."""
+    async with engine.connect() as conn:
+        of_user = sessions_table.select().where(sessions_table.c.user_id == user)
+        sessions = [r._asdict() for r in await conn.execute(of_user)]
+        ids = [row["session_id"] for row in sessions]
+        tokens = [
+            r._asdict()
+            for r in await conn.execute(rotated_tokens_table.select().where(rotated_tokens_table.c.session_id.in_(ids)))
+        ]
+    yield
+    async with engine.begin() as conn:
+        await conn.execute(delete(rotated_tokens_table).where(rotated_tokens_table.c.session_id.in_(ids)))
+        await conn.execute(delete(sessions_table).where(sessions_table.c.user_id == user))
+        await conn.execute(insert(sessions_table), sessions)
+        await conn.execute(insert(rotated_tokens_table), tokens)
+
+
 async def test_a_login_deletes_expired_sessions_and_their_tokens_through_indexes(captured: Captured) -> None:
-    # A login first deletes its user's expired sessions: each statement finds its rows through an index, however
-    # many sessions and rotated tokens other users have (a scan of the tokens under lock deadlocked logins).
+    # A login first deletes its user's expired sessions (read, locked by id, then deleted with their tokens): each
+    # statement finds its rows through an index, however many sessions and rotated tokens other users have (a scan
+    # of the tokens under lock deadlocked logins).
     store = SqlSessionStore(sessionmaker(captured.engine))
     user_sessions = {"uq_identity_sessions_user_id_device_id", "fk_identity_sessions_user_id_identity_users"}
     by_id = {"PRIMARY", "pk_identity_sessions", "ix_identity_rotated_tokens_session_id"}
 
-    statements = await captured.sent_by(lambda: store.delete_expired(user_id(11), now=utcnow()), ("SELECT", "DELETE"))
+    async with _restored(captured.engine, user_id(11)):
+        statements = await captured.sent_by(
+            lambda: store.delete_expired(user_id(11), now=utcnow()), ("SELECT", "DELETE")
+        )
 
     for statement, params in statements:
         await assert_plan_uses_index(captured, statement, params, key=user_sessions | by_id, in_index_order=False)
-    assert [sql.lstrip().split()[0].upper() for sql, _ in statements] == ["SELECT", "DELETE", "DELETE"]
+    assert [sql.lstrip().split()[0].upper() for sql, _ in statements] == ["SELECT", "SELECT", "DELETE", "DELETE"]

@@ -68,6 +68,10 @@ rotated_tokens_table = Table(
 _IN_CHUNK = 500  # ids per IN (...) list, well under every database's parameter limit
 
 
+# Tries of a transaction the database ended in a deadlock (or, for a login, a clash on its device's key).
+DEADLOCK_ATTEMPTS = 3
+
+
 def _transaction(sessions: async_sessionmaker[AsyncSession]) -> AbstractAsyncContextManager[AsyncSession]:
     return db.transaction(sessions, "identity")
 
@@ -161,7 +165,7 @@ class SqlSessionStore:
         # the user row first makes a user's logins take turns (SQLite's BEGIN IMMEDIATE does already);
         # the retry stays for a key clash all the same.
         lock_user = select(users_table.c.user_id).where(users_table.c.user_id == session.user_id).with_for_update()
-        for attempt in range(3):
+        for attempt in range(DEADLOCK_ATTEMPTS):
             try:
                 async with _transaction(self._sessions) as db:
                     await db.execute(lock_user)
@@ -180,10 +184,10 @@ class SqlSessionStore:
                     )
                 return replaced
             except IntegrityError as exc:
-                if attempt == 2:
+                if attempt == DEADLOCK_ATTEMPTS - 1:
                     raise Conflict("another login on this device is in progress; try again") from exc
             except Unavailable as exc:
-                if attempt == 2 or not is_deadlock(exc):
+                if attempt == DEADLOCK_ATTEMPTS - 1 or not is_deadlock(exc):
                     raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -225,31 +229,40 @@ class SqlSessionStore:
         return True
 
     async def delete(self, session_id: str) -> None:
-        async with _transaction(self._sessions) as db:
-            await self._delete_where(db, sessions_table.c.session_id == session_id)
+        await self._deleting(sessions_table.c.session_id == session_id)
 
     async def delete_device(self, user_id: str, device_id: str) -> None:
-        async with _transaction(self._sessions) as db:
-            await self._delete_where(
-                db, (sessions_table.c.user_id == user_id) & (sessions_table.c.device_id == device_id)
-            )
+        await self._deleting((sessions_table.c.user_id == user_id) & (sessions_table.c.device_id == device_id))
 
     async def delete_expired(self, user_id: str, *, now: datetime) -> None:
-        async with _transaction(self._sessions) as db:
-            await self._delete_where(
-                db, (sessions_table.c.user_id == user_id) & (sessions_table.c.refresh_expires_at <= now)
-            )
+        await self._deleting((sessions_table.c.user_id == user_id) & (sessions_table.c.refresh_expires_at <= now))
+
+    async def _deleting(self, condition: Any) -> None:
+        """``_delete_where`` in a transaction of its own, run again when the database ends it in a deadlock (a
+        user's logins, refreshes and logouts overlap; the deletes leave the same end state however often run)."""
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            try:
+                async with _transaction(self._sessions) as db:
+                    await self._delete_where(db, condition)
+                return
+            except Unavailable as exc:
+                if attempt == DEADLOCK_ATTEMPTS - 1 or not is_deadlock(exc):
+                    raise
 
     @staticmethod
     async def _delete_where(db: AsyncSession, condition: Any) -> list[str]:
         """Delete the matching sessions, their rotated tokens first (they reference the session); their ids.
 
-        The sessions are read first, locked, and their tokens deleted by session id through its index. MariaDB runs
-        a DELETE whose WHERE is an ``IN (SELECT ...)`` as a scan of the whole token table, locking each row it
-        reads: every login scanned every user's rotated tokens, and concurrent logins deadlocked. The lock keeps a
-        refresh from adding a token to a session being deleted."""
-        found = await db.execute(select(sessions_table.c.session_id).where(condition).with_for_update())
-        doomed = list(found.scalars())
+        The sessions are read first, then locked by id (and checked again), and their tokens deleted by session id
+        through its index. MariaDB runs a DELETE whose WHERE is an ``IN (SELECT ...)`` as a scan of the whole token
+        table, locking each row it reads: every login scanned every user's rotated tokens, and concurrent logins
+        deadlocked. The lock keeps a refresh from adding a token to a session being deleted."""
+        candidates = list((await db.execute(select(sessions_table.c.session_id).where(condition))).scalars())
+        if not candidates:
+            return []
+        # Locked by primary key: the read above may scan other users' rows, and a locking scan took their locks.
+        locked = select(sessions_table.c.session_id).where(sessions_table.c.session_id.in_(candidates))
+        doomed = list((await db.execute(locked.where(condition).with_for_update())).scalars())
         if doomed:
             await db.execute(delete(rotated_tokens_table).where(rotated_tokens_table.c.session_id.in_(doomed)))
             await db.execute(delete(sessions_table).where(sessions_table.c.session_id.in_(doomed)))
