@@ -341,6 +341,12 @@ def _statements(dialect: Dialect) -> _CommitStatements:
     return found
 
 
+def returns_inserted(dialect: Dialect) -> bool:
+    """Whether an INSERT can return its rows (``RETURNING``): MariaDB from 10.5, PostgreSQL and SQLite do,
+    MySQL does not. Known once the engine has connected."""
+    return bool(dialect.insert_returning)
+
+
 def _insert_outbox(conn: Connection, rows: list[dict[str, Any]], token: str | None) -> list[int | None]:
     """Insert the rows in order; the ids of those leased to ``token``, None for the others.
 
@@ -351,7 +357,7 @@ def _insert_outbox(conn: Connection, rows: list[dict[str, Any]], token: str | No
         statements.insert_outbox.run_many(conn, rows)
         return [None] * len(rows)
     mine = Counter(row["conversation_id"] for row in rows if row["lease_token"] == token)
-    if conn.dialect.insert_executemany_returning:
+    if returns_inserted(conn.dialect):
         numbered = {f"{name}_{i}": row[name] for i, row in enumerate(rows) for name in OUTBOX_COLUMNS}
         found = statements.outbox_returning(len(rows)).rows(conn, numbered)
     else:  # MySQL: no RETURNING; the token's rows of those conversations, earlier ones included
