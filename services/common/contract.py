@@ -130,7 +130,7 @@ def serve(port: Port, guard: RequireInternal, calls: Sequence[Call[Port, Any, An
 
     Its routes are Starlette's own, not FastAPI's: a call reads and checks its request itself, so
     FastAPI's per-request work (solving the guard as a dependency, wrapping the endpoint) would be
-    spent for nothing, and it was 30 of the 48 us an internal call cost in the app (docs/performance.md 19).
+    spent for nothing: 59 us of CPU per call against 28 (`python -m bench.internal_call`, docs/performance.md 19).
     The app's error handlers still answer whatever a call raises."""
     router = APIRouter(include_in_schema=False)
     for one in calls:
