@@ -1,4 +1,5 @@
-"""``python -m bench.internal_call`` (its ``run``, in the test's loop) runs and prints a figure for each way of serving the call."""
+"""``python -m bench.internal_call`` (its ``run``, in the test's loop) runs and prints a figure for each way of
+serving the call."""
 
 from __future__ import annotations
 
