@@ -132,9 +132,10 @@ def serve(port: Port, guard: RequireInternal, calls: Sequence[Call[Port, Any, An
     FastAPI's per-request work (solving the guard as a dependency, wrapping the endpoint) would be
     spent for nothing: 59 us of CPU per call against 28 (`python -m bench.internal_call`, docs/performance.md 19).
     The app's error handlers still answer whatever a call raises."""
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter()
     for one in calls:
+        endpoint = one.endpoint(port, guard)
         router.routes.append(
-            Route(one.path, one.endpoint(port, guard), methods=[one.method], name=one.answered_by.__name__)
+            Route(one.path, endpoint, methods=[one.method], name=one.answered_by.__name__, include_in_schema=False)
         )
     return router

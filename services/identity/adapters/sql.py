@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Column, ForeignKey, Index, String, Table, UniqueConstraint, delete, insert, select, update
 from sqlalchemy.engine import CursorResult
@@ -67,6 +67,8 @@ rotated_tokens_table = Table(
 
 _IN_CHUNK = 500  # ids per IN (...) list, well under every database's parameter limit
 
+
+T = TypeVar("T")
 
 # Tries of a transaction the database ended in a deadlock (or, for a login, a clash on its device's key).
 DEADLOCK_ATTEMPTS = 3
@@ -165,29 +167,41 @@ class SqlSessionStore:
         # the user row first makes a user's logins take turns (SQLite's BEGIN IMMEDIATE does already);
         # the retry stays for a key clash all the same.
         lock_user = select(users_table.c.user_id).where(users_table.c.user_id == session.user_id).with_for_update()
+
+        async def replace(db: AsyncSession) -> str | None:
+            await db.execute(lock_user)
+            # At most one: (user_id, device_id) is unique.
+            replaced = next(iter(await self._delete_where(db, device)), None)
+            await db.execute(
+                insert(sessions_table).values(
+                    session_id=session.session_id,
+                    user_id=session.user_id,
+                    device_id=session.device_id,
+                    device_name=session.device_name,
+                    refresh_hash=session.refresh_hash,
+                    refresh_expires_at=session.refresh_expires_at,
+                    created_at=session.created_at,
+                )
+            )
+            return replaced
+
+        try:
+            return await self._retried(replace, clash=IntegrityError)
+        except IntegrityError as exc:
+            raise Conflict("another login on this device is in progress; try again") from exc
+
+    async def _retried(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, clash: type[Exception] | None = None
+    ) -> T:
+        """``work`` in a transaction of its own, run again (``DEADLOCK_ATTEMPTS`` in all) when the database ends it
+        in a deadlock or it raises ``clash``; the last attempt's error is the caller's."""
+        retried: tuple[type[Exception], ...] = (Unavailable,) if clash is None else (Unavailable, clash)
         for attempt in range(DEADLOCK_ATTEMPTS):
             try:
                 async with _transaction(self._sessions) as db:
-                    await db.execute(lock_user)
-                    # At most one: (user_id, device_id) is unique.
-                    replaced = next(iter(await self._delete_where(db, device)), None)
-                    await db.execute(
-                        insert(sessions_table).values(
-                            session_id=session.session_id,
-                            user_id=session.user_id,
-                            device_id=session.device_id,
-                            device_name=session.device_name,
-                            refresh_hash=session.refresh_hash,
-                            refresh_expires_at=session.refresh_expires_at,
-                            created_at=session.created_at,
-                        )
-                    )
-                return replaced
-            except IntegrityError as exc:
-                if attempt == DEADLOCK_ATTEMPTS - 1:
-                    raise Conflict("another login on this device is in progress; try again") from exc
-            except Unavailable as exc:
-                if attempt == DEADLOCK_ATTEMPTS - 1 or not is_deadlock(exc):
+                    return await work(db)
+            except retried as exc:
+                if attempt == DEADLOCK_ATTEMPTS - 1 or (isinstance(exc, Unavailable) and not is_deadlock(exc)):
                     raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -238,16 +252,13 @@ class SqlSessionStore:
         await self._deleting((sessions_table.c.user_id == user_id) & (sessions_table.c.refresh_expires_at <= now))
 
     async def _deleting(self, condition: Any) -> None:
-        """``_delete_where`` in a transaction of its own, run again when the database ends it in a deadlock (a
-        user's logins, refreshes and logouts overlap; the deletes leave the same end state however often run)."""
-        for attempt in range(DEADLOCK_ATTEMPTS):
-            try:
-                async with _transaction(self._sessions) as db:
-                    await self._delete_where(db, condition)
-                return
-            except Unavailable as exc:
-                if attempt == DEADLOCK_ATTEMPTS - 1 or not is_deadlock(exc):
-                    raise
+        """``_delete_where`` in a transaction of its own, run again after a deadlock (a user's logins, refreshes and
+        logouts overlap; the deletes leave the same end state however often run)."""
+
+        async def delete_matching(db: AsyncSession) -> None:
+            await self._delete_where(db, condition)
+
+        await self._retried(delete_matching)
 
     @staticmethod
     async def _delete_where(db: AsyncSession, condition: Any) -> list[str]:
