@@ -6,7 +6,8 @@ tests the operator's autoscalers on real pods, it installs this pipeline into th
   - metrics-server, for the resource metrics API (metrics.k8s.io): the pods' CPU, which the gateway's HPA reads;
   - Prometheus, scraping every delivery pod's /metrics each 5 s with `namespace` and `pod` labels;
   - prometheus-adapter, for the custom metrics API (custom.metrics.k8s.io): it answers the delivery HPA's
-    courier_ws_connections with the rule operator/README.md shows ("Autoscaling"), metrics/adapter.yaml here.
+    courier_ws_connections with the rule operator/README.md shows ("Autoscaling"), metrics/adapter.yaml here. It
+    runs in Prometheus's pod and asks it on 127.0.0.1 (pipeline.yaml says why).
 metrics-server and prometheus-adapter are built from the Go module proxy. Prometheus is the binary of Debian's
 package that infra/courier-prometheus fetches for the dashboard tests. Debian builds it without Kubernetes service
 discovery (kubernetes_sd_configs is not there), so it finds the pods through HTTP service discovery from
@@ -35,7 +36,7 @@ METRICS_DIR = imagelib.HERE / "metrics"
 PROMETHEUS_SCRIPT = imagelib.REPO / "infra" / "courier-prometheus"
 REPOSITORY = "courier-metrics"
 NAMESPACE = "courier-metrics"
-DEPLOYMENTS = ("metrics-server", "prometheus", "prometheus-adapter")
+DEPLOYMENTS = ("metrics-server", "prometheus")
 # Each Go program: (module, main package, version, binary).
 METRICS_SERVER = ("sigs.k8s.io/metrics-server", "sigs.k8s.io/metrics-server/cmd/metrics-server", "v0.8.0",
                   "metrics-server")  # fmt: skip

@@ -487,6 +487,10 @@ def kind_config(*, host_port: int = NODE_PORT, ports: Mapping[int, int] | None =
     - disableDefaultCNI: the node's baked bridge config is the pod network (kind's own CNI image is not there);
       podSubnet matches it.
     - imageRepository: kubeadm's images under the name they were loaded as.
+    - enable-aggregator-routing: the API server reaches an aggregated API (the metrics pipeline's) at its Service's
+      endpoints, not through the Service's address. A connection to that address opened before kube-proxy routes it
+      leaves the node; this machine's network answers it (with 404), and the API server keeps that connection for
+      its later availability checks, so the APIService never became Available (CI, once in several runs).
     - failCgroupV1: false and SystemVerification ignored: kubelet 1.35 refuses cgroup v1 unless told, and kubeadm's
       preflight fails on it (a cgroup v2 host needs neither, and is not hurt by them).
     """
@@ -512,6 +516,9 @@ nodes:
   - |
     kind: ClusterConfiguration
     imageRepository: "{IMAGE_REPOSITORY}"
+    apiServer:
+      extraArgs:
+        enable-aggregator-routing: "true"
   - |
     kind: InitConfiguration
     nodeRegistration:
