@@ -36,8 +36,17 @@ CLUSTER_NAME = "courier-e2e"
 UP_TIMEOUT_S = 3600
 
 
-def run(argv: list[str], *, timeout: float = 300, stdin: str | None = None) -> str:
+class Pending(Exception):
+    """A command failed the way run()'s `pending` said it may while what it asks about is not there yet; the
+    message is its stderr."""
+
+
+def run(argv: list[str], *, timeout: float = 300, stdin: str | None = None, pending: str | None = None) -> str:
+    """The command's stdout; a failure fails the test, except one whose stderr holds `pending`: that raises
+    Pending, for a wait to go on through."""
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0 and pending is not None and pending in proc.stderr:
+        raise Pending(proc.stderr.strip())
     if proc.returncode != 0:
         pytest.fail(f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc.stdout
@@ -75,9 +84,9 @@ class KindCluster:
     kubectl_bin: str = ""
     helm_bin: str = ""
 
-    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 300, pending: str | None = None) -> str:
         return run([self.kubectl_bin, f"--kubeconfig={self.kubeconfig}", "-n", self.namespace, *args], stdin=stdin,
-                   timeout=timeout)  # fmt: skip
+                   timeout=timeout, pending=pending)  # fmt: skip
 
     def helm(self, *args: str, timeout: float = 900) -> str:
         return run([self.helm_bin, f"--kubeconfig={self.kubeconfig}", "-n", self.namespace, *args], timeout=timeout)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shlex
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 import pytest
 
 from services.common.ring import Ring
-from tests.e2e.conftest import KindCluster, added
+from tests.e2e.conftest import KindCluster, Pending, added
 from tests.e2e.test_operator_pods import ready, wait
 from tests.e2e.test_protocol import ws_url
 from tests.e2e.test_rollout import pods_loaded_ring
@@ -97,15 +95,11 @@ def connections(cluster: KindCluster) -> dict[str, float] | str:
     """courier_ws_connections of each delivery pod, as the custom metrics API (prometheus-adapter) serves it; or the
     API's NotFound while the adapter knows no series of it yet (Prometheus has not scraped a delivery pod since the
     pod, or the pipeline, started; the adapter relists its series every 15 s)."""
-    argv = [cluster.kubectl_bin, f"--kubeconfig={cluster.kubeconfig}", "get", "--raw",
-            CONNECTIONS_API.format(cluster.namespace)]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    if proc.returncode != 0 and "(NotFound)" in proc.stderr:
-        return proc.stderr.strip()
-    if proc.returncode != 0:
-        pytest.fail(f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    served = json.loads(proc.stdout)
-    return {item["describedObject"]["name"]: quantity(item["value"]) for item in served["items"]}
+    try:
+        raw = cluster.kubectl("get", "--raw", CONNECTIONS_API.format(cluster.namespace), pending="(NotFound)")
+    except Pending as not_yet:
+        return str(not_yet)
+    return {item["describedObject"]["name"]: quantity(item["value"]) for item in json.loads(raw)["items"]}
 
 
 @pytest.fixture
