@@ -12,6 +12,7 @@ The operator runs as the chart's ServiceAccount under the chart's RBAC (watchNam
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,7 +52,31 @@ def serves_http_routes(kube: Cluster, where: str) -> bool:
 
 
 def remove_gateway_api(kube: Cluster, where: str) -> None:
-    kube.kubectl("delete", "crd", *GATEWAY_API_CRD_NAMES, "--ignore-not-found", "--wait=true", "--timeout=120s")
+    """Delete the Gateway API CRDs and wait until they are gone and no HTTPRoute is served.
+
+    Deleting CRDs of one API group rebuilds that group's handlers, and the API server's CRD finalizer may then find a
+    sibling's storage "(re)initializing": it marks the CRD Terminating (InstanceDeletionFailed) and retries with an
+    exponential back-off, which on a loaded machine has outlasted two minutes. A CRD reporting that is annotated, an
+    update that has the finalizer try again at once."""
+    kube.kubectl("delete", "crd", *GATEWAY_API_CRD_NAMES, "--ignore-not-found", "--wait=false")
+
+    def deleted() -> tuple[bool, Any]:
+        terminating = {}
+        for name in GATEWAY_API_CRD_NAMES:
+            crd = kube.find("crd", name)
+            if crd is None:
+                continue
+            terminating[name] = condition(crd, "Terminating")
+            if terminating[name].get("reason") == "InstanceDeletionFailed":
+                again = f"courier.test/finalize-again={time.time_ns()}"
+                try:
+                    kube.kubectl("annotate", "--overwrite", "crd", name, again)
+                except CommandFailed as refused:
+                    if "NotFound" not in refused.output:  # else deleted since it was read
+                        raise
+        return not terminating, terminating
+
+    wait_until("the Gateway API CRDs to be deleted", deleted)
     wait_until("the API server to stop serving HTTPRoutes", lambda: (not serves_http_routes(kube, where), None))
 
 
