@@ -11,6 +11,14 @@ With ``in_flight=n`` up to n batches are out at once, each taken when a slot fre
 round trip no longer holds back everything that arrived behind it. Batches may then complete in
 any order; with a ``key``, the items of one key are never in two batches at once, so they are still
 flushed in their order, one batch after the other, while other keys use the other slots.
+
+With ``interval_s`` batches leave at most that often: a batch due sooner after the one before waits
+out the rest of the interval, and what arrives meanwhile joins it. A flush whose cost is mostly fixed
+(a transaction's begin and commit) then runs fewer times under load, for at most ``interval_s`` of
+added wait; idle, a submission still leaves at once, as the previous batch left long before. With a
+``key``, a batch waits only while items of more than one key are about (queued, or in the batch before):
+the items of one key alone are most often one caller's, each submitted when the one before was answered,
+so a wait would gather nothing into its batch and only cap that caller at one item per interval.
 """
 
 from __future__ import annotations
@@ -40,11 +48,14 @@ class Batcher(Generic[T, R]):
         max_batch: int = 256,
         in_flight: int = 1,
         key: Callable[[T], Hashable] | None = None,
+        interval_s: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
+        if interval_s < 0:
+            raise ValueError("interval_s must not be negative")
         self._flush = flush
         self._max_batch = max_batch
         self._in_flight = in_flight
@@ -54,6 +65,9 @@ class Batcher(Generic[T, R]):
         self._running = 0  # senders started and not ended
         self._starting = False  # a sender was started and has not taken its first batch yet
         self._busy: set[Hashable] = set()  # the keys of the batches in flight
+        self._interval_s = interval_s
+        self._next_at = 0.0  # the loop's time of the next batch's turn to leave (interval_s)
+        self._last_keys: set[Hashable] = set()  # the keys of the batch taken last (interval_s with a key)
         self.batches = 0
         self.items = 0
 
@@ -72,7 +86,7 @@ class Batcher(Generic[T, R]):
     async def _send_all(self) -> None:
         first = True
         try:
-            while batch := self._take():
+            while batch := await self._next_batch():
                 if first:
                     self._starting, first = False, False
                 keys = self._hold(batch)
@@ -86,6 +100,32 @@ class Batcher(Generic[T, R]):
             # Counted out as it ends, not in a done callback that runs later: a caller woken by its answer
             # may submit again before that callback and must find a free slot.
             self._running -= 1
+
+    async def _next_batch(self) -> list[Queued[T, R]]:
+        """The next batch to leave; with ``interval_s``, once its turn has come (the turns of the senders
+        are taken in order, each ``interval_s`` after the one before)."""
+        if self._interval_s and self._queue:
+            now = asyncio.get_running_loop().time()
+            turn = max(now, self._next_at) if self._others_about() else now
+            self._next_at = turn + self._interval_s
+            if turn > now:
+                await asyncio.sleep(turn - now)
+        batch = self._take()
+        if batch and self._interval_s and self._key is not None:
+            self._last_keys = {self._key(item) for item, _ in batch}
+        return batch
+
+    def _others_about(self) -> bool:
+        """Whether a wait may gather more into the next batch: without a key, always; with one, while the
+        queue and the batch before hold more than one key."""
+        if self._key is None:
+            return True
+        keys = set(self._last_keys)
+        for item, _ in self._queue:
+            keys.add(self._key(item))
+            if len(keys) > 1:
+                return True
+        return False
 
     def _take(self) -> list[Queued[T, R]]:
         """The oldest items that may leave now: the first ``max_batch``, or with a key, the first

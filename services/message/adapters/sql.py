@@ -65,6 +65,11 @@ ID = String(32)
 GROUP_COMMIT_LIMIT = 64
 # Most group commits running at once on a database server (each a pooled connection), for different conversations.
 COMMITS_IN_FLIGHT = 4
+# On SQLite, group commits start at most this often (seconds). A commit there runs on the loop's thread, so nothing
+# joins a batch while one commits: without a pause, most commits under load would carry one or two appends, each
+# paying a whole transaction's begin and commit. Idle, an append still commits at once, and so do the appends of one
+# conversation alone (its sender's next waits for the last one's commit: a pause would gather nothing).
+SQLITE_COMMIT_INTERVAL_S = 0.004
 # Most idempotency look-ups answered by one statement.
 CLIENT_ID_BATCH = 200
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -433,13 +438,15 @@ class SqlMessageStore:
         self._publisher: CommitPublisher | None = None
         # Group commit: one transaction per conversation at a time (its seqs are read and taken in order),
         # different conversations' transactions side by side on a server; SQLite has one writer anyway.
+        sqlite = engine.dialect.name == "sqlite"
         if commits_in_flight is None:
-            commits_in_flight = 1 if engine.dialect.name == "sqlite" else COMMITS_IN_FLIGHT
+            commits_in_flight = 1 if sqlite else COMMITS_IN_FLIGHT
         self._appends: Batcher[Draft, Message] = Batcher(
             self._commit_group,
             max_batch=GROUP_COMMIT_LIMIT,
             in_flight=commits_in_flight,
             key=lambda draft: draft.conversation_id,
+            interval_s=SQLITE_COMMIT_INTERVAL_S if sqlite else 0.0,
         )
         self._client_ids: Batcher[tuple[str, str], Message | None] = Batcher(
             self._find_by_client_ids, max_batch=CLIENT_ID_BATCH

@@ -219,3 +219,63 @@ def test_in_flight_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="in_flight"):
         Batcher(echo, in_flight=0)
+
+
+class Clocked:
+    """A flush that answers at once and records each batch with the loop's time it left at."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list[int]]] = []
+
+    async def __call__(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append((asyncio.get_running_loop().time(), items))
+        return [i * 10 for i in items]
+
+
+async def test_with_an_interval_an_idle_batcher_still_sends_at_once() -> None:
+    clocked = Clocked()
+    batcher: Batcher[int, int] = Batcher(clocked, interval_s=3600)
+    assert await asyncio.wait_for(batcher.submit(7), 10) == 70  # an hour's wait would time out
+
+
+async def test_with_an_interval_what_arrives_soon_after_a_batch_waits_and_leaves_together() -> None:
+    interval = 1.0
+    clocked = Clocked()
+    batcher: Batcher[int, int] = Batcher(clocked, interval_s=interval)
+    assert await asyncio.wait_for(batcher.submit(1), 10) == 10
+    second = asyncio.create_task(batcher.submit(2))
+    for _ in range(20):
+        await asyncio.sleep(0)  # turns of the loop in which, without an interval, 2 would leave alone
+    third = asyncio.create_task(batcher.submit(3))
+    assert await asyncio.wait_for(asyncio.gather(second, third), 10) == [20, 30]
+    assert [items for _, items in clocked.batches] == [[1], [2, 3]]
+    (first_at, _), (next_at, _) = clocked.batches
+    assert next_at - first_at >= interval * 0.9  # the interval's wait, counted from the first batch's turn
+
+
+async def test_with_an_interval_and_a_key_one_keys_items_alone_do_not_wait() -> None:
+    clocked = Clocked()
+    batcher: Batcher[int, int] = Batcher(clocked, interval_s=3600, key=lambda _: "one conversation")
+    for i in range(5):  # one sender, each item submitted once the one before was answered
+        assert await asyncio.wait_for(batcher.submit(i), 10) == i * 10  # an hour's wait would time out
+    assert [items for _, items in clocked.batches] == [[0], [1], [2], [3], [4]]
+
+
+async def test_with_an_interval_and_a_key_other_keys_about_make_the_next_batch_wait() -> None:
+    interval = 1.0
+    clocked = Clocked()
+    batcher: Batcher[int, int] = Batcher(clocked, interval_s=interval, key=lambda i: i % 2)
+    assert await asyncio.wait_for(batcher.submit(1), 10) == 10
+    second = asyncio.create_task(batcher.submit(2))  # another key than the batch before
+    for _ in range(20):
+        await asyncio.sleep(0)
+    third = asyncio.create_task(batcher.submit(3))
+    assert await asyncio.wait_for(asyncio.gather(second, third), 10) == [20, 30]
+    assert [items for _, items in clocked.batches] == [[1], [2, 3]]
+    (first_at, _), (next_at, _) = clocked.batches
+    assert next_at - first_at >= interval * 0.9
+
+
+def test_interval_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="interval_s"):
+        Batcher(Clocked(), interval_s=-1)
