@@ -49,6 +49,7 @@ class Options:
     user_parallelism: int = 8
     pool: str = "u"
     loadgen: str = "go"  # the throughput scenario's hot loop: "go" (bench/loadgen/) or "python"
+    prime_s: float = 0.0  # messages sent through a target before its first scenario, not measured (PRIME_RATE)
 
     @classmethod
     def short(cls) -> Options:
@@ -74,7 +75,7 @@ class Options:
         for rate in (self.rate, *self.rates):
             if not 0 < rate <= MAX_RATE:
                 raise ValueError(f"rate {rate} msg/s is outside (0, {MAX_RATE:.0f}]")
-        for name in ("hold_s", "duration_s", "warmup_s", "drain_s", "group_timeout_s"):
+        for name in ("hold_s", "duration_s", "warmup_s", "drain_s", "group_timeout_s", "prime_s"):
             value = getattr(self, name)
             if not 0 <= value <= MAX_DURATION_S:
                 raise ValueError(f"{name} {value} is outside [0, {MAX_DURATION_S:.0f}] s")

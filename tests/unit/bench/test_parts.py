@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import PRIME_S, options_from, parser
 from bench.machine import parse_cpu_ticks, parse_vmrss_kib
 from bench.payload import sent_at, stamped
 from bench.report import Result, summary_table
@@ -65,6 +66,18 @@ def test_options_refuse_what_is_beyond_the_tools_bounds() -> None:
         Options(rate=0).check()
     with pytest.raises(ValueError, match="duration_s"):
         Options(duration_s=10_000).check()
+
+
+def test_a_run_of_every_scenario_primes_each_target_first_and_a_single_scenario_only_when_asked() -> None:
+    def prime_s(*argv: str) -> float:
+        return options_from(parser().parse_args(list(argv))).prime_s
+
+    assert prime_s("all", "--short", "--dev", "--up") == PRIME_S > 0  # make bench
+    assert prime_s("all", "--prime", "0") == 0
+    assert prime_s("throughput", "--dev") == 0
+    assert prime_s("throughput", "--prime", "5") == 5
+    with pytest.raises(ValueError, match="prime_s"):
+        prime_s("all", "--prime", "-1")
 
 
 def test_summary_table_has_a_column_per_target_and_counts_errors() -> None:
