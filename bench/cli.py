@@ -37,10 +37,11 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[Result]]] = {
 }
 # Before its first scenario a target carries this many messages a second for PRIME_S (``all``; else ``--prime``), not
 # measured: a server started for the run (Kafka's JVM above all) is otherwise measured while it warms up, in the first
-# step of the first scenario. A make bench whose infra servers were started cold measured a P99 of 53.7 ms at 20 msg/s
-# on make up, with Kafka at 16.5% of a core; with them warm, 12.0 ms and 3.6%.
-PRIME_RATE = 200.0
-PRIME_S = 10.0
+# step of the first scenario. On make up with its infra servers started cold, the 20 msg/s step measured a P99 of
+# 53.7 ms with Kafka at 16.5% of a core; after 10 s at 200 msg/s, 16.9 ms and 9.7%; after 20 s at 500 msg/s, 11.8 ms
+# and 4.6%; with Kafka long warm, 12.0 ms and 3.6%.
+PRIME_RATE = 500.0
+PRIME_S = 20.0
 # What stops a scenario (the target refused or went away): reported in its result, the run goes on.
 SCENARIO_FAILURES = (HttpError, ConnectionError, OSError, TimeoutError, websockets.WebSocketException)
 # Command-line flag -> Options field (every flag defaults to None: "keep the scenario default").
