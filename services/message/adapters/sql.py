@@ -69,7 +69,7 @@ COMMITS_IN_FLIGHT = 4
 # joins a batch while one commits: without a pause, most commits under load would carry one or two appends, each
 # paying a whole transaction's begin and commit. Idle, an append still commits at once, and so do the appends of one
 # conversation alone (its sender's next waits for the last one's commit: a pause would gather nothing).
-SQLITE_COMMIT_INTERVAL_S = 0.004
+SQLITE_COMMIT_INTERVAL_S = 0.008
 # Most idempotency look-ups answered by one statement.
 CLIENT_ID_BATCH = 200
 BigId = BigInteger().with_variant(Integer(), "sqlite")
