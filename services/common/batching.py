@@ -16,9 +16,11 @@ With ``interval_s`` batches leave at most that often: a batch due sooner after t
 out the rest of the interval, and what arrives meanwhile joins it. A flush whose cost is mostly fixed
 (a transaction's begin and commit) then runs fewer times under load, for at most ``interval_s`` of
 added wait; idle, a submission still leaves at once, as the previous batch left long before. With a
-``key``, a batch waits only while items of more than one key are about (queued, or in the batch before):
-the items of one key alone are most often one caller's, each submitted when the one before was answered,
-so a wait would gather nothing into its batch and only cap that caller at one item per interval.
+``key``, the wait ends early once every key of the batch before has an item queued again: its caller,
+most often one that submits its next item when the last was answered, is back. One key's items alone
+therefore leave at once, one batch after the other, and under full load a batch leaves as soon as its
+callers are all back instead of holding each to one item per interval. ``interval_s`` is for one batch
+in flight.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Batcher(Generic[T, R]):
             raise ValueError("in_flight must be at least 1")
         if interval_s < 0:
             raise ValueError("interval_s must not be negative")
+        if interval_s and in_flight > 1:
+            raise ValueError("interval_s needs in_flight=1")
         self._flush = flush
         self._max_batch = max_batch
         self._in_flight = in_flight
@@ -68,12 +72,18 @@ class Batcher(Generic[T, R]):
         self._interval_s = interval_s
         self._next_at = 0.0  # the loop's time of the next batch's turn to leave (interval_s)
         self._last_keys: set[Hashable] = set()  # the keys of the batch taken last (interval_s with a key)
+        self._awaited: set[Hashable] = set()  # of those, the keys a waiting batch waits for to be queued again
+        self._back = asyncio.Event()  # set when the wait is over: its turn came, or every awaited key is back
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: T) -> R:
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, done))
+        if self._awaited and self._key is not None:
+            self._awaited.discard(self._key(item))
+            if not self._awaited:
+                self._back.set()
         if not self._starting and self._running < self._in_flight:
             # Started, not run: what is submitted before it runs (the same turn of the loop) joins its batch.
             self._starting = True
@@ -103,29 +113,26 @@ class Batcher(Generic[T, R]):
 
     async def _next_batch(self) -> list[Queued[T, R]]:
         """The next batch to leave; with ``interval_s``, once its turn has come (the turns of the senders
-        are taken in order, each ``interval_s`` after the one before)."""
+        are taken in order, each ``interval_s`` after the one before) or, with a key, once every key of the
+        batch before has an item queued again."""
         if self._interval_s and self._queue:
-            now = asyncio.get_running_loop().time()
-            turn = max(now, self._next_at) if self._others_about() else now
-            self._next_at = turn + self._interval_s
-            if turn > now:
-                await asyncio.sleep(turn - now)
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            if self._next_at > now and self._key is not None:
+                self._awaited = self._last_keys - {self._key(item) for item, _ in self._queue}
+            if self._next_at > now and (self._key is None or self._awaited):
+                timer = loop.call_later(self._next_at - now, self._back.set)
+                try:
+                    await self._back.wait()
+                finally:
+                    timer.cancel()
+                    self._back.clear()
+                    self._awaited = set()
+            self._next_at = loop.time() + self._interval_s
         batch = self._take()
         if batch and self._interval_s and self._key is not None:
             self._last_keys = {self._key(item) for item, _ in batch}
         return batch
-
-    def _others_about(self) -> bool:
-        """Whether a wait may gather more into the next batch: without a key, always; with one, while the
-        queue and the batch before hold more than one key."""
-        if self._key is None:
-            return True
-        keys = set(self._last_keys)
-        for item, _ in self._queue:
-            keys.add(self._key(item))
-            if len(keys) > 1:
-                return True
-        return False
 
     def _take(self) -> list[Queued[T, R]]:
         """The oldest items that may leave now: the first ``max_batch``, or with a key, the first

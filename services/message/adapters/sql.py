@@ -65,10 +65,11 @@ ID = String(32)
 GROUP_COMMIT_LIMIT = 64
 # Most group commits running at once on a database server (each a pooled connection), for different conversations.
 COMMITS_IN_FLIGHT = 4
-# On SQLite, group commits start at most this often (seconds). A commit there runs on the loop's thread, so nothing
-# joins a batch while one commits: without a pause, most commits under load would carry one or two appends, each
-# paying a whole transaction's begin and commit. Idle, an append still commits at once, and so do the appends of one
-# conversation alone (its sender's next waits for the last one's commit: a pause would gather nothing).
+# On SQLite, a group commit waits up to this long (seconds) after the last one began, or until every conversation of
+# the last one has an append queued again. A commit there runs on the loop's thread, so nothing joins a batch while
+# one commits: without a pause, most commits under load would carry one or two appends, each paying a whole
+# transaction's begin and commit. Idle, an append still commits at once, and so do the appends of one conversation
+# alone (its sender's next waits for the last one's commit: a pause would gather nothing).
 SQLITE_COMMIT_INTERVAL_S = 0.008
 # Most idempotency look-ups answered by one statement.
 CLIENT_ID_BATCH = 200

@@ -261,19 +261,32 @@ async def test_with_an_interval_and_a_key_one_keys_items_alone_do_not_wait() -> 
     assert [items for _, items in clocked.batches] == [[0], [1], [2], [3], [4]]
 
 
-async def test_with_an_interval_and_a_key_other_keys_about_make_the_next_batch_wait() -> None:
+async def test_with_an_interval_and_a_key_a_batch_leaves_once_the_keys_of_the_one_before_are_back() -> None:
+    clocked = Clocked()
+    batcher: Batcher[int, int] = Batcher(clocked, interval_s=3600, key=lambda i: i % 2)
+    assert await asyncio.wait_for(batcher.submit(1), 10) == 10
+    second = asyncio.create_task(batcher.submit(2))  # another key than the batch before: waits for key 1
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert clocked.batches[1:] == []
+    third = asyncio.create_task(batcher.submit(3))  # key 1 is back: the batch leaves, an hour early
+    assert await asyncio.wait_for(asyncio.gather(second, third), 10) == [20, 30]
+    assert [items for _, items in clocked.batches] == [[1], [2, 3]]
+
+
+async def test_with_an_interval_and_a_key_a_key_that_does_not_come_back_costs_the_interval() -> None:
     interval = 1.0
     clocked = Clocked()
     batcher: Batcher[int, int] = Batcher(clocked, interval_s=interval, key=lambda i: i % 2)
     assert await asyncio.wait_for(batcher.submit(1), 10) == 10
-    second = asyncio.create_task(batcher.submit(2))  # another key than the batch before
-    for _ in range(20):
-        await asyncio.sleep(0)
-    third = asyncio.create_task(batcher.submit(3))
-    assert await asyncio.wait_for(asyncio.gather(second, third), 10) == [20, 30]
-    assert [items for _, items in clocked.batches] == [[1], [2, 3]]
+    assert await asyncio.wait_for(batcher.submit(2), 10) == 20  # key 1 never comes back
     (first_at, _), (next_at, _) = clocked.batches
     assert next_at - first_at >= interval * 0.9
+
+
+def test_interval_needs_one_batch_in_flight() -> None:
+    with pytest.raises(ValueError, match="in_flight=1"):
+        Batcher(Clocked(), interval_s=0.1, in_flight=2)
 
 
 def test_interval_must_not_be_negative() -> None:
