@@ -19,8 +19,9 @@ added wait; idle, a submission still leaves at once, as the previous batch left 
 ``key``, the wait ends early once every key of the batch before has an item queued again: its caller,
 most often one that submits its next item when the last was answered, is back. One key's items alone
 therefore leave at once, one batch after the other, and under full load a batch leaves as soon as its
-callers are all back instead of holding each to one item per interval. ``interval_s`` is for one batch
-in flight.
+callers are all back instead of holding each to one item per interval. With ``in_flight=n`` as well, the
+senders take their turns one after the other, each ``interval_s`` after the one before (or sooner, as
+above), and a batch that does not come back (a transaction waiting on a lock) holds a slot, not the turns.
 """
 
 from __future__ import annotations
@@ -58,8 +59,6 @@ class Batcher(Generic[T, R]):
             raise ValueError("in_flight must be at least 1")
         if interval_s < 0:
             raise ValueError("interval_s must not be negative")
-        if interval_s and in_flight > 1:
-            raise ValueError("interval_s needs in_flight=1")
         self._flush = flush
         self._max_batch = max_batch
         self._in_flight = in_flight
@@ -74,6 +73,7 @@ class Batcher(Generic[T, R]):
         self._last_keys: set[Hashable] = set()  # the keys of the batch taken last (interval_s with a key)
         self._awaited: set[Hashable] = set()  # of those, the keys a waiting batch waits for to be queued again
         self._back = asyncio.Event()  # set when the wait is over: its turn came, or every awaited key is back
+        self._turn = asyncio.Lock()  # held by the sender waiting for the next turn (interval_s)
         self.batches = 0
         self.items = 0
 
@@ -115,12 +115,18 @@ class Batcher(Generic[T, R]):
         """The next batch to leave; with ``interval_s``, once its turn has come (the turns of the senders
         are taken in order, each ``interval_s`` after the one before) or, with a key, once every key of the
         batch before has an item queued again."""
-        if self._interval_s and self._queue:
-            loop = asyncio.get_running_loop()
-            now = loop.time()
-            if self._next_at > now and self._key is not None:
+        if not self._interval_s:
+            return self._take()
+        async with self._turn:
+            return await self._next_turn()
+
+    async def _next_turn(self) -> list[Queued[T, R]]:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._queue and self._next_at > now:
+            if self._key is not None:
                 self._awaited = self._last_keys - {self._key(item) for item, _ in self._queue}
-            if self._next_at > now and (self._key is None or self._awaited):
+            if self._key is None or self._awaited:
                 timer = loop.call_later(self._next_at - now, self._back.set)
                 try:
                     await self._back.wait()
@@ -128,10 +134,11 @@ class Batcher(Generic[T, R]):
                     timer.cancel()
                     self._back.clear()
                     self._awaited = set()
-            self._next_at = loop.time() + self._interval_s
         batch = self._take()
-        if batch and self._interval_s and self._key is not None:
-            self._last_keys = {self._key(item) for item, _ in batch}
+        if batch:  # a turn that found only keys in flight leaves nothing and takes no interval
+            self._next_at = loop.time() + self._interval_s
+            if self._key is not None:
+                self._last_keys = {self._key(item) for item, _ in batch}
         return batch
 
     def _take(self) -> list[Queued[T, R]]:

@@ -216,20 +216,29 @@ def internal_router(service: MessageService, guard: RequireInternal) -> APIRoute
 # Send requests one delivery node keeps in flight to the message service: a slow batch (a long group
 # commit) holds back only its own sends.
 SENDS_IN_FLIGHT = 4
+# A send request leaves at most this often (seconds) after the last one, or as soon as every device of the last one
+# has sent again: under load each request carries the sends of several devices, where without it most carried one;
+# idle, and for one device alone, a send leaves at once (docs/performance.md 22).
+SEND_INTERVAL_S = 0.008
 
 
 class MessagesClient:
     """delivery's ``Messages`` port and conversation's ``ActivityReader`` over HTTP. Sends leave in
     batches (``Batcher``): up to ``SENDS_IN_FLIGHT`` requests at once, each carrying the sends that
-    arrived while the others were out. The sends of a batch are independent (a device waits for each
-    ``send_ack`` before its next send), so batches need not answer in order."""
+    arrived while the others were out or during ``SEND_INTERVAL_S`` after the last request. The sends
+    of a batch are independent (a device waits for each ``send_ack`` before its next send), so batches
+    need not answer in order; the Batcher's key is the device, whose return ends the pause early."""
 
     def __init__(self, client: InternalClient, *, max_batch: int = MAX_SEND_BATCH) -> None:
         if max_batch > MAX_SEND_BATCH:
             raise ValueError(f"the send/batch call takes at most {MAX_SEND_BATCH} sends")
         self._client = client
         self._sends: Batcher[app.SendMessage, app.Sent] = Batcher(
-            self._send_batch, max_batch=max_batch, in_flight=SENDS_IN_FLIGHT
+            self._send_batch,
+            max_batch=max_batch,
+            in_flight=SENDS_IN_FLIGHT,
+            interval_s=SEND_INTERVAL_S,
+            key=lambda cmd: (cmd.sender_id, cmd.sender_device_id),
         )
 
     async def send(self, cmd: app.SendMessage) -> app.Sent:

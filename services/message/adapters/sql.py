@@ -65,12 +65,13 @@ ID = String(32)
 GROUP_COMMIT_LIMIT = 64
 # Most group commits running at once on a database server (each a pooled connection), for different conversations.
 COMMITS_IN_FLIGHT = 4
-# On SQLite, a group commit waits up to this long (seconds) after the last one began, or until every conversation of
-# the last one has an append queued again. A commit there runs on the loop's thread, so nothing joins a batch while
-# one commits: without a pause, most commits under load would carry one or two appends, each paying a whole
-# transaction's begin and commit. Idle, an append still commits at once, and so do the appends of one conversation
-# alone (its sender's next waits for the last one's commit: a pause would gather nothing).
-SQLITE_COMMIT_INTERVAL_S = 0.008
+# A group commit waits up to this long (seconds) after the last one began, or until every conversation of the last
+# one has an append queued again. Idle, an append still commits at once, and so do the appends of one conversation
+# alone (its sender's next waits for the last one's commit: a pause would gather nothing). Under load the pause
+# gathers the appends of other conversations: without it most commits carry one or two, each paying a whole
+# transaction's begin, its round trips and its commit. On SQLite a commit runs on the loop's thread, so nothing joins
+# a batch while one commits; on a server each commit also costs the server a transaction (docs/performance.md 22).
+COMMIT_INTERVAL_S = 0.008
 # Most idempotency look-ups answered by one statement.
 CLIENT_ID_BATCH = 200
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -447,7 +448,7 @@ class SqlMessageStore:
             max_batch=GROUP_COMMIT_LIMIT,
             in_flight=commits_in_flight,
             key=lambda draft: draft.conversation_id,
-            interval_s=SQLITE_COMMIT_INTERVAL_S if sqlite else 0.0,
+            interval_s=COMMIT_INTERVAL_S,
         )
         self._client_ids: Batcher[tuple[str, str], Message | None] = Batcher(
             self._find_by_client_ids, max_batch=CLIENT_ID_BATCH

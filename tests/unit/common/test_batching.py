@@ -284,9 +284,49 @@ async def test_with_an_interval_and_a_key_a_key_that_does_not_come_back_costs_th
     assert next_at - first_at >= interval * 0.9
 
 
-def test_interval_needs_one_batch_in_flight() -> None:
-    with pytest.raises(ValueError, match="in_flight=1"):
-        Batcher(Clocked(), interval_s=0.1, in_flight=2)
+async def test_with_an_interval_and_more_flights_a_batch_that_does_not_come_back_holds_its_slot_not_the_turns() -> None:
+    interval = 0.2
+    gates = Gates()
+    batcher: Batcher[tuple[str, int], int] = Batcher(gates, in_flight=2, interval_s=interval, key=lambda item: item[0])
+    loop = asyncio.get_running_loop()
+    stuck = await _submitted(batcher, [("a", 1)])  # a transaction waiting on a lock, say
+    await gates.wait_calls(1)
+    first_at = loop.time()
+    later = await _submitted(batcher, [("b", 2)])
+    await gates.wait_calls(2)  # "a" did not come back: "b" waited out the interval, then left in the other slot
+    assert loop.time() - first_at >= interval * 0.9
+    later += await _submitted(batcher, [("a", 3)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert gates.batches == [[("a", 1)], [("b", 2)]]
+    gates.release(1)
+    assert await asyncio.wait_for(later[0], 10) == 2
+    assert not stuck[0].done() and not later[1].done()  # "a" stays in order behind its batch
+    gates.release(0)
+    await gates.wait_calls(3)
+    assert gates.batches[2] == [("a", 3)]
+    gates.release(2)
+    assert await asyncio.wait_for(asyncio.gather(stuck[0], later[1]), 10) == [1, 3]
+
+
+async def test_with_an_interval_and_more_flights_the_turns_still_come_one_interval_apart() -> None:
+    interval = 0.2
+    gates = Gates()
+    batcher: Batcher[tuple[str, int], int] = Batcher(gates, in_flight=4, interval_s=interval)
+    loop = asyncio.get_running_loop()
+    first = await _submitted(batcher, [("a", 1)])
+    await gates.wait_calls(1)
+    first_at = loop.time()
+    rest = await _submitted(batcher, [("b", 2), ("c", 3)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(gates.batches) == 1  # a slot is free, but the next turn is an interval away
+    await gates.wait_calls(2)
+    assert loop.time() - first_at >= interval * 0.9
+    assert gates.batches == [[("a", 1)], [("b", 2), ("c", 3)]]
+    gates.release(0)
+    gates.release(1)
+    assert await asyncio.wait_for(asyncio.gather(*first, *rest), 10) == [1, 2, 3]
 
 
 def test_interval_must_not_be_negative() -> None:
