@@ -129,7 +129,7 @@ async def run_target(
     target: Target, args: argparse.Namespace, options: Options, progress: Progress, *, several: bool
 ) -> list[Result]:
     http = Http(target.base_url, parallelism=max(16, options.user_parallelism))
-    cache = UserCache.load(args.results_dir / f".users-{target.cache_key}.json")
+    cache = UserCache.load((target.users_dir or args.results_dir) / f".users-{target.cache_key}.json")
     pool = Pool(http, cache, parallelism=options.user_parallelism, progress=progress)
     ctx = Context(target, http, pool, progress, options)
     results: list[Result] = []

@@ -98,6 +98,10 @@ class Target:
     pids: dict[str, int] = field(default_factory=dict)  # every process: name -> pid
     delivery: list[str] = field(default_factory=list)  # names of the processes holding sockets
     cache_key: str = ""
+    users_dir: Path | None = None
+    """Where the user pool's tokens are kept: beside the data of the server that issued them, so that every
+    checkout measuring that server shares them (a login of a pool user revokes that device's earlier tokens,
+    so two caches of one server's users take each other's tokens away). ``None``: the results directory."""
 
     @property
     def ws_url(self) -> str:
@@ -191,13 +195,20 @@ def from_up(state: Mapping[str, object] | None = None) -> Target:
     pids = {str(p["name"]): int(p["pid"]) for p in processes}
     delivery = [name for name in pids if name.startswith("delivery")]
     pids.update(infra_pids())
-    return Target(name="up", base_url=base, kind="up", pids=pids, delivery=delivery, cache_key="up")
+    return Target(
+        name="up", base_url=base, kind="up", pids=pids, delivery=delivery, cache_key="up", users_dir=infra_dir()
+    )
+
+
+def infra_dir() -> Path:
+    """The state and data of ``make infra-up``'s servers, which every checkout's ``make up`` shares."""
+    return Path(os.environ.get("COURIER_INFRA_DIR", "/tmp/courier-infra"))
 
 
 def infra_pids() -> dict[str, int]:
     """The running servers of ``make infra-up`` (Redis, MariaDB, PostgreSQL, Kafka, MinIO) that ``make up``
     uses: the server's CPU per message counts the databases and brokers too."""
-    state_file = Path(os.environ.get("COURIER_INFRA_DIR", "/tmp/courier-infra")) / "infra.json"
+    state_file = infra_dir() / "infra.json"
     try:
         services = json.loads(state_file.read_text()).get("services") or {}
     except (OSError, ValueError):
@@ -263,7 +274,13 @@ def spawned_dev(data_dir: Path, *, env: Mapping[str, str] | None = None) -> Iter
     try:
         wait_ready(base, process=process)
         yield Target(
-            name="dev", base_url=base, kind="dev", pids={"dev": process.pid}, delivery=["dev"], cache_key="dev"
+            name="dev",
+            base_url=base,
+            kind="dev",
+            pids={"dev": process.pid},
+            delivery=["dev"],
+            cache_key="dev",
+            users_dir=data_dir,
         )
     finally:
         process.terminate()

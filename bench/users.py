@@ -2,8 +2,9 @@
 
 Registration and login each cost the server an argon2 hash (about 0.4 s of CPU here), so the pool
 is reused across runs: user ``i`` of pool ``u`` is always ``bench-u-00000i`` with the same password,
-and the tokens are kept in ``bench/results/.users-<target>.json``. A later run refreshes tokens
-(cheap) instead of logging in again, and only creates users it has never seen.
+and the tokens are kept in ``.users-<target>.json`` beside the server's data (``Target.users_dir``:
+``make up``'s infra directory, ``courier dev``'s data directory; ``bench/results`` for another URL).
+A later run refreshes tokens (cheap) instead of logging in again, and only creates users it has never seen.
 """
 
 from __future__ import annotations

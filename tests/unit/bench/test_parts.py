@@ -11,7 +11,7 @@ from bench.payload import sent_at, stamped
 from bench.report import Result, summary_table
 from bench.scenarios import Options
 from bench.scenarios.throughput import cost_per_message
-from bench.target import infra_pids
+from bench.target import from_up, infra_pids
 from bench.users import BenchUser, UserCache, username
 
 
@@ -118,3 +118,15 @@ def test_infra_pids_are_the_running_servers_of_infra_up(tmp_path: Path, monkeypa
     monkeypatch.setenv("COURIER_INFRA_DIR", str(tmp_path))
 
     assert infra_pids() == {"redis": os.getpid()}
+
+
+def test_make_ups_user_tokens_are_kept_with_the_infra_every_checkout_shares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COURIER_INFRA_DIR", str(tmp_path))
+    state = {"gateway": "http://127.0.0.1:8080", "processes": [{"name": "delivery-0", "pid": os.getpid()}]}
+
+    target = from_up(state)
+
+    # Not this checkout's bench/results: another checkout's logins of the same users would revoke them.
+    assert target.users_dir == tmp_path
