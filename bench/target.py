@@ -192,6 +192,10 @@ def from_up(state: Mapping[str, object] | None = None) -> Target:
     base = loopback_url(str(state["gateway"]))
     processes = state["processes"]
     assert isinstance(processes, list)
+    # The infra servers' directory, which every checkout's make up shares. Imported here, as make up itself is: the
+    # harness is in the repository, not in the installed package, and `courier bench --target URL` needs neither.
+    from tests.harness.infra import infra_dir
+
     pids = {str(p["name"]): int(p["pid"]) for p in processes}
     delivery = [name for name in pids if name.startswith("delivery")]
     pids.update(infra_pids())
@@ -200,14 +204,11 @@ def from_up(state: Mapping[str, object] | None = None) -> Target:
     )
 
 
-def infra_dir() -> Path:
-    """The state and data of ``make infra-up``'s servers, which every checkout's ``make up`` shares."""
-    return Path(os.environ.get("COURIER_INFRA_DIR", "/tmp/courier-infra"))
-
-
 def infra_pids() -> dict[str, int]:
     """The running servers of ``make infra-up`` (Redis, MariaDB, PostgreSQL, Kafka, MinIO) that ``make up``
     uses: the server's CPU per message counts the databases and brokers too."""
+    from tests.harness.infra import infra_dir
+
     state_file = infra_dir() / "infra.json"
     try:
         services = json.loads(state_file.read_text()).get("services") or {}
