@@ -48,7 +48,7 @@ def run(argv: list[str], *, timeout: float = 300, stdin: str | None = None, pend
     if proc.returncode != 0 and pending is not None and pending in proc.stderr:
         raise Pending(proc.stderr.strip())
     if proc.returncode != 0:
-        pytest.fail(f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-12000:]}")
     return proc.stdout
 
 
