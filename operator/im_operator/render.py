@@ -601,11 +601,18 @@ def split_image(ref: str) -> tuple[str, str]:
 
 
 def kafka_cluster_id(uid: str) -> str:
-    """KRaft's cluster id (a base64url UUID of 22 characters), fixed for the life of the IMCluster."""
+    """KRaft's cluster id (a base64url UUID of 22 characters), fixed for the life of the IMCluster.
+
+    Never one that starts with '-', as Kafka's own `random-uuid` never gives: Kafka's storage tool, and every image
+    that runs it with `--cluster-id <id>`, reads such an id as an option and refuses to format, so the broker could
+    never start. One uid in 64 encodes that way; its id is the same with the first byte's top bit cleared ('e'
+    instead of '-'). Every other id is the plain encoding, so no running cluster's id changes."""
     try:
         raw = uuid.UUID(uid).bytes
     except ValueError:
         raw = hashlib.sha256(uid.encode()).digest()[:16]
+    if raw[0] >> 2 == 62:  # base64's 62nd letter in the URL-safe alphabet: '-'
+        raw = bytes([raw[0] & 0x7F]) + raw[1:]
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

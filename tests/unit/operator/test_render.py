@@ -3,8 +3,10 @@ services would refuse."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +321,27 @@ def test_operator_defaults_for_backend_images_replace_the_upstream_ones_and_the_
     manifest["spec"]["redis"]["managed"]["version"] = "7.2"
     redis = by_name(render(manifest, default_image="courier:1", backend_images=defaults))["StatefulSet/chat-redis"]
     assert redis["spec"]["template"]["spec"]["containers"][0]["image"] == "courier-redis:7.2"
+
+
+def kafka_cluster_id(uid: str) -> str:
+    manifest = sample()
+    manifest["metadata"]["uid"] = uid
+    kafka = container(render(manifest, default_image="courier:1"), "StatefulSet", "chat-kafka")
+    return str(next(e["value"] for e in kafka["env"] if e["name"] == "CLUSTER_ID"))
+
+
+def test_the_managed_kafka_cluster_id_never_reads_as_a_command_line_option() -> None:
+    """Kafka's storage tool reads an id starting with '-' as an option and refuses to format: such a cluster's broker
+    never started (1 uid in 64). Every other uid keeps the id it always had, or its Kafka's storage would refuse it."""
+    for first in ("f8", "f9", "fa", "fb"):  # the bytes whose base64 starts with '-'
+        uid = f"{first}1d8f2e-5b7a-4c1e-9a57-0c1f4b2d9e61"
+        plain = base64.urlsafe_b64encode(uuid.UUID(uid).bytes).decode().rstrip("=")
+        assert plain.startswith("-")
+        changed = kafka_cluster_id(uid)
+        assert not changed.startswith("-") and len(changed) == 22
+        assert changed[1:] == plain[1:] and changed == kafka_cluster_id(uid), "deterministic, one letter apart"
+    for uid in (UID, "0b1d8f2e-5b7a-4c1e-9a57-0c1f4b2d9e61", "fc1d8f2e-5b7a-4c1e-9a57-0c1f4b2d9e61"):
+        assert kafka_cluster_id(uid) == base64.urlsafe_b64encode(uuid.UUID(uid).bytes).decode().rstrip("=")
 
 
 def test_pods_get_time_to_drain_and_the_settings_that_make_them_drain() -> None:
