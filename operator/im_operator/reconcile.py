@@ -575,14 +575,21 @@ def _running(pod: Mapping[str, Any]) -> bool:
 
 
 def pod_problem(pod: Mapping[str, Any]) -> str:
-    """Why a pod is not ready, in a few words: a container's waiting or last termination reason, else an
-    unschedulable or not-ready condition's message; empty when nothing is wrong."""
+    """Why a pod is not ready, in a few words: a container's waiting reason (with, for one that keeps failing, its
+    last exit and the last line of its termination message: the end of its log, render.TERMINATION_MESSAGE_POLICY),
+    else an unschedulable or not-ready condition's message; empty when nothing is wrong."""
     name = (pod.get("metadata") or {}).get("name", "")
     status = pod.get("status") or {}
     for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            ended = (container.get("lastState") or {}).get("terminated")
+            if ended:
+                said = [line.strip() for line in str(ended.get("message") or "").splitlines() if line.strip()]
+                detail = f", last exit {ended.get('exitCode')} ({ended.get('reason')})"
+                detail += f": {said[-1]}" if said else ""
+            else:
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
             return f"pod {name}: {container.get('name')} {waiting['reason']}{detail}"[:300]
     for condition in status.get("conditions") or []:
         if condition.get("status") == "False" and condition.get("type") in ("PodScheduled", "Ready"):

@@ -110,6 +110,10 @@ BACKEND_REQUESTS = {
     "database": {"cpu": "100m", "memory": "512Mi"},
     "minio": {"cpu": "50m", "memory": "256Mi"},
 }
+# A container that fails without writing /dev/termination-log gets the end of its log as its termination message,
+# which the pod's status keeps: the IMCluster's status quotes it (reconcile.pod_problem), so a component that
+# crash-loops says why without anyone reading its logs.
+TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 # Spread by node for the tiers holding client sockets, so losing one node drops only its share of them.
 SPREAD_BY_DEFAULT = ("gateway", "delivery")
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
@@ -407,6 +411,7 @@ class _CourierPods:
             "image": self.image,
             "imagePullPolicy": str(self.spec.get("imagePullPolicy") or "IfNotPresent"),
             "command": ["courier", "run", service],
+            "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
             "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
             "envFrom": [{"configMapRef": {"name": self.cluster.config_map}}],
             "env": self.env(service),
@@ -703,6 +708,7 @@ def _managed_backend(
         "image": backend_image(image_key, managed, default_images),
         "imagePullPolicy": "IfNotPresent",
         **container,
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
         "ports": [{"name": component, "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": component}, "periodSeconds": 5, "failureThreshold": 3},
         # A first start initialises the data directory (MariaDB, PostgreSQL: a minute or more): up to 5 minutes.

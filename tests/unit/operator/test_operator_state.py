@@ -82,6 +82,34 @@ def test_a_pod_problem_is_the_waiting_reason_or_the_scheduler_message() -> None:
     assert pod_problem({"metadata": {"name": "r"}, "status": {"phase": "Running"}}) == ""
 
 
+def test_a_crash_looping_container_is_named_with_its_last_exit_and_the_last_line_it_logged() -> None:
+    """What CI's e2e needed and did not have: the managed Kafka crash-looped, and the IMCluster said only that it
+    waited. The termination message is the end of the container's log (FallbackToLogsOnError)."""
+    log_tail = "formatting /var/lib/kafka/data/logs\nusage: kafka-storage format [-h] ...\n"
+    log_tail += "kafka-storage: error: argument --cluster-id/-t: expected one argument\n\n"
+    crashing = {
+        "metadata": {"name": "chat-kafka-0"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "kafka",
+                    "restartCount": 8,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": log_tail}},
+                }
+            ]
+        },
+    }
+    silent = copy.deepcopy(crashing)
+    del silent["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"]
+
+    assert pod_problem(crashing) == (
+        "pod chat-kafka-0: kafka CrashLoopBackOff, last exit 1 (Error): "
+        "kafka-storage: error: argument --cluster-id/-t: expected one argument"
+    )
+    assert pod_problem(silent) == "pod chat-kafka-0: kafka CrashLoopBackOff, last exit 1 (Error)"
+
+
 def test_a_rollout_not_finished_within_the_deadline_turns_degraded_with_the_pod_reason() -> None:
     stuck = [Component("delivery", 2, 1, 2, False)]
     seen = Observation(generation=3, components=stuck, pod_problems={"delivery": "pod d-1: ImagePullBackOff"})

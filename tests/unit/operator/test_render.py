@@ -323,6 +323,18 @@ def test_operator_defaults_for_backend_images_replace_the_upstream_ones_and_the_
     assert redis["spec"]["template"]["spec"]["containers"][0]["image"] == "courier-redis:7.2"
 
 
+def test_every_container_leaves_the_end_of_its_log_as_its_termination_message() -> None:
+    """So a pod's status says why its container failed, and the IMCluster's status can quote it."""
+    children = render(sample(), default_image="courier:1")
+    pods = [c["spec"]["template"]["spec"] for c in children if c["kind"] in ("Deployment", "StatefulSet")]
+    containers = [c for pod in pods for c in [*pod.get("initContainers", []), *pod["containers"]]]
+
+    assert {c["name"] for c in containers} >= {"kafka", "database", "migrate", "message", "gateway", "delivery"}
+    assert {c["name"]: c.get("terminationMessagePolicy") for c in containers} == {
+        c["name"]: "FallbackToLogsOnError" for c in containers
+    }
+
+
 def kafka_cluster_id(uid: str) -> str:
     manifest = sample()
     manifest["metadata"]["uid"] = uid
