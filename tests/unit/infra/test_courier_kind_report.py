@@ -37,8 +37,13 @@ def status(name: str, restarts: int, *, waiting: str | None = None, exit_code: i
 PODS = {
     "items": [
         {
-            "metadata": {"name": "chat-kafka-0", "labels": {"statefulset.kubernetes.io/pod-name": "chat-kafka-0"}},
+            "metadata": {"name": "chat-kafka-0", "labels": {"app.kubernetes.io/component": "kafka"}},
             "status": {"containerStatuses": [status("kafka", 8, waiting="CrashLoopBackOff", exit_code=1)]},
+        },
+        {
+            # A StatefulSet too, but one of Courier's own tiers: not a backend the others wait on.
+            "metadata": {"name": "chat-delivery-0", "labels": {"app.kubernetes.io/component": "delivery"}},
+            "status": {"containerStatuses": [status("delivery", 3, waiting="CrashLoopBackOff", exit_code=1)]},
         },
         {
             "metadata": {"name": "chat-message-1", "labels": {}},
@@ -70,7 +75,8 @@ def test_the_report_shows_each_crashed_container_log_with_the_backends_last(
     assert report.startswith("NAME  READY  STATUS")
     migrate = report.index("--- chat-message-1/migrate: 8 restarts, last exit: 1 (Error)")
     kafka = report.index("--- chat-kafka-0/kafka: 8 restarts, last exit: 1 (Error)")
-    assert migrate < kafka, "the backend that the others wait on comes last"
+    delivery = report.index("--- chat-delivery-0/delivery: 3 restarts, last exit: 1 (Error)")
+    assert migrate < kafka and delivery < kafka, "the backend that the others wait on comes last"
     assert report.rstrip().endswith("the last words of chat-kafka-0/kafka")
     assert "chat-redis-0" not in report and "chat-message-1/message" not in report, "healthy and waiting-to-start"
     assert all("--previous" in argv for argv in asked if "logs" in argv), "a crashed container's log is its last run's"
