@@ -121,17 +121,23 @@ def gateway_autoscaled(metrics: KindCluster) -> Iterator[KindCluster]:
         wait("the IMCluster to be Ready", lambda: ready(cluster))
 
 
+def gateway_cpu(cluster: KindCluster) -> tuple[bool, Any]:
+    """Whether metrics-server has the CPU of every gateway pod, with the pods and what it has."""
+    measured = json.loads(cluster.kubectl("get", "--raw", CPU_API.format(cluster.namespace)))["items"]
+    cpu_of = {m["metadata"]["name"]: [c["usage"]["cpu"] for c in m["containers"]] for m in measured}
+    gateways = pod_names(cluster, "gateway")
+    return bool(gateways) and all(cpu_of.get(pod) for pod in gateways), (gateways, cpu_of)
+
+
 def test_the_gateway_autoscaler_reads_its_pods_cpu_utilisation_and_is_active(gateway_autoscaled: KindCluster) -> None:
     cluster = gateway_autoscaled
     current, _ = wait("the gateway's HPA to read its pods' CPU", lambda: scaling_active(cluster, "gateway"))
     [cpu] = current
     assert cpu["type"] == "Resource" and cpu["resource"]["name"] == "cpu", cpu
     assert cpu["resource"]["current"]["averageUtilization"] >= 0, cpu
-    # What it read: every gateway pod's CPU, from metrics-server (what `kubectl top pods` shows).
-    measured = json.loads(cluster.kubectl("get", "--raw", CPU_API.format(cluster.namespace)))["items"]
-    cpu_of = {m["metadata"]["name"]: [c["usage"]["cpu"] for c in m["containers"]] for m in measured}
-    gateways = pod_names(cluster, "gateway")
-    assert gateways and all(cpu_of.get(pod) for pod in gateways), (gateways, cpu_of)
+    # What it read: every gateway pod's CPU, from metrics-server (what `kubectl top pods` shows). The HPA may turn
+    # active on the pods measured so far; a pod started by an earlier test is measured from its second scrape on.
+    gateways, cpu_of = wait("metrics-server to measure every gateway pod", lambda: gateway_cpu(cluster))
     usage = {pod: cpu_of[pod] for pod in gateways}
     print(f"\nautoscaling: the gateway's HPA reads {cpu['resource']['current']['averageUtilization']} % CPU ({usage})")
 
