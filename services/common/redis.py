@@ -65,10 +65,20 @@ class ScriptBatcher:
         self._client = client
         self._script = script
         self._what = what
+        self._max_batch = max_batch
         self._calls: Batcher[tuple[list[Any], list[Any]], Any] = Batcher(self._run, max_batch=max_batch)
 
     async def __call__(self, *, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         return await self._calls.submit((list(keys), list(args)))
+
+    async def call_many(self, calls: Sequence[tuple[list[Any], list[Any]]]) -> list[Any]:
+        """Many calls the caller already has together (``(keys, args)`` each; every device a push reaches):
+        sent in pipelines of ``max_batch`` one after the other, without a queued item and a future per call.
+        Raises ``Unavailable`` at the first pipeline that fails; the calls before it were made."""
+        replies: list[Any] = []
+        for start in range(0, len(calls), self._max_batch):
+            replies += await self._run(list(calls[start : start + self._max_batch]))
+        return replies
 
     async def _run(self, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
         with unavailable(self._what):

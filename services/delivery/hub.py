@@ -387,14 +387,14 @@ class Hub:
             )
         # After the offers, so the store never delays a push; an ack that overtakes its frame's
         # record is safe, as the store skips frames at or below the acked seq.
-        pending = self._pending
-        if pending is not None and tracking:
-            await asyncio.gather(
-                *(
-                    self._guarded("recording a push", user_id, device_id, pending.add(user_id, device_id, frames))
-                    for (user_id, device_id), frames in tracking.items()
-                )
-            )
+        if self._pending is not None and tracking:
+            try:
+                await self._pending.add_many(tracking)
+            except Unavailable as exc:
+                user_id, device_id = next(iter(tracking))
+                self._failed("recording a push", user_id, device_id, exc, devices=len(tracking))
+            else:
+                self._recovered()
 
     def _offer(self, push: Push, now: float, tracking: dict[tuple[str, str], list[Mapping[str, Any]]]) -> int:
         """Queue one push's frame on its devices' sockets; returns how many took it."""
@@ -507,9 +507,9 @@ class Hub:
         else:
             self._recovered()
 
-    def _failed(self, doing: str, user_id: str, device_id: str, exc: Unavailable) -> None:
-        """Counted every time, logged once per outage so a Redis outage does not flood the log."""
-        self.pending_failures += 1
+    def _failed(self, doing: str, user_id: str, device_id: str, exc: Unavailable, *, devices: int = 1) -> None:
+        """Counted per device every time, logged once per outage so a Redis outage does not flood the log."""
+        self.pending_failures += devices
         if self._pending_ok:
             self._pending_ok = False
             log.warning(

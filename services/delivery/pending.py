@@ -39,9 +39,18 @@ class Pending(NamedTuple):
     """The device's acked seq per conversation."""
 
 
+Device = tuple[str, str]
+"""``(user_id, device_id)``."""
+
+
 class PendingStore(Protocol):
     async def add(self, user_id: str, device_id: str, frames: Sequence[Mapping[str, Any]]) -> None:
         """Track frames pushed to the device, except those at or below its acked seq of their conversation."""
+        ...
+
+    async def add_many(self, frames_by_device: Mapping[Device, Sequence[Mapping[str, Any]]]) -> None:
+        """``add`` for every device of one push at once (all members of a group). Raises ``Unavailable``
+        when the store failed; the frames of some of the devices may have been recorded."""
         ...
 
     async def ack(self, user_id: str, device_id: str, conversation_id: str, seq: int) -> int:
@@ -75,6 +84,10 @@ class MemoryPendingStore:
             pending[key] = dict(frame)  # a known key keeps its age, as in the window
         while len(pending) > self._capacity:
             del pending[next(iter(pending))]
+
+    async def add_many(self, frames_by_device: Mapping[Device, Sequence[Mapping[str, Any]]]) -> None:
+        for (user_id, device_id), frames in frames_by_device.items():
+            await self.add(user_id, device_id, frames)
 
     async def ack(self, user_id: str, device_id: str, conversation_id: str, seq: int) -> int:
         device = (user_id, device_id)
@@ -167,13 +180,30 @@ class RedisPendingStore:
         return [f"{base}:frames", f"{base}:order", f"{base}:age", f"{base}:acked"]
 
     async def add(self, user_id: str, device_id: str, frames: Sequence[Mapping[str, Any]]) -> None:
-        if not frames:
-            return
-        args: list[str | int] = [self._ttl_s, self._capacity]
+        if frames:
+            await self._add(keys=self._keys(user_id, device_id), args=self._add_args(frames, {}))
+
+    async def add_many(self, frames_by_device: Mapping[Device, Sequence[Mapping[str, Any]]]) -> None:
+        """One script call per device as ``add``, sent together without a future each, and every frame
+        serialized once however many devices it reaches (a group's push is one frame for all of them)."""
+        texts: dict[int, str] = {}
+        calls = [
+            (self._keys(user_id, device_id), self._add_args(frames, texts))
+            for (user_id, device_id), frames in frames_by_device.items()
+            if frames
+        ]
+        await self._add.call_many(calls)
+
+    def _add_args(self, frames: Sequence[Mapping[str, Any]], texts: dict[int, str]) -> list[Any]:
+        """``texts`` keeps each frame's JSON by the frame's ``id``, valid while the caller holds the frames."""
+        args: list[Any] = [self._ttl_s, self._capacity]
         for frame in frames:
+            text = texts.get(id(frame))
+            if text is None:
+                text = texts[id(frame)] = orjson.dumps(frame).decode()
             conversation_id, seq = str(frame["conversation_id"]), ack_seq(frame)
-            args += [conversation_id, seq, _field(conversation_id, seq), orjson.dumps(frame).decode()]
-        await self._add(keys=self._keys(user_id, device_id), args=args)
+            args += [conversation_id, seq, _field(conversation_id, seq), text]
+        return args
 
     async def ack(self, user_id: str, device_id: str, conversation_id: str, seq: int) -> int:
         low, high = f"[{conversation_id}\0", f"[{_field(conversation_id, seq)}"

@@ -150,3 +150,19 @@ async def test_a_full_set_drops_its_oldest_frames_first(new_store: NewStore) -> 
     await store.add(u, "d", [message(c, 6), message(c, 7)])
 
     assert keys(await store.load(u, "d")) == [(c, 1), (c, 6), (c, 7)]
+
+
+async def test_one_push_to_many_devices_records_each_of_them(new_store: NewStore) -> None:
+    """A group's push: one frame for every member's devices, more devices than one pipeline carries."""
+    store, cid, other = new_store(), new_id(), new_id()
+    devices = [(uid(f"member{n}"), f"d{n % 3}") for n in range(600)]
+    shared = message(cid, 7, "to everyone")
+    await store.ack(*devices[5], cid, 7)  # acked already (a retransmit that overtook): not recorded again
+
+    await store.add_many({device: [shared, message(other, n + 1)] for n, device in enumerate(devices)})
+
+    loaded = [await store.load(user, device) for user, device in devices]
+    assert [keys(p) for p in loaded] == [
+        [(other, n + 1)] if n == 5 else sorted([(cid, 7), (other, n + 1)]) for n in range(600)
+    ]
+    assert all(frame == shared for p in loaded for frame in p.frames if frame["conversation_id"] == cid)

@@ -32,6 +32,9 @@ class FailingStore:
     async def add(self, user_id: str, device_id: str, frames: Sequence[Mapping[str, Any]]) -> None:
         raise Unavailable("redis is unreachable (test)")
 
+    async def add_many(self, frames_by_device: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> None:
+        raise Unavailable("redis is unreachable (test)")
+
     async def ack(self, user_id: str, device_id: str, conversation_id: str, seq: int) -> int:
         raise Unavailable("redis is unreachable (test)")
 
