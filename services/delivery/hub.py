@@ -388,13 +388,10 @@ class Hub:
         # After the offers, so the store never delays a push; an ack that overtakes its frame's
         # record is safe, as the store skips frames at or below the acked seq.
         if self._pending is not None and tracking:
-            try:
-                await self._pending.add_many(tracking)
-            except Unavailable as exc:
-                user_id, device_id = next(iter(tracking))
-                self._failed("recording a push", user_id, device_id, exc, devices=len(tracking))
-            else:
-                self._recovered()
+            user_id, device_id = next(iter(tracking))  # the device a failure's log line names
+            await self._guarded(
+                "recording a push", user_id, device_id, self._pending.add_many(tracking), devices=len(tracking)
+            )
 
     def _offer(self, push: Push, now: float, tracking: dict[tuple[str, str], list[Mapping[str, Any]]]) -> int:
         """Queue one push's frame on its devices' sockets; returns how many took it."""
@@ -499,11 +496,13 @@ class Hub:
             except Exception:  # keep the loop alive; one bad frame must not stop retransmission
                 log.exception("retransmit sweep failed")
 
-    async def _guarded(self, doing: str, user_id: str, device_id: str, call: Awaitable[Any]) -> None:
+    async def _guarded(
+        self, doing: str, user_id: str, device_id: str, call: Awaitable[Any], *, devices: int = 1
+    ) -> None:
         try:
             await call
         except Unavailable as exc:
-            self._failed(doing, user_id, device_id, exc)
+            self._failed(doing, user_id, device_id, exc, devices=devices)
         else:
             self._recovered()
 
