@@ -25,7 +25,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import PoolResetState, QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from services.common import inline_sqlite
@@ -95,14 +95,68 @@ def create_engine(url: str) -> AsyncEngine:
     # READ COMMITTED, as PostgreSQL has by default: MySQL's REPEATABLE READ takes gap locks on every
     # search of an index, and two logins deleting a missing row then inserting into the same gap deadlock.
     # Nothing here relies on repeatable reads: unique keys and SKIP LOCKED carry the guarantees.
-    return create_async_engine(
+    engine = create_async_engine(
         url,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
+        pool_reset_on_return=None,  # _server_pool_events: a rollback only for a connection still in a transaction
         isolation_level="READ COMMITTED",
         hide_parameters=True,
     )
+    _server_pool_events(engine.sync_engine)
+    return engine
+
+
+# A pooled server connection idle for longer than this is pinged before it is handed out. One used more recently
+# is not: a busy process would otherwise pay a round trip per checkout (on MariaDB a group commit's seventh).
+PING_AFTER_IDLE_S = 1.0
+_IDLE_SINCE = "courier_idle_since"
+
+
+def _server_pool_events(engine: Engine) -> None:
+    """What SQLAlchemy's ``pool_pre_ping`` and rollback-on-return do, without their round trips where they
+    answer nothing: the ping only after ``PING_AFTER_IDLE_S`` in the pool, the rollback only when the driver
+    says the connection is in a transaction. A transaction run through a ``Connection`` has always been
+    committed or rolled back before its connection returns, yet the pool rolled back again (for asyncmy a
+    ``ROLLBACK`` sent; asyncpg's adapter knows and skips it)."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is None or time.monotonic() - idle_since <= PING_AFTER_IDLE_S:
+            return  # new, or in use a moment ago: a connection lost since fails its statement (Unavailable)
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as err:
+            if not dialect.is_disconnect(err, dbapi_connection, None):
+                raise
+            # As a failed pre-ping: every connection pooled before now is replaced, this one at once.
+            raise sa_exc.InvalidatePoolError() from err
+
+    # asyncpg's "another operation is in progress": a server that ended the connection (a restart, a kill) while
+    # it sat in the pool, noticed only once the next statement was under way. Its protocol state is lost: a
+    # disconnect, so the connection and those pooled with it are replaced (and the caller gets Unavailable).
+    lost_midway = getattr(dialect.loaded_dbapi, "InternalClientError", None)
+    if lost_midway is not None:
+
+        @event.listens_for(engine, "handle_error")
+        def _lost_midway(context: Any) -> None:
+            if isinstance(context.original_exception, lost_midway):
+                context.is_disconnect = True
+
+    @event.listens_for(engine, "reset")
+    def _end_transaction(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+        if not state.asyncio_safe or state.transaction_was_reset:
+            return  # garbage collected (no loop to talk on), or rolled back by Connection.close already
+        in_transaction = getattr(dbapi_connection.driver_connection, "get_transaction_status", None)
+        if in_transaction is not None and not in_transaction():
+            return
+        dbapi_connection.rollback()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -215,6 +269,8 @@ async def outage_is_unavailable(what: str) -> AsyncIterator[None]:
     except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
         _unavailable(what, exc)
     except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:  # the connection was lost, whatever class the driver gave the error
+            _unavailable(what, exc)
         # PostgreSQL's deadlock comes through asyncpg as the driver's base Error, so as Core's plain DBAPIError: the
         # transaction was rolled back and may run again, as MySQL's OperationalError deadlock says.
         if not is_deadlock(exc):
