@@ -153,10 +153,15 @@ def instrument_engine(engine: AsyncEngine) -> None:
     _state.engines.add(id(engine.sync_engine))
 
 
+# What ``tracer`` gives while tracing is off. opentelemetry's ``get_tracer`` reads the environment on every call
+# (for a provider named there) and wraps a proxy, and the fan-out asks for a tracer per record.
+_OFF = trace.NoOpTracer()
+
+
 def tracer(name: str) -> trace.Tracer:
     """A tracer of this process's provider; a no-op one when tracing is off."""
     if _state is None:
-        return trace.get_tracer(name)
+        return _OFF
     return _state.provider.get_tracer(name)
 
 
