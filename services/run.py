@@ -23,6 +23,7 @@ from services.common import shutdown, telemetry
 from services.common.observe import observe
 from services.common.revocation import RedisRevocations
 from services.common.settings import Settings
+from services.common.stream import StreamServer
 from services.common.web import install_error_handlers, install_ops_routes
 from services.compose import ROLES, Process, Wiring
 
@@ -30,6 +31,7 @@ log = logging.getLogger("courier.run")
 
 SERVICES = ("gateway", *ROLES)
 STATIC_DIR = Path(__file__).parent / "gateway" / "static"
+STREAM_GO_AWAY_S = 5.0
 
 
 def create_service_app(name: str, settings: Settings) -> FastAPI:
@@ -40,7 +42,14 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     app = FastAPI(
         title=f"Courier {name}", version="1", lifespan=process.lifespan, default_response_class=ORJSONResponse
     )
-    app.state.drain = lambda: process.drain(lambda: shutdown.lag(settings.shutdown.lag_s))
+    streams = StreamServer(settings.internal_token)
+
+    async def drain() -> None:
+        await process.drain(lambda: shutdown.lag(settings.shutdown.lag_s))
+        await streams.go_away(STREAM_GO_AWAY_S)  # its calls answered before uvicorn closes its sockets
+
+    app.state.drain = drain
+    app.router.routes.append(streams.route())
     install_error_handlers(app)
     for router in process.routers:
         app.include_router(router)

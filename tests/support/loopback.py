@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from services.common.internal import InternalClient, RequireInternal
+from services.common.stream import STREAMS, StreamServer
 from services.common.web import install_error_handlers
 
 START_DEADLINE_S = 30.0
@@ -25,7 +26,7 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     # log_config=None: leave the logging the tests set up as it is.
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", ws="none"))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off", ws="websockets-sansio"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(START_DEADLINE_S):
@@ -46,24 +47,33 @@ GUARD = RequireInternal(TOKEN)
 
 @dataclass
 class Internal:
-    """An internal router being served: its URL, a client that presents the token, and the path of
-    every request it received, in order."""
+    """An internal router being served: its URL, a client that presents the token, the path of every
+    request it received, in order, and its ``/internal/stream`` route."""
 
     url: str
     client: InternalClient
     paths: list[str] = field(default_factory=list)
+    streams: StreamServer = field(default_factory=lambda: StreamServer(TOKEN))
 
 
 @contextlib.asynccontextmanager
 async def internal_service(
-    router: APIRouter, *, hold: Callable[[], Awaitable[object]] | None = None
+    router: APIRouter,
+    *,
+    hold: Callable[[], Awaitable[object]] | None = None,
+    streams: int = STREAMS,
+    serve_stream: bool = True,
 ) -> AsyncIterator[Internal]:
-    """``router`` (built with ``GUARD``) in an app with Courier's error handlers, served on loopback.
+    """``router`` (built with ``GUARD``) in an app with Courier's error handlers and, unless ``serve_stream`` is
+    False, the internal stream route, served on loopback; its client keeps ``streams`` streams (0: HTTP only).
     ``hold``, when given, is awaited by every request after it is counted and before it is handled."""
     paths: list[str] = []
+    stream_server = StreamServer(TOKEN)
     api = FastAPI()
     install_error_handlers(api)
     api.include_router(router)
+    if serve_stream:
+        api.router.routes.append(stream_server.route())
 
     @api.middleware("http")
     async def remember(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -73,8 +83,8 @@ async def internal_service(
         return await call_next(request)
 
     async with serving(api) as url:
-        client = InternalClient(url, TOKEN)
+        client = InternalClient(url, TOKEN, streams=streams)
         try:
-            yield Internal(url, client, paths)
+            yield Internal(url, client, paths, stream_server)
         finally:
             await client.close()

@@ -1,6 +1,7 @@
 """The generic internal call (services.common.contract): a port's calls served by ``serve`` and asked by
-``Call.ask`` over real HTTP on loopback; errors come back as the same exception, a request that fails
-validation is a 422 in the protocol's error shape, and a GET carries its fields in the path."""
+``Call.ask`` on loopback, over the client's internal streams and over HTTP alone; errors come back as the same
+exception, a request that fails validation is a 422 in the protocol's error shape, and a GET carries its fields
+in the path."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field
 from services.common.contract import Call, call, serve
 from services.common.errors import Conflict, CourierError, Forbidden, InvalidRequest, NotFound, RateLimited, Unavailable
 from services.common.internal import HEADER, InternalClient
+from services.common.stream import STREAMS
 from tests.support.loopback import GUARD, TOKEN, internal_service
 
 
@@ -64,9 +66,16 @@ async def reset(counter: Counter, body: Name) -> None:
 CALLS = [add, total, reset]
 
 
-async def test_calls_are_served_and_asked_over_http() -> None:
+@pytest.fixture(params=[STREAMS, 0], ids=["stream", "http"])
+def streams(request: pytest.FixtureRequest) -> int:
+    """Every call below over the client's streams and over HTTP alone: one contract on either transport."""
+    count: int = request.param
+    return count
+
+
+async def test_calls_are_served_and_asked(streams: int) -> None:
     counter = Counter()
-    async with internal_service(serve(counter, GUARD, CALLS)) as served:
+    async with internal_service(serve(counter, GUARD, CALLS), streams=streams) as served:
         assert await add.ask(served.client, Add(name="a", by=2)) == Total(total=2)
         assert await add.ask(served.client, Add(name="a", by=3)) == Total(total=5)
         assert await total.ask(served.client, Name(name="a")) == Total(total=5)
@@ -90,10 +99,10 @@ async def test_the_wire_is_plain_json_and_204_without_a_body() -> None:
         assert (gone.status_code, gone.content) == (204, b"")
 
 
-async def test_a_path_field_is_sent_encoded_and_read_back_whole() -> None:
+async def test_a_path_field_is_sent_encoded_and_read_back_whole(streams: int) -> None:
     counter = Counter()
     counter.counts["a b?c=1#d%2F"] = 7
-    async with internal_service(serve(counter, GUARD, CALLS)) as served:
+    async with internal_service(serve(counter, GUARD, CALLS), streams=streams) as served:
         assert await total.ask(served.client, Name(name="a b?c=1#d%2F")) == Total(total=7)
         with pytest.raises(NotFound, match="no counter a b"):
             await total.ask(served.client, Name(name="a b"))
@@ -102,27 +111,27 @@ async def test_a_path_field_is_sent_encoded_and_read_back_whole() -> None:
 @pytest.mark.parametrize(
     "error", [NotFound("no such thing"), Conflict("taken"), InvalidRequest("bad"), Unavailable("down")]
 )
-async def test_an_error_answer_is_raised_again_as_the_same_exception(error: CourierError) -> None:
+async def test_an_error_answer_is_raised_again_as_the_same_exception(error: CourierError, streams: int) -> None:
     counter = Counter()
     counter.fail = error
-    async with internal_service(serve(counter, GUARD, CALLS)) as served:
+    async with internal_service(serve(counter, GUARD, CALLS), streams=streams) as served:
         with pytest.raises(type(error)) as raised:
             await add.ask(served.client, Add(name="a", by=1))
         assert type(raised.value) is type(error)
         assert raised.value.message == error.message
 
 
-async def test_rate_limited_keeps_its_class() -> None:
+async def test_rate_limited_keeps_its_class(streams: int) -> None:
     counter = Counter()
     counter.fail = RateLimited("slow down", retry_after=3)
-    async with internal_service(serve(counter, GUARD, CALLS)) as served:
+    async with internal_service(serve(counter, GUARD, CALLS), streams=streams) as served:
         with pytest.raises(RateLimited, match="slow down"):
             await add.ask(served.client, Add(name="a", by=1))
 
 
-async def test_a_request_failing_validation_is_a_422_in_the_protocol_error_shape() -> None:
+async def test_a_request_failing_validation_is_a_422_in_the_protocol_error_shape(streams: int) -> None:
     counter = Counter()
-    async with internal_service(serve(counter, GUARD, CALLS)) as served:
+    async with internal_service(serve(counter, GUARD, CALLS), streams=streams) as served:
         async with httpx.AsyncClient(base_url=served.url, headers={HEADER: TOKEN}) as http:
             wrong = await http.post("/internal/counter/add", json={"name": "a", "by": 0})
             missing = await http.post("/internal/counter/add", json={"by": 1})
@@ -141,10 +150,10 @@ async def test_a_request_failing_validation_is_a_422_in_the_protocol_error_shape
         assert counter.counts == {}
 
 
-async def test_without_the_internal_token_every_call_is_forbidden() -> None:
+async def test_without_the_internal_token_every_call_is_forbidden(streams: int) -> None:
     counter = Counter()
-    async with internal_service(serve(counter, GUARD, CALLS)) as served:
-        stranger = InternalClient(served.url, "not-the-token")
+    async with internal_service(serve(counter, GUARD, CALLS), streams=streams) as served:
+        stranger = InternalClient(served.url, "not-the-token", streams=streams)
         try:
             with pytest.raises(Forbidden):
                 await add.ask(stranger, Add(name="a", by=1))
@@ -155,20 +164,20 @@ async def test_without_the_internal_token_every_call_is_forbidden() -> None:
         assert counter.counts == {}
 
 
-async def test_an_answer_that_is_not_the_calls_answer_is_unavailable() -> None:
+async def test_an_answer_that_is_not_the_calls_answer_is_unavailable(streams: int) -> None:
     async def not_served(counter: Counter, body: Add) -> Name:
         raise AssertionError("only asked")
 
     other = Call("POST", "/internal/counter/add", Add, Name, not_served)  # its answer is not add's
-    async with internal_service(serve(Counter(), GUARD, CALLS)) as served:
+    async with internal_service(serve(Counter(), GUARD, CALLS), streams=streams) as served:
         with pytest.raises(Unavailable, match="answered what is not its answer"):
             await other.ask(served.client, Add(name="a", by=1))
 
 
-async def test_an_unreachable_service_is_unavailable() -> None:
-    async with internal_service(serve(Counter(), GUARD, CALLS)) as served:
+async def test_an_unreachable_service_is_unavailable(streams: int) -> None:
+    async with internal_service(serve(Counter(), GUARD, CALLS), streams=streams) as served:
         url = served.url
-    client = InternalClient(url, TOKEN, timeout_s=2)
+    client = InternalClient(url, TOKEN, timeout_s=2, streams=streams)
     try:
         with pytest.raises(Unavailable, match="unreachable"):
             await add.ask(client, Add(name="a", by=1))

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import text
 
 from services.common import db, telemetry
 from services.common.internal import InternalClient
+from tests.support.loopback import internal_service
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -179,7 +180,7 @@ async def test_internal_calls_carry_the_trace_to_the_next_service(
     spans: InMemorySpanExporter, echo_server: tuple[str, list[dict[str, str]]]
 ) -> None:
     url, seen = echo_server
-    client = InternalClient(url, "internal-token")
+    client = InternalClient(url, "internal-token", streams=0)  # over HTTP; the next test over a stream
     try:
         with telemetry.tracer("test").start_as_current_span("use case") as parent:
             assert await client.call("GET", "/internal/x") == {}
@@ -190,6 +191,26 @@ async def test_internal_calls_carry_the_trace_to_the_next_service(
     clients = [s for s in spans.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
     assert clients
     assert clients[0].context.trace_id == parent.get_span_context().trace_id
+
+
+async def test_internal_calls_on_a_stream_carry_the_trace_to_the_next_service(spans: InMemorySpanExporter) -> None:
+    seen: list[str] = []
+    router = APIRouter()
+
+    @router.post("/internal/x")
+    async def remember(request: Request) -> dict[str, str]:
+        seen.append(request.headers.get("traceparent", ""))
+        return {}
+
+    async with internal_service(router) as served:
+        with telemetry.tracer("test").start_as_current_span("use case") as parent:
+            assert await served.client.call("POST", "/internal/x", {}) == {}
+        assert served.streams.answered == 1
+    trace_id = parent.get_span_context().trace_id
+    assert seen[0].split("-")[1] == format(trace_id, "032x")
+    [client] = [s for s in spans.get_finished_spans() if s.name == "POST /internal/x"]  # (the stream's opening has one)
+    assert (client.kind, client.context.trace_id) == (trace.SpanKind.CLIENT, trace_id)
+    assert seen[0].split("-")[2] == format(client.context.span_id, "016x")  # the server's parent is the call
 
 
 async def test_an_instrumented_engine_traces_statements(spans: InMemorySpanExporter, tmp_path: Path) -> None:
