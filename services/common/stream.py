@@ -180,7 +180,13 @@ class Streams:
             if least is not None and (not least.waiting or not room):
                 return least
             if room:
-                return await self._connect()
+                try:
+                    opened = await self._connect()
+                except Unavailable:
+                    if least is None:
+                        raise
+                    return least  # the streams open already still carry the call
+                return opened or least
             if self._opening == 0 or self._clock() < self._http_until:
                 return least
             await self._opened.wait()
@@ -345,6 +351,12 @@ async def _run(
 
     try:
         await app(scope, receive, send)
+    except Exception:
+        # Starlette's outermost middleware answers an unexpected error (500, logged by the error handler) and
+        # raises it again for the server, as uvicorn expects; here the answer it sent is the answer.
+        if not chunks:
+            log.exception("internal stream request %s %s failed without an answer", method, raw)
+            return 500, orjson.dumps({"error": {"code": "internal", "message": "internal error; it has been logged"}})
     finally:
         answered.set()
     return status, b"".join(chunks)

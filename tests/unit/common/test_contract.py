@@ -5,6 +5,8 @@ in the path."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from pydantic import BaseModel, Field
@@ -21,7 +23,7 @@ class Counter:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self.fail: CourierError | None = None
+        self.fail: Exception | None = None
 
     async def add(self, name: str, by: int) -> int:
         if self.fail is not None:
@@ -119,6 +121,19 @@ async def test_an_error_answer_is_raised_again_as_the_same_exception(error: Cour
             await add.ask(served.client, Add(name="a", by=1))
         assert type(raised.value) is type(error)
         assert raised.value.message == error.message
+
+
+async def test_an_unexpected_error_is_answered_at_once_as_a_500(streams: int) -> None:
+    counter = Counter()
+    counter.fail = RuntimeError("a bug")
+    async with internal_service(serve(counter, GUARD, CALLS), streams=streams) as served:
+        client = InternalClient(served.url, TOKEN, timeout_s=30, streams=streams)
+        try:
+            async with asyncio.timeout(10):  # answered, not left to the client's timeout
+                with pytest.raises(Unavailable, match="internal error"):  # a 500 is Unavailable to the caller
+                    await add.ask(client, Add(name="a", by=1))
+        finally:
+            await client.close()
 
 
 async def test_rate_limited_keeps_its_class(streams: int) -> None:
