@@ -41,6 +41,7 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUILD_CA_NAME = "courier-build-ca.crt"
 
 DOCKER_DIR = Path(os.environ.get("COURIER_DOCKER_DIR", "/tmp/courier-docker"))  # noqa: S108 - logs and pid
+ENGINE_PID_FILE = Path("/var/run/docker.pid")  # dockerd's own, at its default place
 
 
 class ImageError(Exception):
@@ -218,6 +219,7 @@ def ensure_engine() -> None:
     if engine_running():  # the package's own service may have started it
         return
     DOCKER_DIR.mkdir(parents=True, exist_ok=True)
+    clear_stale_pid_file(ENGINE_PID_FILE, "dockerd")
     argv = ["/usr/sbin/dockerd", "--host", "unix:///var/run/docker.sock", "--storage-driver", "overlay2"]
     if missing_capabilities():
         shim = cache_root() / "docker" / "courier-runc"
@@ -240,6 +242,25 @@ def ensure_engine() -> None:
         if time.monotonic() > deadline:
             raise ImageError(f"dockerd did not answer within 120 s (log: {DOCKER_DIR / 'dockerd.log'})")
         time.sleep(1)
+
+
+def clear_stale_pid_file(pid_file: Path, name: str) -> None:
+    """Remove ``pid_file`` unless the process it names is a live ``name``. A daemon killed without its own cleanup
+    leaves its pid file behind, and dockerd refuses to start while the pid it names is alive, whatever process has
+    that pid by now (on a busy host, often another one)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except FileNotFoundError:
+        return
+    except ValueError:
+        pid = 0
+    try:
+        running = Path(f"/proc/{pid}/comm").read_text().strip() if pid > 0 else ""
+    except OSError:
+        running = ""
+    if running != name:
+        log(f"removing {pid_file}: pid {pid} is {repr(running) if running else 'not running'}, not {name}")
+        pid_file.unlink(missing_ok=True)
 
 
 def stop_engine() -> None:
