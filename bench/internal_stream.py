@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 import uvloop
 
 from bench.internal_call import TOKEN, Send, send
+from bench.machine import cpu_seconds
 from services.common.internal import InternalClient
 from services.common.stream import STREAMS
 
@@ -28,17 +28,13 @@ REQUEST = Send(conversation_id="c1", sender_id="u1", client_msg_id="m1", text="h
 SERVER = """
 import uvicorn
 from bench.internal_call import TOKEN, served_by_contract
+from services.common.internal import RequireInternal
 from services.common.stream import StreamServer
 app = served_by_contract()
-app.router.routes.append(StreamServer(TOKEN).route())
+app.router.routes.append(StreamServer(RequireInternal(TOKEN)).route())
 uvicorn.run(app, host="127.0.0.1", port={port}, log_level="warning", loop="uvloop", http="httptools",
             ws="services.common.wsprotocol:BoundedCloseProtocol", ws_max_size=4 << 20, ws_ping_interval=None)
 """
-
-
-def _cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115 - one read
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -46,6 +42,13 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _server_cpu_s(pid: int) -> float:
+    seconds = cpu_seconds(pid)
+    if seconds is None:
+        raise SystemExit(f"the server (pid {pid}) is gone")
+    return seconds
 
 
 async def _calls(client: InternalClient, calls: int, at_once: int) -> None:
@@ -83,9 +86,9 @@ async def run(server: int, url: str, calls: int, repeat: int) -> None:
         for _ in range(repeat):
             for at_once in (1, 8):
                 for name, client in clients.items():
-                    mine, theirs = time.process_time(), _cpu_s(server)
+                    mine, theirs = time.process_time(), _server_cpu_s(server)
                     await _calls(client, calls, at_once)
-                    mine, theirs = time.process_time() - mine, _cpu_s(server) - theirs
+                    mine, theirs = time.process_time() - mine, _server_cpu_s(server) - theirs
                     print(f"{name:10s} {at_once:9d} {1e6 * mine / calls:15.0f} {1e6 * theirs / calls:15.0f}")
     finally:
         for client in clients.values():

@@ -42,7 +42,7 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     app = FastAPI(
         title=f"Courier {name}", version="1", lifespan=process.lifespan, default_response_class=ORJSONResponse
     )
-    streams = StreamServer(settings.internal_token)
+    streams = StreamServer(process.wiring.guard)
 
     async def drain() -> None:
         await process.drain(lambda: shutdown.lag(settings.shutdown.lag_s))

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.payload import TOO_LARGE_BYTES_BODY
 from fastapi import Request
 from opentelemetry import trace
 
@@ -21,7 +22,6 @@ PREFIX = "/internal"
 """Where every service serves its service-to-service routes; the public edge never serves this prefix."""
 FORWARDED_FOR = "x-forwarded-for"
 _JSON = {"content-type": "application/json"}
-_LARGE_BODY = 1 << 20
 
 
 def vouched_client(headers: Mapping[str, str], token: str) -> str | None:
@@ -99,7 +99,7 @@ class InternalClient:
 
     def _span(self, method: str, path: str) -> AbstractContextManager[Any]:
         """A client span for a call on a stream, as aiohttp's instrumentation makes one for an HTTP request (its
-        context is the one the call carries). None while tracing is off."""
+        context is the one the call carries); no span while tracing is off."""
         if not telemetry.is_enabled():
             return nullcontext()
         attributes = {"http.request.method": method, "url.full": self.base_url + path, "courier.transport": "stream"}
@@ -109,8 +109,8 @@ class InternalClient:
 
     async def _over_http(self, method: str, path: str, content: bytes | None) -> tuple[int, bytes]:
         headers = _JSON if content is not None else None
-        # aiohttp warns that a body over 1 MiB given as bytes is copied on the loop; as a file it is written in parts.
-        data = io.BytesIO(content) if content is not None and len(content) > _LARGE_BODY else content
+        # aiohttp warns that a body this large given as bytes is copied on the loop; as a file it is written in parts.
+        data = io.BytesIO(content) if content is not None and len(content) > TOO_LARGE_BYTES_BODY else content
         try:
             async with self._http().request(method, self.base_url + path, data=data, headers=headers) as answer:
                 return answer.status, await answer.read()
@@ -130,7 +130,15 @@ class RequireInternal:
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
+    @property
+    def header(self) -> tuple[bytes, bytes]:
+        """The header a caller presents, for the requests the internal stream makes on its callers' behalf."""
+        return HEADER.encode(), self._token
+
+    def admits(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` (a request's, a WebSocket handshake's) present the internal token."""
+        return hmac.compare_digest(headers.get(HEADER, "").encode(), self._token)
+
     async def __call__(self, request: Request) -> None:
-        presented = request.headers.get(HEADER, "").encode()
-        if not hmac.compare_digest(presented, self._token):
+        if not self.admits(request.headers):
             raise Forbidden("internal route")

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
 import struct
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import aiohttp
@@ -39,6 +38,9 @@ from starlette.types import ASGIApp, Message, Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.common.errors import Unavailable
+
+if TYPE_CHECKING:  # internal.py builds its clients on this module
+    from services.common.internal import RequireInternal
 
 log = logging.getLogger("courier.stream")
 
@@ -163,11 +165,15 @@ class Streams:
         try:
             answer: tuple[int, bytes] = await stream.ask(method, path, headers, body, self._timeout_s)
         except _NotSent:
-            self._http_until = self._clock() + GO_AWAY_HTTP_S
+            self._turn_to_http()
             return None
         if stream.going_away:
-            self._http_until = self._clock() + GO_AWAY_HTTP_S
+            self._turn_to_http()
         return answer
+
+    def _turn_to_http(self) -> None:
+        """Calls go over HTTP for ``GO_AWAY_HTTP_S``: the server is stopping, or has no stream to offer."""
+        self._http_until = self._clock() + GO_AWAY_HTTP_S
 
     async def _pick(self) -> _Stream | None:
         """The open stream with the fewest calls out, a new one while every open one has some and there is
@@ -200,7 +206,7 @@ class Streams:
         except aiohttp.WSServerHandshakeError as exc:
             # A server without the route (an earlier release during an upgrade), or one that refuses it: HTTP.
             log.info("%s has no internal stream (%d); calling it over HTTP", self._base_url, exc.status)
-            self._http_until = self._clock() + GO_AWAY_HTTP_S
+            self._turn_to_http()
             return None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Unavailable(f"{self._base_url} unreachable: {exc.__class__.__name__}") from exc
@@ -221,11 +227,9 @@ class Streams:
 class StreamServer:
     """The ``/internal/stream`` route of a service app, for callers with the internal token."""
 
-    def __init__(self, token: str) -> None:
-        from services.common.internal import HEADER  # internal.py builds its clients on this module
-
-        self._header = HEADER.encode()
-        self._token = token.encode()
+    def __init__(self, guard: RequireInternal) -> None:
+        self._guard = guard
+        self._headers = [guard.header, _JSON]  # of every request run for a caller the guard admitted
         self._streams: set[WebSocket] = set()
         self._going_away = False
         self._ended = asyncio.Event()
@@ -252,8 +256,7 @@ class StreamServer:
                     await self._ended.wait()
 
     async def _serve(self, ws: WebSocket) -> None:
-        presented = ws.headers.get(self._header.decode(), "").encode()
-        if not hmac.compare_digest(presented, self._token):
+        if not self._guard.admits(ws.headers):
             await ws.close(code=1008)  # before accept: the handshake is refused with 403
             return
         await ws.accept()
@@ -289,7 +292,7 @@ class StreamServer:
             call_id, head_size = _REQUEST.unpack_from(data)
             head = orjson.loads(data[_REQUEST.size : _REQUEST.size + head_size])
             body = data[_REQUEST.size + head_size :]
-            status, answer = await _run(app, ws.scope, [(self._header, self._token), _JSON], head, body)
+            status, answer = await _run(app, ws.scope, self._headers, head, body)
             self.answered += 1
             await _send_quietly(ws, _ANSWER.pack(call_id, status) + answer)
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError):

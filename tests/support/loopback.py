@@ -52,8 +52,8 @@ class Internal:
 
     url: str
     client: InternalClient
+    streams: StreamServer
     paths: list[str] = field(default_factory=list)
-    streams: StreamServer = field(default_factory=lambda: StreamServer(TOKEN))
 
 
 @contextlib.asynccontextmanager
@@ -68,7 +68,7 @@ async def internal_service(
     False, the internal stream route, served on loopback; its client keeps ``streams`` streams (0: HTTP only).
     ``hold``, when given, is awaited by every request after it is counted and before it is handled."""
     paths: list[str] = []
-    stream_server = StreamServer(TOKEN)
+    stream_server = StreamServer(GUARD)
     api = FastAPI()
     install_error_handlers(api)
     api.include_router(router)
@@ -85,6 +85,6 @@ async def internal_service(
     async with serving(api) as url:
         client = InternalClient(url, TOKEN, streams=streams)
         try:
-            yield Internal(url, client, paths, stream_server)
+            yield Internal(url, client, stream_server, paths)
         finally:
             await client.close()
