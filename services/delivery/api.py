@@ -141,6 +141,7 @@ async def _read(
     websocket: WebSocket, session: Session, settings: WebSocketSettings, limiter: FrameLimiter | None, ip: str
 ) -> None:
     conn = session.conn
+    frame_tokens = None if limiter is None else limiter.frames(ip=ip, user_id=conn.user_id)
     # On expiry the writer sends the close frame, and the reader gets the disconnect that ends the close.
     idle = _Deadline(settings.idle_timeout_s, lambda: conn.close(CLOSE_IDLE, "idle timeout"))
     try:
@@ -159,9 +160,9 @@ async def _read(
             if data is None:
                 _invalid_frame(conn, "invalid_request", "binary frames are not supported; send JSON text")
                 continue
-            if limiter is not None:
+            if frame_tokens is not None:
                 try:
-                    await limiter.check(ip=ip, user_id=conn.user_id)
+                    await frame_tokens.check()
                 except RateLimited as exc:
                     refusal = {**error_frame(None, exc.code, exc.message), "retry_after": exc.retry_after}
                     conn.close(CLOSE_RATE_LIMITED, f"rate limited: {exc.message}", farewell=refusal)

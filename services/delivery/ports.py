@@ -40,7 +40,13 @@ class PresenceTracker(Protocol):
     async def unsubscribe_all(self, subscriber_id: str) -> None: ...
 
 
+class FrameTokens(Protocol):
+    async def check(self) -> None:
+        """Raises ``RateLimited`` when this frame is over a limit."""
+        ...
+
+
 class FrameLimiter(Protocol):
-    async def check(self, *, ip: str, user_id: str | None) -> None:
-        """Raises ``RateLimited`` when the caller is over a limit."""
+    def frames(self, *, ip: str, user_id: str | None) -> FrameTokens:
+        """The rate limits of one socket's frames, checked frame by frame in their order."""
         ...

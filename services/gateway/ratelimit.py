@@ -2,7 +2,8 @@
 
 The bucket arithmetic is a pure function over a bucket's state ``(tokens, updated_at)``. A
 ``BucketStore`` keeps that state per key: in process here, in Redis (one Lua script per take) when
-several gateways must share it. ``RateLimiter`` takes from every bucket a request draws from, or from none.
+several gateways must share it. ``RateLimiter`` takes from every bucket a request draws from, or from none;
+a socket's frames take their tokens a few at a time (``FrameTokens``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ LIMITS = ("global", "ip", "user")
 """The limits in the order ``RateLimiter`` takes from their buckets."""
 SWEEP_EVERY_S = 1.0
 """How often ``MemoryBucketStore`` looks for refilled buckets to forget."""
+AHEAD_MOST = 64
+"""The most tokens a socket takes ahead of its frames; fewer for small buckets (``FrameTokens``)."""
+AHEAD_FOR_S = 1.0
+"""How long tokens taken ahead of a socket's frames stay usable: the unused ones are dropped then."""
 
 
 class BucketState(NamedTuple):
@@ -151,10 +156,83 @@ class RateLimiter:
         self._rejections = [RATE_LIMIT_REJECTIONS.labels(limit) for limit in LIMITS]
 
     async def check(self, *, ip: str, user_id: str | None) -> None:
+        await self.take(self._buckets(ip, user_id))
+
+    def frames(self, *, ip: str, user_id: str | None) -> FrameTokens:
+        """The tokens of one socket's frames (one per frame, taken a few at a time)."""
+        buckets = self._buckets(ip, user_id)
+        most = min(AHEAD_MOST, int(min(bucket.burst for _, bucket in buckets) // 8))
+        return FrameTokens(self, buckets, most=max(1, most), clock=self._clock)
+
+    def _buckets(self, ip: str, user_id: str | None) -> list[tuple[str, Bucket]]:
         buckets = [self._global, (f"ip:{ip}", self._ip)]
         if user_id is not None:
             buckets.append((f"user:{user_id}", self._user))
-        refused, wait = await self._store.take_each(buckets, now=self._clock())
+        return buckets
+
+    async def take(self, buckets: Sequence[tuple[str, Bucket]], tokens: int = 1) -> None:
+        """Take ``tokens`` from every bucket, or raise ``RateLimited`` (counted) and take none."""
+        refused, wait = await self._store.take_each(buckets, now=self._clock(), cost=float(tokens))
         if refused >= 0:
             self._rejections[refused].inc()
             raise RateLimited(f"{LIMITS[refused]} rate limit exceeded", retry_after=wait)
+
+    async def take_ahead(self, buckets: Sequence[tuple[str, Bucket]], tokens: int) -> int:
+        """Take ``tokens`` from every bucket if they all have that many, else one; returns how many were
+        taken. Raises ``RateLimited`` when not even one is there."""
+        if tokens > 1:
+            refused, _ = await self._store.take_each(buckets, now=self._clock(), cost=float(tokens))
+            if refused < 0:
+                return tokens
+        await self.take(buckets)
+        return 1
+
+
+class FrameTokens:
+    """The tokens of one socket's frames. Each frame costs one token of every bucket, as a request does, but
+    a round trip to a shared store per frame would cost more than most frames' work: the socket takes
+    tokens ahead and spends them locally.
+
+    It starts with one token per take and doubles the take each time the tokens ran out while still
+    usable, up to ``most`` (``AHEAD_MOST``, or an eighth of the smallest burst). Tokens unused
+    ``AHEAD_FOR_S`` after their take are dropped, never given back, and the next take is as large as the
+    number used. When a bucket has fewer tokens than a take asks for, one is taken, so a socket is
+    refused only when some bucket has not even one token left (or the user's other sockets and calls
+    hold the rest ahead). The buckets therefore let through no more than per frame, at most ``most - 1``
+    tokens sooner: a socket that stops sending wastes what it held, and a socket's frames are refused
+    up to that much earlier than with one take per frame.
+
+    Frames of one socket are checked one after another (the reader's loop), never concurrently.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        buckets: Sequence[tuple[str, Bucket]],
+        *,
+        most: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._limiter = limiter
+        self._buckets = buckets
+        self._most = most
+        self._clock = clock
+        self._taken = 0
+        """Tokens of the last take."""
+        self._left = 0
+        self._until = float("-inf")
+        """When the tokens of the last take stop being usable."""
+
+    async def check(self) -> None:
+        """Spend a token on this frame; raises ``RateLimited`` when a bucket is empty."""
+        now = self._clock()
+        if now < self._until:
+            if self._left > 0:
+                self._left -= 1
+                return
+            ask = min(self._taken * 2, self._most)  # all used in time: take more
+        else:
+            ask = max(1, self._taken - self._left)  # as many as were used before they ran out of time
+        self._taken = await self._limiter.take_ahead(self._buckets, ask)
+        self._left = self._taken - 1
+        self._until = now + AHEAD_FOR_S

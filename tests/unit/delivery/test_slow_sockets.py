@@ -89,7 +89,10 @@ class Limiter:
     def __init__(self, allowed: int) -> None:
         self.allowed = allowed
 
-    async def check(self, *, ip: str, user_id: str | None) -> None:
+    def frames(self, *, ip: str, user_id: str | None) -> Limiter:
+        return self
+
+    async def check(self) -> None:
         if self.allowed == 0:
             raise RateLimited("user rate limit exceeded", retry_after=0.5)
         self.allowed -= 1
@@ -233,13 +236,18 @@ async def test_frame_over_the_rate_limit_is_answered_then_closed_with_4008_and_t
 
 
 class Recorder:
-    """Lets every frame through and notes the address each was counted under."""
+    """Lets every frame through and notes the address each frame was counted under."""
 
     def __init__(self) -> None:
         self.ips: list[str] = []
+        self._ip = ""
 
-    async def check(self, *, ip: str, user_id: str | None) -> None:
-        self.ips.append(ip)
+    def frames(self, *, ip: str, user_id: str | None) -> Recorder:
+        self._ip = ip
+        return self
+
+    async def check(self) -> None:
+        self.ips.append(self._ip)
 
 
 async def test_frames_count_under_the_address_the_gateway_vouches_for_and_only_with_its_token() -> None:
@@ -261,7 +269,10 @@ async def test_frames_count_under_the_address_the_gateway_vouches_for_and_only_w
 
 
 class Unreachable:
-    async def check(self, *, ip: str, user_id: str | None) -> None:
+    def frames(self, *, ip: str, user_id: str | None) -> Unreachable:
+        return self
+
+    async def check(self) -> None:
         raise Unavailable("redis unreachable")
 
 

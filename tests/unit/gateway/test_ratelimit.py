@@ -4,6 +4,7 @@ What every BucketStore must do is in bucket_store_contract.py."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import uuid4
 
 import pytest
@@ -11,8 +12,11 @@ import pytest
 from services.common.errors import RateLimited
 from services.common.settings import Bucket, LimitSettings
 from services.gateway.ratelimit import (
+    AHEAD_FOR_S,
+    AHEAD_MOST,
     SWEEP_EVERY_S,
     BucketState,
+    FrameTokens,
     MemoryBucketStore,
     RateLimiter,
     is_full,
@@ -198,3 +202,93 @@ async def test_a_refusal_reports_the_wait_until_every_bucket_can_give() -> None:
     assert refused.value.retry_after == pytest.approx(2.0)  # not the global bucket's 0.1 s
     clock.now += refused.value.retry_after
     await limiter.check(ip="203.0.113.5", user_id=None)
+
+
+class CountingStore(MemoryBucketStore):
+    """Notes the cost of every take: one round trip each, for a store in Redis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.costs: list[float] = []
+
+    async def take_each(
+        self, buckets: Sequence[tuple[str, Bucket]], *, now: float, cost: float = 1.0
+    ) -> tuple[int, float]:
+        self.costs.append(cost)
+        return await super().take_each(buckets, now=now, cost=cost)
+
+
+async def passed(frames: FrameTokens, count: int) -> int:
+    """How many of ``count`` frames in a row pass before the first refusal."""
+    for done in range(count):
+        try:
+            await frames.check()
+        except RateLimited:
+            return done
+    return count
+
+
+async def test_a_sockets_frames_take_their_tokens_a_few_at_a_time() -> None:
+    store = CountingStore()
+    limiter = RateLimiter(limits(), store, FakeClock())
+    frames = limiter.frames(ip="203.0.113.20", user_id="u")
+
+    assert await passed(frames, 200) == 200
+
+    # Doubling while they run out in time, up to the most: 9 round trips instead of 200.
+    assert store.costs == [1, 2, 4, 8, 16, 32, AHEAD_MOST, AHEAD_MOST, AHEAD_MOST]
+
+
+async def test_frames_pass_until_a_bucket_is_empty_as_with_one_take_per_frame() -> None:
+    clock = FakeClock()
+    user = Bucket(rate=0.5, burst=100)
+    limiter = RateLimiter(limits(user=user), MemoryBucketStore(), clock)
+    frames = limiter.frames(ip="203.0.113.21", user_id="u")
+
+    # Takes of up to 12 (an eighth of the burst); the last ones, short of what they ask, take one token.
+    assert await passed(frames, 150) == 100
+    with pytest.raises(RateLimited, match="user rate limit exceeded") as refused:
+        await frames.check()
+    assert refused.value.retry_after == pytest.approx(2.0)
+    clock.now += 2.0
+    assert await passed(frames, 5) == 1
+
+
+async def test_tokens_unused_in_time_are_dropped_and_the_next_take_is_what_was_used() -> None:
+    clock = FakeClock()
+    store = CountingStore()
+    limiter = RateLimiter(limits(user=Bucket(rate=0.001, burst=40)), store, clock)
+    frames = limiter.frames(ip="203.0.113.22", user_id="u")
+
+    assert await passed(frames, 4) == 4  # takes of 1, 2 and 4: three of the last are left
+    clock.now += AHEAD_FOR_S
+    assert await passed(frames, 1) == 1  # they were dropped: a take of the one used
+    assert store.costs == [1, 2, 4, 1]
+
+    # The bucket lost the three: 40 - 8 taken, so 32 more frames pass.
+    assert await passed(frames, 50) == 32
+
+
+async def test_small_buckets_are_taken_from_one_token_per_frame() -> None:
+    store = CountingStore()
+    limiter = RateLimiter(limits(user=Bucket(rate=1, burst=10)), store, FakeClock())
+    frames = limiter.frames(ip="203.0.113.23", user_id="u")
+
+    assert await passed(frames, 20) == 10
+    assert set(store.costs) == {1}
+
+
+async def test_the_sockets_of_one_user_share_the_users_burst() -> None:
+    limiter = RateLimiter(limits(user=Bucket(rate=0.001, burst=64)), MemoryBucketStore(), FakeClock())
+    sockets = [limiter.frames(ip=f"198.51.100.{i}", user_id="u") for i in range(3)]
+    open_sockets, total = list(sockets), 0
+    while open_sockets:  # the sockets send in turn; a refused one is closed
+        for frames in list(open_sockets):
+            try:
+                await frames.check()
+                total += 1
+            except RateLimited:
+                open_sockets.remove(frames)
+
+    # Exactly the burst: a socket is refused only once it spent what it took ahead and the bucket has none.
+    assert total == 64
