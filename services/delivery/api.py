@@ -292,6 +292,8 @@ def build_router(
             conn.end()
             open_sockets.dec()
             if deps.hub.detach(conn):
+                # What it left unacked follows the device to its next socket, on any node.
+                await deps.hub.write_behind_device(conn.user_id, conn.device_id)
                 await _forget(deps, conn)
 
     return router

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -289,11 +289,24 @@ class Connection:
             self._budget.hold(self, -written)
 
 
+@dataclass
+class _Behind:
+    """What one device's store has not been told yet: the tracked frames pushed to its sockets, in push
+    order with when and where, and the acks of its sockets."""
+
+    frames: list[tuple[float, Connection, Mapping[str, Any]]] = field(default_factory=list)
+    acked: dict[str, int] = field(default_factory=dict)
+
+
 class Hub:
     """Local connections by user and device; implements the ``Pusher`` port for this node.
 
-    ``pending`` (distributed mode) mirrors every device's ACK window. It is best effort: when it
-    fails the sockets carry on and the devices ``sync``, which is the ground truth anyway.
+    ``pending`` (distributed mode) mirrors every device's ACK window, written behind: a frame is
+    recorded only if it is still unacked a tick after its push (``write_behind``), and acks are
+    recorded once a tick. Most frames are acked within milliseconds and never reach the store. A
+    socket that ends, and a device's socket replaced by a new one, have everything recorded at once.
+    It is best effort: when it fails the sockets carry on and the devices ``sync``, which is the
+    ground truth anyway.
     """
 
     def __init__(
@@ -309,6 +322,7 @@ class Hub:
         self._clock = clock
         self._pending = pending
         self._pending_ok = True
+        self._behind: dict[tuple[str, str], _Behind] = {}
         self._given_up: dict[tuple[str, str], list[tuple[str, int]]] = {}
         self.pushed = 0
         self.retransmitted = 0
@@ -362,21 +376,20 @@ class Hub:
         await self.push_many([Push(user_ids, frame) for frame in frames])
 
     async def push_many(self, pushes: Sequence[Push]) -> None:
-        """Several pushes in their order: every frame is offered first, then each device's tracked
-        frames of the whole batch are recorded in the pending store in one call. In a span ``push`` when
-        tracing is on (off, not even a no-op span: this runs once per pushed batch)."""
+        """Several pushes in their order: every frame is offered, and the tracked ones are left for the
+        pending store's next ``write_behind``. In a span ``push`` when tracing is on (off, not even a
+        no-op span: this runs once per pushed batch)."""
         if not telemetry.is_enabled():
-            await self._push_many(pushes, None)
+            self._push_many(pushes, None)
             return
         with telemetry.tracer(__name__).start_as_current_span("push") as span:
-            await self._push_many(pushes, span)
+            self._push_many(pushes, span)
 
-    async def _push_many(self, pushes: Sequence[Push], span: trace.Span | None) -> None:
+    def _push_many(self, pushes: Sequence[Push], span: trace.Span | None) -> None:
         now = self._clock()
         offered = 0
-        tracking: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
         for push in pushes:
-            offered += self._offer(push, now, tracking)
+            offered += self._offer(push, now)
         if span is not None and span.is_recording():
             span.set_attributes(
                 {
@@ -385,15 +398,8 @@ class Hub:
                     "courier.push.connections": offered,
                 }
             )
-        # After the offers, so the store never delays a push; an ack that overtakes its frame's
-        # record is safe, as the store skips frames at or below the acked seq.
-        if self._pending is not None and tracking:
-            user_id, device_id = next(iter(tracking))  # the device a failure's log line names
-            await self._guarded(
-                "recording a push", user_id, device_id, self._pending.add_many(tracking), devices=len(tracking)
-            )
 
-    def _offer(self, push: Push, now: float, tracking: dict[tuple[str, str], list[Mapping[str, Any]]]) -> int:
+    def _offer(self, push: Push, now: float) -> int:
         """Queue one push's frame on its devices' sockets; returns how many took it."""
         offered = 0
         for user_id in push.user_ids:
@@ -403,11 +409,19 @@ class Hub:
                 if push.tracked:
                     if not conn.window.push(push.frame, now):
                         continue
-                    tracking.setdefault((user_id, conn.device_id), []).append(push.frame)
+                    if self._pending is not None:
+                        self._behind_of(conn).frames.append((now, conn, push.frame))
                 if conn.offer(push.frame):
                     self.pushed += 1
                     offered += 1
         return offered
+
+    def _behind_of(self, conn: Connection) -> _Behind:
+        device = (conn.user_id, conn.device_id)
+        behind = self._behind.get(device)
+        if behind is None:
+            behind = self._behind[device] = _Behind()
+        return behind
 
     async def ack(self, conn: Connection, conversation_id: str, seq: int) -> int:
         """The device acked ``seq`` (cumulatively); returns how many of its frames that delivered."""
@@ -415,13 +429,59 @@ class Hub:
         done = conn.window.ack(conversation_id, seq)
         metrics.MESSAGES_ACKED.inc(done)
         if fresh and self._pending is not None:
-            await self._guarded(
-                "acknowledging",
-                conn.user_id,
-                conn.device_id,
-                self._pending.ack(conn.user_id, conn.device_id, conversation_id, seq),
-            )
+            acked = self._behind_of(conn).acked
+            acked[conversation_id] = max(seq, acked.get(conversation_id, 0))
         return done
+
+    async def write_behind(self, older_than_s: float) -> None:
+        """Tell the pending store every ack not recorded yet, and every tracked frame pushed at least
+        ``older_than_s`` ago that is still unacked (it may never be acked: its socket can end, its node
+        die). The calls of all devices share pipelines."""
+        if self._pending is None or not self._behind:
+            return
+        deadline = self._clock() - older_than_s
+        await self._record({device: self._take_due(device, deadline) for device in list(self._behind)})
+
+    async def write_behind_device(self, user_id: str, device_id: str) -> None:
+        """Record at once what the device's store has not been told (its socket ended or was replaced)."""
+        device = (user_id, device_id)
+        if self._pending is not None and device in self._behind:
+            await self._record({device: self._take_due(device, float("inf"))})
+
+    def _take_due(self, device: tuple[str, str], deadline: float) -> _Behind:
+        """Take out of the device's backlog its acks and its frames pushed by ``deadline`` still unacked."""
+        behind = self._behind[device]
+        frames = behind.frames
+        due = 0
+        while due < len(frames) and frames[due][0] <= deadline:
+            due += 1
+        taken = _Behind(
+            [item for item in frames[:due] if (item[2]["conversation_id"], ack_seq(item[2])) in item[1].window],
+            behind.acked,
+        )
+        del frames[:due]
+        behind.acked = {}
+        if not frames:
+            del self._behind[device]
+        return taken
+
+    async def _record(self, due: Mapping[tuple[str, str], _Behind]) -> None:
+        pending = self._pending
+        assert pending is not None
+        calls: list[Awaitable[None]] = []
+        for (user_id, device_id), behind in due.items():
+            for conversation_id, seq in behind.acked.items():
+                ack = pending.ack(user_id, device_id, conversation_id, seq)
+                calls.append(self._guarded("acknowledging", user_id, device_id, ack))
+        frames = {device: [frame for _, _, frame in behind.frames] for device, behind in due.items() if behind.frames}
+        if frames:
+            user_id, device_id = next(iter(frames))  # the device a failure's log line names
+            add = pending.add_many(frames)
+            calls.append(self._guarded("recording pushes", user_id, device_id, add, devices=len(frames)))
+        if calls:
+            # Acks and frames at once: the store skips a frame at or below its conversation's acked seq, so
+            # whichever lands first, an acked frame is not left behind.
+            await asyncio.gather(*calls)
 
     async def restore(self, conn: Connection) -> int:
         """Right after ``attach``: send the device's frames still unacked from its previous socket
@@ -433,6 +493,8 @@ class Hub:
         """
         if self._pending is None:
             return 0
+        # What the device's previous socket on this node left unrecorded goes first, so it is loaded too.
+        await self.write_behind_device(conn.user_id, conn.device_id)
         try:
             frames, acked = await self._pending.load(conn.user_id, conn.device_id)
         except Unavailable as exc:
@@ -488,10 +550,13 @@ class Hub:
             await self._guarded("forgetting", user_id, device_id, pending.forget(user_id, device_id, keys))
 
     async def run_retransmits(self, tick_s: float) -> None:
+        """Every tick: retransmit what timed out, and bring the pending store up to date with the frames
+        unacked for a tick (``write_behind``)."""
         while True:
             await asyncio.sleep(tick_s)
             try:
                 self.retransmit_due()
+                await self.write_behind(tick_s)
                 await self.forget_given_up()
             except Exception:  # keep the loop alive; one bad frame must not stop retransmission
                 log.exception("retransmit sweep failed")

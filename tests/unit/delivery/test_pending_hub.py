@@ -114,24 +114,47 @@ async def sent(conn: Connection) -> list[dict[str, Any]]:
 
 
 async def test_a_device_reconnecting_to_another_node_gets_its_unacked_frames_again_marked_redelivered() -> None:
-    store, u, c = MemoryPendingStore(), uid("u"), uid("c")
-    first_node, second_node = Hub(pending=store), Hub(pending=store)
+    store, clock, u, c = MemoryPendingStore(), Clock(), uid("u"), uid("c")
+    first_node, second_node = Hub(pending=store, clock=clock), Hub(pending=store, clock=clock)
     before = connect(first_node, u, "phone")
     for seq in (1, 2, 3):
         await first_node.push([u], message(c, seq), tracked=True)
     await first_node.push([u], {"type": "typing", "conversation_id": c, "user_id": "x", "state": "start"})
     assert [f.get("seq") for f in await sent(before)] == [1, 2, 3, None]
     await session(first_node, before).on_text(orjson.dumps({"type": "ack", "conversation_id": c, "seq": 1}))
-    # the first node dies (kill -9): nothing of it runs any more
+    clock.now = 1.0
+    await first_node.write_behind(1.0)  # the node's tick
+    clock.now = 1.5
+    await first_node.push([u], message(c, 4), tracked=True)
+    # the first node dies (kill -9) within a tick of pushing 4: nothing of it runs any more
 
     after = connect(second_node, u, "phone")
     restored = await second_node.restore(after)
 
+    # 4 was not recorded yet: the device gets it by sync, as after any reconnect.
     assert restored == 2
     assert await sent(after) == [{**message(c, 2), "redelivered": True}, {**message(c, 3), "redelivered": True}]
     await session(second_node, after).on_text(orjson.dumps({"type": "ack", "conversation_id": c, "seq": 3}))
+    await second_node.write_behind(1.0)
     assert await store.load(u, "phone") == Pending([], {c: 3})
     assert len(after.window) == 0
+
+
+async def test_a_socket_that_ends_leaves_its_unacked_frames_and_its_acks_to_the_next_at_once() -> None:
+    store, u, c = MemoryPendingStore(), uid("u"), uid("c")
+    first_node, second_node = Hub(pending=store), Hub(pending=store)
+    before = connect(first_node, u, "phone")
+    for seq in (1, 2):
+        await first_node.push([u], message(c, seq), tracked=True)
+    await first_node.ack(before, c, 1)
+
+    first_node.detach(before)  # the client left, or the node is draining: no tick needed
+    await first_node.write_behind_device(u, "phone")
+    after = connect(second_node, u, "phone")
+
+    assert await second_node.restore(after) == 1
+    assert await sent(after) == [{**message(c, 2), "redelivered": True}]
+    assert after.window.acked(c) == 1
 
 
 async def test_acked_seqs_follow_the_device_so_the_new_node_does_not_push_acked_frames_again() -> None:
@@ -140,6 +163,7 @@ async def test_acked_seqs_follow_the_device_so_the_new_node_does_not_push_acked_
     before = connect(first_node, u, "phone")
     await first_node.push([u], message(c, 4), tracked=True)
     await first_node.ack(before, c, 4)
+    await first_node.write_behind(1.0)  # a tick later
 
     after = connect(second_node, u, "phone")
     await second_node.restore(after)
@@ -149,6 +173,56 @@ async def test_acked_seqs_follow_the_device_so_the_new_node_does_not_push_acked_
     assert await sent(after) == [message(c, 5)]
 
 
+class CountingStore(MemoryPendingStore):
+    """Counts the store's writes: each is a Redis script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adds = 0
+        self.acks = 0
+
+    async def add(self, user_id: str, device_id: str, frames: Sequence[Mapping[str, Any]]) -> None:
+        self.adds += 1
+        await super().add(user_id, device_id, frames)
+
+    async def ack(self, user_id: str, device_id: str, conversation_id: str, seq: int) -> int:
+        self.acks += 1
+        return await super().ack(user_id, device_id, conversation_id, seq)
+
+
+async def test_frames_acked_within_a_tick_never_reach_the_store_and_a_ticks_acks_are_one_write() -> None:
+    store, clock, u, c = CountingStore(), Clock(), uid("u"), uid("c")
+    hub = Hub(pending=store, clock=clock)
+    conn = connect(hub, u, "phone")
+    for seq in range(1, 51):
+        await hub.push([u], message(c, seq), tracked=True)
+        await hub.ack(conn, c, seq)
+        clock.now += 0.01
+
+    clock.now = 1.5
+    await hub.write_behind(1.0)  # every frame is a tick old, and acked
+
+    assert (store.adds, store.acks) == (0, 1)
+    assert await store.load(u, "phone") == Pending([], {c: 50})
+
+
+async def test_only_frames_still_unacked_a_tick_after_their_push_are_recorded() -> None:
+    store, clock, u, c = CountingStore(), Clock(), uid("u"), uid("c")
+    hub = Hub(pending=store, clock=clock)
+    connect(hub, u, "phone")
+    await hub.push([u], message(c, 1), tracked=True)
+    clock.now = 0.6
+    await hub.push([u], message(c, 2), tracked=True)
+
+    clock.now = 1.0
+    await hub.write_behind(1.0)
+    assert keys_of(await store.load(u, "phone")) == [(c, 1)]
+    clock.now = 2.0
+    await hub.write_behind(1.0)
+    assert keys_of(await store.load(u, "phone")) == [(c, 1), (c, 2)]
+    assert store.adds == 2
+
+
 async def test_only_devices_that_were_sent_a_tracked_frame_record_it() -> None:
     store, alice, bob, c = MemoryPendingStore(), uid("alice"), uid("bob"), uid("c")
     hub = Hub(pending=store)
@@ -156,6 +230,7 @@ async def test_only_devices_that_were_sent_a_tracked_frame_record_it() -> None:
     await hub.ack(bobs, c, 7)
 
     await hub.push([alice, bob], message(c, 7), tracked=True, skip_device=(alice, "phone"))
+    await hub.write_behind(0.0)
 
     assert (await store.load(alice, "laptop")).frames == [message(c, 7)]
     assert (await store.load(alice, "phone")).frames == []
@@ -210,6 +285,7 @@ async def test_frames_the_window_gives_up_on_are_forgotten_in_the_store() -> Non
     await hub.push([u], message(c, 2), tracked=True)
 
     clock.now = 5.0
+    await hub.write_behind(1.0)
     assert hub.retransmit_due() == 1
     await hub.forget_given_up()
     assert len((await store.load(u, "phone")).frames) == 2
@@ -235,12 +311,13 @@ async def test_a_failing_store_never_breaks_a_socket(caplog: pytest.LogCaptureFi
     await hub.push([u], message(c, 2), tracked=True)
     await session(hub, conn).on_text(orjson.dumps({"type": "ack", "conversation_id": c, "seq": 1}))
     clock.now = 5.0
+    await hub.write_behind(1.0)
     hub.retransmit_due()
     await hub.forget_given_up()
 
     assert [f["seq"] for f in await sent(conn)] == [1, 2]
     assert conn.closing is None and conn.window.acked(c) == 1
-    assert hub.pending_failures == 5
+    assert hub.pending_failures == 4  # the load, the ack, frame 2's record, its forgetting
     assert len([r for r in caplog.records if "pending store failed" in r.getMessage()]) == 1, "logged once"
 
 
