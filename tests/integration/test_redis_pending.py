@@ -23,6 +23,7 @@ from services.message.adapters.redis import connect
 # The contract's test functions, collected here again over this module's ``new_store`` fixture.
 from tests.unit.delivery.test_pending_contract import *  # noqa: F403
 from tests.unit.delivery.test_pending_contract import message, uid
+from tests.unit.delivery.test_pending_hub import Clock
 
 
 # Replaces the contract's memory-only fixture of the same name.
@@ -89,7 +90,8 @@ async def test_a_device_reconnecting_to_another_node_gets_its_unacked_frames_ove
     redis_url: str, unique_prefix: str
 ) -> None:
     first_client, second_client = connect(redis_url), connect(redis_url)
-    first_node = Hub(pending=RedisPendingStore(first_client, prefix=unique_prefix))
+    clock = Clock()
+    first_node = Hub(pending=RedisPendingStore(first_client, prefix=unique_prefix), clock=clock)
     second_node = Hub(pending=RedisPendingStore(second_client, prefix=unique_prefix))
     u, c = uid("u"), uid("c")
     try:
@@ -97,6 +99,8 @@ async def test_a_device_reconnecting_to_another_node_gets_its_unacked_frames_ove
         for seq in (1, 2, 3):
             await first_node.push([u], message(c, seq), tracked=True)
         await first_node.ack(before, c, 1)
+        clock.now = 1.0
+        await first_node.write_behind(1.0)  # the first node's tick; it dies after it
 
         after = _connect(second_node, u)
         assert await second_node.restore(after) == 2
@@ -109,6 +113,26 @@ async def test_a_device_reconnecting_to_another_node_gets_its_unacked_frames_ove
         {**message(c, 2), "redelivered": True},
         {**message(c, 3), "redelivered": True},
     ]
+
+
+async def test_of_a_ticks_frames_only_the_unacked_one_reaches_redis_with_the_acked_seq(
+    redis_client: Redis, unique_prefix: str
+) -> None:
+    clock, u, c = Clock(), uid("u"), uid("c")
+    hub = Hub(pending=RedisPendingStore(redis_client, prefix=unique_prefix), clock=clock)
+    conn = _connect(hub, u)
+    for seq in range(1, 21):
+        await hub.push([u], message(c, seq), tracked=True)
+        await hub.ack(conn, c, seq)
+    await hub.push([u], message(c, 21), tracked=True)  # never acked
+    clock.now = 1.0
+
+    await hub.write_behind(1.0)
+
+    assert await redis_client.hlen(next(iter(await redis_client.keys(f"{unique_prefix}*:frames")))) == 1
+    restored = await RedisPendingStore(redis_client, prefix=unique_prefix).load(u, "phone")
+    assert [frame["seq"] for frame in restored.frames] == [21]
+    assert restored.acked == {c: 20}
 
 
 async def test_a_large_batch_and_a_full_set_stay_within_the_capacity(redis_client: Redis, unique_prefix: str) -> None:
