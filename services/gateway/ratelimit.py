@@ -197,10 +197,10 @@ class FrameTokens:
     usable, up to ``most`` (``AHEAD_MOST``, or an eighth of the smallest burst). Tokens unused
     ``AHEAD_FOR_S`` after their take are dropped, never given back, and the next take is as large as the
     number used. When a bucket has fewer tokens than a take asks for, one is taken, so a socket is
-    refused only when some bucket has not even one token left (or the user's other sockets and calls
-    hold the rest ahead). The buckets therefore let through no more than per frame, at most ``most - 1``
-    tokens sooner: a socket that stops sending wastes what it held, and a socket's frames are refused
-    up to that much earlier than with one take per frame.
+    refused only once it spent what it took and some bucket has not even one token left. The buckets
+    never let through more than with one take per frame. They can let through less: tokens a socket
+    holds are not there for the user's other sockets and calls, and a socket that stops sending wastes
+    what it held (at most ``most - 1``).
 
     Frames of one socket are checked one after another (the reader's loop), never concurrently.
     """
