@@ -156,7 +156,7 @@ class RateLimiter:
         self._rejections = [RATE_LIMIT_REJECTIONS.labels(limit) for limit in LIMITS]
 
     async def check(self, *, ip: str, user_id: str | None) -> None:
-        await self.take(self._buckets(ip, user_id))
+        await self._take(self._buckets(ip, user_id))
 
     def frames(self, *, ip: str, user_id: str | None) -> FrameTokens:
         """The tokens of one socket's frames (one per frame, taken a few at a time)."""
@@ -170,9 +170,9 @@ class RateLimiter:
             buckets.append((f"user:{user_id}", self._user))
         return buckets
 
-    async def take(self, buckets: Sequence[tuple[str, Bucket]], tokens: int = 1) -> None:
-        """Take ``tokens`` from every bucket, or raise ``RateLimited`` (counted) and take none."""
-        refused, wait = await self._store.take_each(buckets, now=self._clock(), cost=float(tokens))
+    async def _take(self, buckets: Sequence[tuple[str, Bucket]]) -> None:
+        """Take a token from every bucket, or raise ``RateLimited`` (counted) and take none."""
+        refused, wait = await self._store.take_each(buckets, now=self._clock())
         if refused >= 0:
             self._rejections[refused].inc()
             raise RateLimited(f"{LIMITS[refused]} rate limit exceeded", retry_after=wait)
@@ -184,7 +184,7 @@ class RateLimiter:
             refused, _ = await self._store.take_each(buckets, now=self._clock(), cost=float(tokens))
             if refused < 0:
                 return tokens
-        await self.take(buckets)
+        await self._take(buckets)
         return 1
 
 
