@@ -14,7 +14,7 @@ from fastapi.responses import ORJSONResponse
 from services.common import internal, metrics
 from services.common.errors import CourierError, RateLimited, Unauthorized
 from services.common.tokens import AccessTokens, Principal, bearer
-from services.delivery.hub import CLOSE_TOO_SLOW, SENT_SERIES, WRITE_TIMEOUT, Close, Connection
+from services.delivery.hub import CLOSE_INTERNAL, CLOSE_TOO_SLOW, SENT_SERIES, WRITE_TIMEOUT, Close, Connection
 from services.delivery.ports import FrameLimiter
 from services.delivery.protocol import AckWindow, encode, error_frame
 from services.delivery.session import RECEIVED_SERIES, Session, SessionDeps
@@ -24,7 +24,6 @@ log = logging.getLogger("courier.delivery.ws")
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_RATE_LIMITED = 4008
 CLOSE_IDLE = 1001
-CLOSE_INTERNAL = 1011
 # On an upgrade refused because this node is draining: the gateway reads it and splices to another node.
 DRAINING_HEADER = "x-courier-draining"
 
@@ -289,6 +288,7 @@ def build_router(
             for task in (reader, writer):
                 if task is not None:
                     task.cancel()
+            session.stop()
             conn.end()
             open_sockets.dec()
             if deps.hub.detach(conn):

@@ -32,6 +32,7 @@ log = logging.getLogger("courier.delivery.hub")
 CLOSE_REPLACED = 4009
 CLOSE_TOO_SLOW = 1013
 CLOSE_RESTART = 1012
+CLOSE_INTERNAL = 1011
 QUEUE_OVERFLOW = "send queue overflow: client too slow, reconnect and sync"
 WRITE_TIMEOUT = "write timeout: client too slow, reconnect and sync"
 

@@ -9,7 +9,10 @@ from services.message.app import SendMessage, Sent, SyncedConversation
 
 
 class Messages(Protocol):
-    async def send(self, cmd: SendMessage) -> Sent: ...
+    async def send_many(self, cmds: Sequence[SendMessage]) -> list[Sent | Exception]:
+        """One socket's sends, one answer each in their order (an error is that send's answer); the sends
+        to one conversation are committed in their order."""
+        ...
 
     async def sync(
         self, user_id: str, cursors: Mapping[str, int], *, limit: int | None = None

@@ -15,10 +15,10 @@ from services.common import metrics
 from services.common.errors import CourierError, InvalidRequest
 from services.common.push import Pusher
 from services.delivery import protocol
-from services.delivery.hub import Connection, Hub
+from services.delivery.hub import CLOSE_INTERNAL, Connection, Hub
 from services.delivery.ports import Members, Messages, PresenceTracker
 from services.delivery.routes import RouteTable
-from services.message.app import SendMessage, SyncedConversation
+from services.message.app import SendMessage, Sent, SyncedConversation
 
 log = logging.getLogger("courier.delivery.session")
 
@@ -57,12 +57,29 @@ class SessionDeps:
     node_name: str = ""
 
 
+SENDS_AHEAD = 64
+"""Most ``send`` frames of one socket read before their answers: past it the socket is read no further
+until its sends are answered."""
+
+# Frames handled as soon as they are read, even with sends in flight: no answer, and nothing they do depends
+# on those sends.
+_UNORDERED = (protocol.AckFrame, protocol.TypingFrame)
+
+
 class Session:
+    """A socket's frames in the order received. ``send`` frames do not wait for the sends before them:
+    they are read while those are committed, handed to the message service together (one hand-over in
+    flight per socket), committed in their order and answered in it (docs/design.md 4.1). Every other
+    frame with an answer, or whose effect may depend on an earlier send, waits for the sends before it
+    to be answered."""
+
     def __init__(self, conn: Connection, deps: SessionDeps, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.conn = conn
         self.deps = deps
         self._clock = clock
         self._last_heartbeat = clock()
+        self._unsent: list[tuple[protocol.SendFrame, float]] = []  # sends read, not handed over; when each was read
+        self._sending: asyncio.Task[None] | None = None
 
     @property
     def user_id(self) -> str:
@@ -77,15 +94,75 @@ class Session:
             frame = protocol.parse_frame(data)
             ref, kind = frame.id, frame.type
             await self._heartbeat()
+            if isinstance(frame, protocol.SendFrame):
+                await self._send_later(frame, started)
+                kind = ""  # counted when answered
+                return
+            if not isinstance(frame, _UNORDERED):
+                await self.settled()
             await self._dispatch(frame)
             outcome = "ok"
         except protocol.FrameError as exc:
+            await self.settled()
             self.conn.offer(protocol.error_frame(exc.ref, InvalidRequest.code, exc.message))
         except CourierError as exc:
+            await self.settled()
             self.conn.offer(protocol.error_frame(ref, exc.code, exc.message))
         finally:
-            RECEIVED_SERIES[kind, outcome].inc()
-            _DURATION_SERIES[kind].observe(time.perf_counter() - started)
+            if kind:
+                RECEIVED_SERIES[kind, outcome].inc()
+                _DURATION_SERIES[kind].observe(time.perf_counter() - started)
+
+    async def settled(self) -> None:
+        """Return once every send read so far is answered."""
+        if self._sending is not None:
+            await asyncio.wait({self._sending})  # a reader that is cancelled here leaves the sends be
+
+    def stop(self) -> None:
+        """The socket is over: stop answering its sends (those handed over are committed all the same)."""
+        if self._sending is not None:
+            self._sending.cancel()
+
+    async def _send_later(self, frame: protocol.SendFrame, read_at: float) -> None:
+        self._unsent.append((frame, read_at))
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send_all())
+        elif len(self._unsent) >= SENDS_AHEAD:
+            await self.settled()
+
+    async def _send_all(self) -> None:
+        try:
+            while self._unsent:
+                sends, self._unsent = self._unsent, []
+                await self._send(sends)
+        except Exception:
+            log.exception("the sends of %s/%s failed", self.conn.user_id, self.conn.device_id)
+            self.conn.close(CLOSE_INTERNAL, "internal error; reconnect and sync")
+        finally:
+            self._sending = None
+
+    async def _send(self, sends: list[tuple[protocol.SendFrame, float]]) -> None:
+        conn = self.conn
+        cmds = [
+            SendMessage(frame.conversation_id, conn.user_id, conn.device_id, frame.client_msg_id, frame.content)
+            for frame, _ in sends
+        ]
+        answers: Sequence[Sent | Exception]
+        try:
+            answers = await self.deps.messages.send_many(cmds)
+        except CourierError as exc:
+            answers = [exc] * len(cmds)
+        for (frame, read_at), answer in zip(sends, answers, strict=True):
+            if isinstance(answer, Sent):
+                conn.offer(_send_ack(frame.id, answer))
+                outcome = "ok"
+            elif isinstance(answer, CourierError):
+                conn.offer(protocol.error_frame(frame.id, answer.code, answer.message))
+                outcome = "error"
+            else:
+                raise answer
+            RECEIVED_SERIES["send", outcome].inc()
+            _DURATION_SERIES["send"].observe(time.perf_counter() - read_at)
 
     async def _heartbeat(self) -> None:
         now = self._clock()
@@ -96,21 +173,6 @@ class Session:
     async def _dispatch(self, frame: protocol.ClientFrame) -> None:
         conn, deps = self.conn, self.deps
         match frame:
-            case protocol.SendFrame():
-                sent = await deps.messages.send(
-                    SendMessage(frame.conversation_id, conn.user_id, conn.device_id, frame.client_msg_id, frame.content)
-                )
-                conn.offer(
-                    {
-                        "type": "send_ack",
-                        "ref": frame.id,
-                        "conversation_id": sent.message.conversation_id,
-                        "seq": sent.message.seq,
-                        "message_id": sent.message.message_id,
-                        "created_at": sent.message.created_at_wire,
-                        "duplicate": not sent.created,
-                    }
-                )
             case protocol.AckFrame():
                 await deps.hub.ack(conn, frame.conversation_id, frame.seq)
             case protocol.SyncFrame():
@@ -153,6 +215,19 @@ class Session:
         await self.deps.pusher.push(
             [*peers, self.conn.user_id], relayed, skip_device=(self.conn.user_id, self.conn.device_id)
         )
+
+
+def _send_ack(ref: protocol.FrameId, sent: Sent) -> dict[str, Any]:
+    message = sent.message
+    return {
+        "type": "send_ack",
+        "ref": ref,
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "message_id": message.message_id,
+        "created_at": message.created_at_wire,
+        "duplicate": not sent.created,
+    }
 
 
 def bounded_sync_result(

@@ -35,7 +35,6 @@ from services.message.ports import (
     Timeline,
 )
 
-SEQ_RETRIES = 8
 # Bound once per content type: ``labels()`` per message walked a dictionary under a lock.
 _SENT_SERIES = {content_type: metrics.MESSAGES_SENT.labels(content_type) for content_type in domain.SENDABLE_TYPES}
 log = logging.getLogger("courier.message")
@@ -128,9 +127,8 @@ def trace_context() -> str | None:
 async def _commit_event(
     conversation: Conversation, build: Callable[[int], Message], deps: MessageDeps, *, replace: Message | None = None
 ) -> Message:
-    """Commit the event ``build`` makes for the conversation's next seq, which the store gives it.
-
-    ``SeqTaken`` means another process committed that seq first: ask again, for the one after it."""
+    """Commit the event ``build`` makes for the conversation's next seq, which the store gives it (and asks
+    again for when another process committed it first)."""
     draft = Draft(
         conversation.conversation_id,
         build,
@@ -138,13 +136,70 @@ async def _commit_event(
         replace=replace,
         trace_context=trace_context(),
     )
-    for _ in range(SEQ_RETRIES):
-        with contextlib.suppress(SeqTaken):
-            return await deps.store.append(draft)
-    raise Unavailable("could not allocate a sequence number; retry")
+    try:
+        return await deps.store.append(draft)
+    except SeqTaken as exc:
+        raise Unavailable("could not allocate a sequence number; retry") from exc
 
 
 async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
+    return await _commit_send(await _prepare_send(cmd, deps=deps), deps=deps)
+
+
+async def send_many(cmds: Sequence[SendMessage], *, deps: MessageDeps) -> list[Sent | Exception]:
+    """Several sends, one answer each in their order (a send's error is its answer). The sends of one device
+    to one conversation are committed in their order, whatever the checks before their commit wait for: a
+    socket may have several sends in flight (docs/design.md 4.1). Each is queued to the store before the next
+    of them is checked, and the store keeps a conversation's appends in the order queued; other devices' and
+    conversations' sends are checked side by side, and all are committed together."""
+    chains: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for index, cmd in enumerate(cmds):
+        chains[cmd.sender_id, cmd.sender_device_id, cmd.conversation_id].append(index)
+    answers: list[Sent | Exception | None] = [None] * len(cmds)
+
+    async def one_after_another(indexes: list[int]) -> None:
+        committing: list[tuple[int, asyncio.Task[Sent]]] = []
+        try:
+            for index in indexes:
+                try:
+                    prepared = await _prepare_send(cmds[index], deps=deps)
+                except Exception as exc:  # noqa: BLE001 - this send's answer
+                    answers[index] = exc
+                    continue
+                # A task's first step runs before anything this loop awaits next: the draft is queued before the
+                # next send of the chain is checked, and before the next task's first step.
+                committing.append((index, asyncio.create_task(_commit_send(prepared, deps=deps))))
+            for index, task in committing:
+                try:
+                    answers[index] = await task
+                except Exception as exc:  # noqa: BLE001 - this send's answer
+                    answers[index] = exc
+        finally:
+            for _, task in committing:
+                task.cancel()
+
+    async def alone(index: int) -> None:
+        try:
+            answers[index] = await send_message(cmds[index], deps=deps)
+        except Exception as exc:  # noqa: BLE001 - this send's answer
+            answers[index] = exc
+
+    await asyncio.gather(
+        *(alone(indexes[0]) if len(indexes) == 1 else one_after_another(indexes) for indexes in chains.values())
+    )
+    return [answer for answer in answers if answer is not None]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    cmd: SendMessage
+    conversation: Conversation
+    client_msg_id: str
+    content: dict[str, Any]
+
+
+async def _prepare_send(cmd: SendMessage, *, deps: MessageDeps) -> _Prepared:
+    """A send's checks: its client_msg_id, content, the sender's membership, and the file it shares."""
     client_msg_id = domain.validate_client_msg_id(cmd.client_msg_id)
     content = domain.validate_content(cmd.content, max_text_length=deps.limits.max_text_length)
     # No look-up of client_msg_id first: a resend is rare, and the store's unique key on (sender,
@@ -153,6 +208,12 @@ async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
     if content["type"] == "file":
         shared = await deps.files.attach(content["file_id"], cmd.conversation_id, cmd.sender_id)
         content = {**content, **{k: shared[k] for k in ("name", "size", "content_type")}}
+    return _Prepared(cmd, conversation, client_msg_id, content)
+
+
+async def _commit_send(prepared: _Prepared, *, deps: MessageDeps) -> Sent:
+    """Store a checked send (queued to the store before this first yields), or find the message it resends."""
+    cmd, client_msg_id, content = prepared.cmd, prepared.client_msg_id, prepared.content
 
     def build(seq: int) -> Message:
         return Message(
@@ -167,7 +228,7 @@ async def send_message(cmd: SendMessage, *, deps: MessageDeps) -> Sent:
         )
 
     try:
-        stored = await _commit_event(conversation, build, deps)
+        stored = await _commit_event(prepared.conversation, build, deps)
     except ClientMsgIdTaken:
         existing = await deps.store.find_by_client_id(cmd.sender_id, client_msg_id)
         assert existing is not None

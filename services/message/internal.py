@@ -155,11 +155,18 @@ async def send(service: MessageService, body: Send) -> Stored:
 
 @call("POST", "/internal/messages/send/batch", Sends, Outcomes)
 async def send_many(service: MessageService, body: Sends) -> Outcomes:
-    """Several independent sends, one answer each in their order: ``{message, created}`` or the
-    error that send alone would have answered. They run concurrently, so the store commits them
-    together; a device never has two sends in one batch, as it waits for each ``send_ack``."""
-    outcomes = await asyncio.gather(*(service.send(s.to_command()) for s in body.sends), return_exceptions=True)
+    """Several sends, one answer each in their order: ``{message, created}`` or the error that send
+    alone would have answered. They are committed together, and the sends of one device to one
+    conversation in their order (a socket's sends in flight together)."""
+    outcomes = await service.send_many([s.to_command() for s in body.sends])
     return Outcomes(results=[_send_result(outcome) for outcome in outcomes])
+
+
+def _raised(outcome: app.Sent | BaseException) -> app.Sent | Exception:
+    """A gathered outcome; a cancellation is raised rather than answered."""
+    if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _send_result(outcome: app.Sent | BaseException) -> Stored | Failed:
@@ -225,9 +232,10 @@ SEND_INTERVAL_S = 0.008
 class MessagesClient:
     """delivery's ``Messages`` port and conversation's ``ActivityReader`` over HTTP. Sends leave in
     batches (``Batcher``): up to ``SENDS_IN_FLIGHT`` requests at once, each carrying the sends that
-    arrived while the others were out or during ``SEND_INTERVAL_S`` after the last request. The sends
-    of a batch are independent (a device waits for each ``send_ack`` before its next send), so batches
-    need not answer in order; the Batcher's key is the device, whose return ends the pause early."""
+    arrived while the others were out or during ``SEND_INTERVAL_S`` after the last request. The
+    Batcher's key is the device: a device's sends are in one request in flight at a time, so they reach
+    the message service in their order (which commits them in it), and other devices' requests may answer
+    in any order; a device back with more sends ends the pause early."""
 
     def __init__(self, client: InternalClient, *, max_batch: int = MAX_SEND_BATCH) -> None:
         if max_batch > MAX_SEND_BATCH:
@@ -243,6 +251,12 @@ class MessagesClient:
 
     async def send(self, cmd: app.SendMessage) -> app.Sent:
         return await self._sends.submit(cmd)
+
+    async def send_many(self, cmds: Sequence[app.SendMessage]) -> list[app.Sent | Exception]:
+        """One device's sends in their order: submitted together, so they leave in one request or, past
+        ``max_batch``, in requests one after the other (one batch of a device in flight at a time)."""
+        outcomes = await asyncio.gather(*(self._sends.submit(cmd) for cmd in cmds), return_exceptions=True)
+        return [_raised(outcome) for outcome in outcomes]
 
     async def _send_batch(self, cmds: list[app.SendMessage]) -> list[app.Sent | CourierError]:
         answer = await send_many.ask(self._client, Sends(sends=[Send.of(cmd) for cmd in cmds]))

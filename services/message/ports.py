@@ -81,8 +81,10 @@ class MessageStore(Protocol):
         seqs have no gaps), insert the event it builds, overwrite ``draft.replace``, insert the outbox
         row and move the sender's read cursor to the seq. Returns the stored event.
 
-        ``SeqTaken`` when another process committed that seq first; ``ClientMsgIdTaken`` when the
-        sender already used the client_msg_id. Either way nothing was stored."""
+        Appends of one conversation are committed in the order they are called: a draft takes its place
+        before ``append`` first yields to the loop, and a seq another process committed first is asked
+        again in that place. ``SeqTaken`` when it was taken every time the store asked;
+        ``ClientMsgIdTaken`` when the sender already used the client_msg_id. Either way nothing was stored."""
         ...
 
     def publish_on_commit(self, publisher: CommitPublisher) -> None:

@@ -22,6 +22,9 @@ class MessageService:
     async def send(self, cmd: app.SendMessage) -> app.Sent:
         return await app.send_message(cmd, deps=self.deps)
 
+    async def send_many(self, cmds: Sequence[app.SendMessage]) -> list[app.Sent | Exception]:
+        return await app.send_many(cmds, deps=self.deps)
+
     async def sync(
         self, user_id: str, cursors: Mapping[str, int], *, limit: int | None = None
     ) -> list[app.SyncedConversation]:

@@ -22,7 +22,7 @@ from services.common.clock import utcnow
 from services.common.db import create_engine
 from services.common.ids import new_id
 from services.message.adapters.memory import MemoryMessageStore
-from services.message.adapters.sql import SqlMessageStore, _columns, messages
+from services.message.adapters.sql import SEQ_RETRIES, SqlMessageStore, _columns, messages
 from services.message.domain import Message, encode_event
 from services.message.ports import ClientMsgIdTaken, Draft, MessageStore, SeqTaken
 from tests.integration.test_sql_support import SERVER_BACKENDS, SQL_BACKENDS, clean_engine, migrated_database
@@ -568,11 +568,12 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def deadlocking_once(store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The store's next transaction is chosen as a deadlock's victim, as MariaDB ends two replicas inserting the
-    same next seq of a conversation (InnoDB's insert locks on the unique key), rather than with a duplicate key."""
+def deadlocking(store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch, *, times: int = 1) -> None:
+    """The store's next ``times`` transactions are chosen as a deadlock's victim, as MariaDB ends two replicas
+    inserting the same next seq of a conversation (InnoDB's insert locks on the unique key), rather than with a
+    duplicate key."""
     commit = store._commit  # the transaction under test
-    victims = [True]
+    victims = [True] * times
 
     async def once(batch: Any) -> list[Message]:
         if victims and victims.pop():
@@ -583,16 +584,27 @@ def deadlocking_once(store: SqlMessageStore, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(store, "_commit", once)
 
 
-async def test_a_deadlocked_append_is_a_seq_taken_which_the_sender_asks_again(
+async def test_a_deadlocked_append_is_a_seq_taken_which_the_store_asks_again(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with clean_engine(sqlite_url) as engine:
         store = SqlMessageStore(engine)
-        deadlocking_once(store, monkeypatch)
+        deadlocking(store, monkeypatch)
+        cid = new_id()
+        assert (await put(store, message(cid, 0))).seq == 1
+        assert (await put(store, message(cid, 0))).seq == 2
+
+
+async def test_an_append_whose_seq_keeps_being_taken_is_refused_with_nothing_stored(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with clean_engine(sqlite_url) as engine:
+        store = SqlMessageStore(engine)
+        deadlocking(store, monkeypatch, times=SEQ_RETRIES)
         cid = new_id()
         with pytest.raises(SeqTaken):
             await put(store, message(cid, 0))
-        assert (await put(store, message(cid, 0))).seq == 1
+        assert await store.max_seq(cid) == 0
 
 
 async def test_a_deadlocked_group_commit_answers_each_append_on_its_own(
@@ -600,10 +612,24 @@ async def test_a_deadlocked_group_commit_answers_each_append_on_its_own(
 ) -> None:
     async with clean_engine(sqlite_url) as engine:
         store = SqlMessageStore(engine)
-        deadlocking_once(store, monkeypatch)
+        deadlocking(store, monkeypatch)
         cid = new_id()
         stored = await asyncio.gather(*(put(store, message(cid, 0, sender=f"u{i}")) for i in range(3)))
         assert sorted(m.seq for m in stored) == [1, 2, 3]
+
+
+async def test_appends_of_a_conversation_keep_the_order_they_were_made_in_when_their_seqs_are_taken(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The group of three loses its seqs, then the first append alone loses again: it is asked again in its
+    # place, and the two behind it wait rather than take the seqs before it (a socket's sends in flight).
+    async with clean_engine(sqlite_url) as engine:
+        store = SqlMessageStore(engine)
+        cid = new_id()
+        await put(store, message(cid, 0))  # so that the next three leave as one group
+        deadlocking(store, monkeypatch, times=3)
+        stored = await asyncio.gather(*(put(store, message(cid, 0, client_msg_id=f"m{i}")) for i in range(3)))
+        assert [(m.client_msg_id, m.seq) for m in stored] == [("m0", 2), ("m1", 3), ("m2", 4)]
 
 
 # Sessions waiting for a lock another transaction holds (MariaDB: the store's insert still running; a user

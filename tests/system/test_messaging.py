@@ -35,6 +35,38 @@ async def test_three_devices_of_two_users_receive_every_message_once_in_seq_orde
             await device.close()
 
 
+async def test_sends_written_without_waiting_are_committed_and_answered_in_the_order_written(
+    server: RunningServer, api: Api
+) -> None:
+    # A client that does not wait for each send_ack: its sends are in flight together, and each conversation's
+    # seqs follow the order they were written in; the answers come in that order, a failed send's in its place.
+    alice, bob, carol = await api.register("alice"), await api.register("bob"), await api.register("carol")
+    with_bob, with_carol = await api.direct(alice, bob), await api.direct(alice, carol)
+    sender, receiver = await Device.connect(server.ws_url, alice), await Device.connect(server.ws_url, bob)
+    try:
+        written = []
+        for i in range(40):
+            cid = (with_bob, with_carol)[i % 2] if i != 17 else "not-a-conversation"
+            frame = {"type": "send", "id": f"s{i}", "conversation_id": cid, "client_msg_id": unique("m")}
+            written.append({**frame, "content": {"type": "text", "text": f"message {i}"}})
+        for frame in written:
+            await sender.send(frame)
+        await sender.wait_until(lambda: len([f for f in sender.frames if f["type"] in ("send_ack", "error")]) == 40)
+
+        answers = [f for f in sender.frames if f["type"] in ("send_ack", "error")]
+        assert [f["ref"] for f in answers] == [f"s{i}" for i in range(40)]
+        assert answers[17]["type"] == "error" and answers[17]["code"] == "not_found"
+        to_bob = [f["seq"] for f in answers if f.get("conversation_id") == with_bob]
+        to_carol = [f["seq"] for f in answers if f.get("conversation_id") == with_carol]
+        assert to_bob == list(range(1, 21)) and to_carol == list(range(1, 20))
+        await receiver.wait_until(lambda: len(receiver.messages(with_bob)) == 20)
+        texts = [receiver.messages(with_bob)[seq]["content"]["text"] for seq in range(1, 21)]
+        assert texts == [f"message {i}" for i in range(0, 40, 2)]
+    finally:
+        await sender.close()
+        await receiver.close()
+
+
 async def test_sender_other_devices_get_their_own_messages(server: RunningServer, api: Api) -> None:
     phone = await api.register("multi", device_id="phone")
     tablet = await api.device(phone, "tablet")

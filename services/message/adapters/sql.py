@@ -74,6 +74,8 @@ COMMITS_IN_FLIGHT = 4
 COMMIT_INTERVAL_S = 0.008
 # Most idempotency look-ups answered by one statement.
 CLIENT_ID_BATCH = 200
+# Most transactions an append takes when another process keeps committing its conversation's next seq first.
+SEQ_RETRIES = 8
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 # MySQL's TEXT and BLOB stop at 64 KiB; a long message or its outbox event must not be cut off there.
 Content = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -503,10 +505,19 @@ class SqlMessageStore:
         return [await self._commit_alone(draft) for draft in drafts]
 
     async def _commit_alone(self, draft: Draft) -> Message | Exception:
-        try:
-            return await self._append_one(draft)
-        except Exception as exc:  # noqa: BLE001 - the sender's own error, handed to the sender
-            return exc
+        """The draft in a transaction of its own, or its sender's error. A seq another process took is asked
+        again here, up to ``SEQ_RETRIES`` times, while the conversation's later appends wait behind it: they
+        keep their order (a socket's sends in flight together, docs/design.md 3.1)."""
+        attempts = SEQ_RETRIES
+        while True:
+            attempts -= 1
+            try:
+                return await self._append_one(draft)
+            except SeqTaken as exc:
+                if not attempts:
+                    return exc
+            except Exception as exc:  # noqa: BLE001 - the sender's own error, handed to the sender
+                return exc
 
     async def _append_one(self, draft: Draft) -> Message:
         try:

@@ -114,6 +114,15 @@ class Messages:
             return app.Sent(_message(1, "dup"), False)
         return app.Sent(_message(7, cmd.client_msg_id), True)
 
+    async def send_many(self, cmds: Sequence[app.SendMessage]) -> list[app.Sent | Exception]:
+        answers: list[app.Sent | Exception] = []
+        for cmd in cmds:
+            try:
+                answers.append(await self.send(cmd))
+            except NotFound as exc:
+                answers.append(exc)
+        return answers
+
     async def sync(
         self, user_id: str, cursors: Mapping[str, int], *, limit: int | None = None
     ) -> list[app.SyncedConversation]:

@@ -12,6 +12,7 @@ import pytest
 from services.common.errors import Unavailable
 from services.delivery.hub import Close, Connection, Hub
 from services.delivery.pending import Key, MemoryPendingStore, Pending
+from services.delivery.ports import Messages
 from services.delivery.protocol import AckWindow
 from services.delivery.session import Session, SessionDeps
 from services.message.app import SendMessage, Sent, SyncedConversation
@@ -48,7 +49,7 @@ class FailingStore:
 class Unused:
     """Messages, members and presence: an ack frame needs none of them."""
 
-    async def send(self, cmd: SendMessage) -> Sent:
+    async def send_many(self, cmds: Sequence[SendMessage]) -> list[Sent | Exception]:
         raise AssertionError("not used")
 
     async def sync(
@@ -89,12 +90,12 @@ def connect(hub: Hub, user: str, device: str, *, queue_size: int = 64, max_redel
     return conn
 
 
-def session(hub: Hub, conn: Connection) -> Session:
+def session(hub: Hub, conn: Connection, *, messages: Messages | None = None) -> Session:
     unused = Unused()
     deps = SessionDeps(
         hub=hub,
         pusher=hub,
-        messages=unused,
+        messages=messages or unused,
         members=unused,
         presence=unused,
         heartbeat_every_s=3600,

@@ -3,7 +3,7 @@ and a ``sync_result`` bounded in bytes (more pages, never a frame the queues can
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -154,7 +154,7 @@ class History(Unused):
             for cid, count in conversations.items()
         }
 
-    async def send(self, cmd: SendMessage) -> Sent:
+    async def send_many(self, cmds: Sequence[SendMessage]) -> list[Sent | Exception]:
         raise AssertionError("not used")
 
     async def sync(
