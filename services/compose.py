@@ -15,7 +15,6 @@ The gateway is not a role: in ``courier dev`` its edge (limits, the web page, rt
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
@@ -78,6 +77,8 @@ from services.presence.main import build_presence
 log = logging.getLogger("courier.compose")
 
 ROLES = ("identity", "conversation", "presence", "file", "message", "delivery")
+LOOP_STOP_S = 10.0
+"""How long a process's loops get to end once stopped (``Process.stop``)."""
 """Every role, in the order they are built: a role's in-process collaborators come before it (the one
 cycle, conversation reading message's activity, is closed by ``LocalActivity``)."""
 DATABASE_ROLES = frozenset({"identity", "conversation", "message", "file"})
@@ -513,12 +514,23 @@ class Process:
         self._tasks = [asyncio.create_task(loop(), name=name) for name, loop in self.built.loops.items()]
 
     async def stop(self) -> None:
-        """Loops first, then what they use: a loop still running would reopen a client just stopped."""
+        """Loops first, then what they use: a loop still running would reopen a client just stopped. A loop
+        that has not ended ``LOOP_STOP_S`` after its cancellation is left behind, named in the log, so that
+        what it uses is stopped all the same: a process stuck here would keep its Kafka consumer in the
+        fan-out group, holding its partitions without reading them, until something killed it."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            ended, stuck = await asyncio.wait(self._tasks, timeout=LOOP_STOP_S)
+            for task in stuck:
+                log.error(
+                    "loop %s did not end within %g s of being stopped; stopping without it",
+                    task.get_name(),
+                    LOOP_STOP_S,
+                )
+            for task in ended:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("loop %s had failed", task.get_name(), exc_info=task.exception())
         for stop in self.built.on_stop:
             await stop()
         for close in reversed(self.wiring.closers):

@@ -226,7 +226,7 @@ SENDS_IN_FLIGHT = 4
 # A send request leaves at most this often (seconds) after the last one, or as soon as every device of the last one
 # has sent again: under load each request carries the sends of several devices, where without it most carried one;
 # idle, and for one device alone, a send leaves at once (docs/performance.md 22).
-SEND_INTERVAL_S = 0.008
+SEND_INTERVAL_S = 0.020
 
 
 class MessagesClient:

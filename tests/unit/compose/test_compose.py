@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 from starlette.routing import Route, WebSocketRoute
 
 from services.common.settings import Settings
+from services import compose
 from services.compose import ROLES, Process
 from services.delivery.hub import Hub
 
@@ -86,3 +89,34 @@ def test_a_role_alone_needs_a_database_server(tmp_path: Path) -> None:
 def test_unknown_roles_are_refused() -> None:
     with pytest.raises(ValueError, match="roles are some of"):
         Process(Settings(mode="dev"), {"messages"})
+
+
+async def test_a_loop_that_does_not_end_when_stopped_does_not_keep_the_process_from_stopping_what_it_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fan-out loop stuck after its cancellation must not keep its Kafka consumer in the group: what the
+    # loops use is stopped all the same, and the stuck loop is named.
+    monkeypatch.setattr(compose, "LOOP_STOP_S", 0.2)
+    process = Process(Settings(mode="dev", data_dir=tmp_path), {"presence"})
+    stopped: list[str] = []
+    running, release = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        running.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async def consumer_stop() -> None:
+        stopped.append("consumer")
+
+    process.built.loops["stubborn"] = stubborn
+    process.built.on_stop.append(consumer_stop)
+    await process.start()
+    async with asyncio.timeout(30):
+        await running.wait()
+        await process.stop()
+    release.set()
+
+    assert stopped == ["consumer"]
+    assert "loop stubborn did not end" in caplog.text
