@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from starlette.routing import Route, WebSocketRoute
 
-from services.common.settings import Settings
 from services import compose
+from services.common.settings import Settings
 from services.compose import ROLES, Process
 from services.delivery.hub import Hub
 
