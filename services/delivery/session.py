@@ -60,6 +60,9 @@ class SessionDeps:
 SENDS_AHEAD = 64
 """Most ``send`` frames of one socket read before their answers: past it the socket is read no further
 until its sends are answered."""
+SENDS_AHEAD_BYTES = 256 * 1024
+"""The same bound on the frames' size: a client cannot make a socket hold more than this (and the frame that
+passed it) in sends not yet handed over, where 64 frames of the largest size would be 64 MiB."""
 
 # Frames handled as soon as they are read, even with sends in flight: no answer, and nothing they do depends
 # on those sends.
@@ -79,6 +82,7 @@ class Session:
         self._clock = clock
         self._last_heartbeat = clock()
         self._unsent: list[tuple[protocol.SendFrame, float]] = []  # sends read, not handed over; when each was read
+        self._unsent_bytes = 0  # the size of their frames
         self._sending: asyncio.Task[None] | None = None
 
     @property
@@ -95,7 +99,7 @@ class Session:
             ref, kind = frame.id, frame.type
             await self._heartbeat()
             if isinstance(frame, protocol.SendFrame):
-                await self._send_later(frame, started)
+                await self._send_later(frame, started, len(data))
                 kind = ""  # counted when answered
                 return
             if not isinstance(frame, _UNORDERED):
@@ -123,17 +127,18 @@ class Session:
         if self._sending is not None:
             self._sending.cancel()
 
-    async def _send_later(self, frame: protocol.SendFrame, read_at: float) -> None:
+    async def _send_later(self, frame: protocol.SendFrame, read_at: float, size: int) -> None:
         self._unsent.append((frame, read_at))
+        self._unsent_bytes += size
         if self._sending is None:
             self._sending = asyncio.create_task(self._send_all())
-        elif len(self._unsent) >= SENDS_AHEAD:
+        elif len(self._unsent) >= SENDS_AHEAD or self._unsent_bytes >= SENDS_AHEAD_BYTES:
             await self.settled()
 
     async def _send_all(self) -> None:
         try:
             while self._unsent:
-                sends, self._unsent = self._unsent, []
+                sends, self._unsent, self._unsent_bytes = self._unsent, [], 0
                 await self._send(sends)
         except Exception:
             log.exception("the sends of %s/%s failed", self.conn.user_id, self.conn.device_id)

@@ -46,8 +46,8 @@ class HeldMessages(Unused):
         return answers
 
 
-def send(client_msg_id: str, conversation_id: str = "c1") -> bytes:
-    content = {"type": "text", "text": client_msg_id}
+def send(client_msg_id: str, conversation_id: str = "c1", *, text: str | None = None) -> bytes:
+    content = {"type": "text", "text": client_msg_id if text is None else text}
     frame = {"type": "send", "id": client_msg_id, "conversation_id": conversation_id, "client_msg_id": client_msg_id}
     return orjson.dumps({**frame, "content": content})
 
@@ -167,3 +167,27 @@ async def test_a_socket_is_read_no_further_once_its_sends_ahead_are_full() -> No
     await socket.settled()
     frames = await answers(conn, session_module.SENDS_AHEAD + 1)
     assert [f["seq"] for f in frames] == list(range(1, session_module.SENDS_AHEAD + 2))
+
+
+async def test_a_socket_is_read_no_further_once_its_unsent_sends_are_large() -> None:
+    hub, messages = Hub(), HeldMessages()
+    conn = connect(hub, "alice", "phone")
+    socket = session(hub, conn, messages=messages)
+    large = "x" * (session_module.SENDS_AHEAD_BYTES // 4)
+
+    await socket.on_text(send("first"))
+    await until(lambda: messages.handed == [["first"]])
+    for n in range(3):
+        await socket.on_text(send(str(n), text=large))
+    fourth = asyncio.create_task(socket.on_text(send("3", text=large)))  # past the bytes: the reader waits
+    await turns()
+    assert not fourth.done()
+
+    messages.release.set()
+    await until(lambda: len(messages.handed) == 2)
+    assert len(messages.handed[1]) == 4
+    messages.release.set()
+    async with asyncio.timeout(DEADLINE_S):
+        await fourth
+    await socket.settled()
+    assert [f["seq"] for f in await answers(conn, 5)] == [1, 2, 3, 4, 5]
