@@ -57,6 +57,9 @@ PODS = {
 }
 
 
+BOUND_CLAIMS = {"items": [{"metadata": {"name": "data-chat-redis-0"}, "status": {"phase": "Bound"}}]}
+
+
 def test_the_report_shows_each_crashed_container_log_with_the_backends_last(
     courier_kind: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,6 +69,8 @@ def test_the_report_shows_each_crashed_container_log_with_the_backends_last(
         asked.append(argv)
         if argv[1:3] == ["get", "pods"]:
             return json.dumps(PODS) if "json" in argv else "NAME  READY  STATUS\n"
+        if argv[1:3] == ["get", "pvc"]:
+            return json.dumps(BOUND_CLAIMS)
         pod, container = argv[argv.index("logs") + 3], argv[argv.index("-c") + 1]
         return f"the last words of {pod}/{container}\n"
 
@@ -88,6 +93,8 @@ def test_a_log_kubectl_cannot_give_leaves_the_rest_of_the_report(
     def kubectl(argv: list[str], **_: object) -> str:
         if "logs" in argv:
             raise courier_kind.ImageError("previous terminated container not found")
+        if "pvc" in argv:
+            return json.dumps(BOUND_CLAIMS)
         return json.dumps(PODS) if "json" in argv else "pods\n"
 
     monkeypatch.setattr(courier_kind, "run", kubectl)
@@ -95,3 +102,37 @@ def test_a_log_kubectl_cannot_give_leaves_the_rest_of_the_report(
 
     assert "--- chat-kafka-0/kafka: 8 restarts" in report
     assert "(no log: previous terminated container not found)" in report
+
+
+def test_claims_never_bound_are_reported_with_their_events_and_the_provisioners_log(
+    courier_kind: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims = {
+        "items": [
+            {"metadata": {"name": "data-chat-database-0"}, "status": {"phase": "Bound"}},
+            {"metadata": {"name": "data-chat-kafka-0"}, "status": {"phase": "Pending"}},
+            {"metadata": {"name": "data-chat-minio-0"}, "status": {"phase": "Pending"}},
+        ]
+    }
+
+    def kubectl(argv: list[str], **_: object) -> str:
+        if argv[1:3] == ["get", "pods"] and "local-path-storage" in argv:
+            return "helper-pod-create-pvc-1  0/1  ContainerCreating\n"
+        if argv[1:3] == ["get", "pods"]:
+            return json.dumps(PODS) if "json" in argv else "NAME  READY  STATUS\n"
+        if argv[1:3] == ["get", "pvc"]:
+            return json.dumps(claims)
+        if argv[1:3] == ["get", "events"]:
+            return f"events of {argv[argv.index('-n') + 1]}\n"
+        if "deploy/local-path-provisioner" in argv:
+            return "create process timeout after 120 seconds\n"
+        return "the last words of a container\n"
+
+    monkeypatch.setattr(courier_kind, "run", kubectl)
+    report = courier_kind.unready_report("kubectl", [], "courier")
+
+    claims_at = report.index("--- claims not Bound: data-chat-kafka-0, data-chat-minio-0")
+    assert "events of courier" in report and "events of local-path-storage" in report
+    assert "helper-pod-create-pvc-1  0/1  ContainerCreating" in report
+    provisioner_at = report.index("create process timeout after 120 seconds")
+    assert claims_at < provisioner_at < report.index("--- chat-kafka-0/kafka"), "the backends' logs stay last"
