@@ -6,6 +6,7 @@ After each fault and recovery, every member holds after ``sync`` every message t
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from services.common.ring import Ring
 from tests.harness.infra import cli_module, ensure_infra, read_infra
-from tests.support.client import Api
+from tests.support.client import Api, Device
 from tests.support.server import RunningServer, run_stack
 from tests.support.workload import Pair, make_pairs, routed_nodes, senders, verify, wait_for_acks
 from tests.system.conftest import SYSTEM_ENV
@@ -69,6 +70,72 @@ async def _survives(cluster: RunningServer, api: Api, fault: Fault) -> list[Pair
 
 async def test_kill_9_of_the_message_service_loses_and_duplicates_nothing(cluster: RunningServer, api: Api) -> None:
     await _survives(cluster, api, _then(lambda: stack.kill("message"), lambda: stack.restart("message", SYSTEM_ENV)))
+
+
+async def test_kill_9_of_the_message_service_amid_sends_in_flight_keeps_them_in_the_order_written(
+    cluster: RunningServer, api: Api
+) -> None:
+    # A client that writes its sends without waiting for each send_ack: the message service dies with some of them
+    # in flight and the rest refused. Resending what got no send_ack (the same client_msg_ids) leaves each message
+    # stored once, seqs 1..N with no gap, in the order the client wrote them.
+    count = 300
+    alice, bob = await api.register("pipelining"), await api.register("reader")
+    cid = await api.direct(alice, bob)
+    frames = [
+        {"type": "send", "id": f"s{i}", "conversation_id": cid, "client_msg_id": f"pipelined-{i}",
+         "content": {"type": "text", "text": f"message {i}"}}
+        for i in range(count)
+    ]  # fmt: skip
+
+    def answers(device: Device) -> list[dict[str, object]]:
+        return [f for f in device.frames if f["type"] in ("send_ack", "error")]
+
+    device = await Device.connect(cluster.ws_url, alice)
+    try:
+        for frame in frames[:100]:
+            await device.send(frame)
+        await device.wait_until(lambda: len(answers(device)) >= 20)
+        stack.kill("message")
+        for frame in frames[100:]:
+            await device.send(frame)
+        await device.wait_until(lambda: len(answers(device)) == count, timeout=180)
+    finally:
+        await device.close()
+    first = answers(device)
+    assert [a["ref"] for a in first] == [f["id"] for f in frames], "answered in the order written"
+    acked = {a["ref"] for a in first if a["type"] == "send_ack"}
+    assert 20 <= len(acked) <= 100, "the sends written after the kill were refused"
+
+    stack.restart("message", SYSTEM_ENV)
+    again = [f for f in frames if f["id"] not in acked]
+    device = await Device.connect(cluster.ws_url, alice)
+    try:
+        # Resent without waiting, they keep their order only if none fails: first a send elsewhere until the
+        # delivery node reaches the new message process.
+        elsewhere = await api.direct(alice, await api.register("elsewhere"))
+        async with asyncio.timeout(120):
+            while (await device.send_text(elsewhere, "are you back?"))["type"] != "send_ack":
+                await asyncio.sleep(0.5)
+        device.frames.clear()
+        for frame in again:
+            await device.send(frame)
+        await device.wait_until(lambda: len(answers(device)) == len(again), timeout=180)
+    finally:
+        await device.close()
+    assert all(a["type"] == "send_ack" for a in answers(device)), answers(device)
+
+    stored = []
+    while True:
+        after = stored[-1]["seq"] if stored else 0
+        page = await api.http.get(
+            f"/v1/conversations/{cid}/messages", params={"after_seq": after, "limit": 100}, headers=alice.headers
+        )
+        assert page.status_code == 200, page.text
+        stored += page.json()["messages"]
+        if not page.json()["has_more"]:
+            break
+    assert [m["seq"] for m in stored] == list(range(1, count + 1))
+    assert [m["content"]["text"] for m in stored] == [f"message {i}" for i in range(count)]
 
 
 async def test_kill_9_of_a_delivery_node_loses_and_duplicates_nothing(cluster: RunningServer, api: Api) -> None:
