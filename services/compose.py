@@ -77,10 +77,10 @@ from services.presence.main import build_presence
 log = logging.getLogger("courier.compose")
 
 ROLES = ("identity", "conversation", "presence", "file", "message", "delivery")
-LOOP_STOP_S = 10.0
-"""How long a process's loops get to end once stopped (``Process.stop``)."""
 """Every role, in the order they are built: a role's in-process collaborators come before it (the one
 cycle, conversation reading message's activity, is closed by ``LocalActivity``)."""
+LOOP_STOP_S = 10.0
+"""How long a process's loops get to end once stopped (``Process.stop``)."""
 DATABASE_ROLES = frozenset({"identity", "conversation", "message", "file"})
 Loop = Callable[[], Coroutine[Any, Any, None]]
 Hook = Callable[[], Awaitable[None]]
