@@ -7,10 +7,10 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -38,6 +38,7 @@ from services.message.ports import (
 # Bound once per content type: ``labels()`` per message walked a dictionary under a lock.
 _SENT_SERIES = {content_type: metrics.MESSAGES_SENT.labels(content_type) for content_type in domain.SENDABLE_TYPES}
 log = logging.getLogger("courier.message")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -152,42 +153,43 @@ async def send_many(cmds: Sequence[SendMessage], *, deps: MessageDeps) -> list[S
     socket may have several sends in flight (docs/design.md 4.1). Each is queued to the store before the next
     of them is checked, and the store keeps a conversation's appends in the order queued; other devices' and
     conversations' sends are checked side by side, and all are committed together."""
-    chains: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for index, cmd in enumerate(cmds):
-        chains[cmd.sender_id, cmd.sender_device_id, cmd.conversation_id].append(index)
-    answers: list[Sent | Exception | None] = [None] * len(cmds)
+    chains: dict[tuple[str, str, str], list[SendMessage]] = defaultdict(list)
+    for cmd in cmds:
+        chains[cmd.sender_id, cmd.sender_device_id, cmd.conversation_id].append(cmd)
 
-    async def one_after_another(indexes: list[int]) -> None:
-        committing: list[tuple[int, asyncio.Task[Sent]]] = []
+    async def one_after_another(chain: list[SendMessage]) -> list[Sent | Exception]:
+        if len(chain) == 1:
+            return [await _outcome(send_message(chain[0], deps=deps))]
+        committing: list[asyncio.Task[Sent] | Exception] = []
         try:
-            for index in indexes:
-                try:
-                    prepared = await _prepare_send(cmds[index], deps=deps)
-                except Exception as exc:  # noqa: BLE001 - this send's answer
-                    answers[index] = exc
-                    continue
-                # A task's first step runs before anything this loop awaits next: the draft is queued before the
-                # next send of the chain is checked, and before the next task's first step.
-                committing.append((index, asyncio.create_task(_commit_send(prepared, deps=deps))))
-            for index, task in committing:
-                try:
-                    answers[index] = await task
-                except Exception as exc:  # noqa: BLE001 - this send's answer
-                    answers[index] = exc
+            for cmd in chain:
+                prepared = await _outcome(_prepare_send(cmd, deps=deps))
+                if isinstance(prepared, Exception):
+                    committing.append(prepared)
+                else:
+                    # A task's first step runs before anything this loop awaits next: the draft is queued before
+                    # the next send of the chain is checked, and before the next task's first step.
+                    committing.append(asyncio.create_task(_commit_send(prepared, deps=deps)))
+            chain_answers: list[Sent | Exception] = []
+            for step in committing:
+                chain_answers.append(await _outcome(step) if isinstance(step, asyncio.Task) else step)
+            return chain_answers
         finally:
-            for _, task in committing:
-                task.cancel()
+            for task in committing:
+                if isinstance(task, asyncio.Task):
+                    task.cancel()
 
-    async def alone(index: int) -> None:
-        try:
-            answers[index] = await send_message(cmds[index], deps=deps)
-        except Exception as exc:  # noqa: BLE001 - this send's answer
-            answers[index] = exc
+    answers = await asyncio.gather(*map(one_after_another, chains.values()))
+    answered = {key: iter(chain_answers) for key, chain_answers in zip(chains, answers, strict=True)}
+    return [next(answered[cmd.sender_id, cmd.sender_device_id, cmd.conversation_id]) for cmd in cmds]
 
-    await asyncio.gather(
-        *(alone(indexes[0]) if len(indexes) == 1 else one_after_another(indexes) for indexes in chains.values())
-    )
-    return [answer for answer in answers if answer is not None]
+
+async def _outcome(step: Awaitable[T]) -> T | Exception:
+    """What ``step`` returns, or the exception it raises (a send's error is its answer)."""
+    try:
+        return await step
+    except Exception as exc:  # noqa: BLE001 - this send's answer
+        return exc
 
 
 @dataclass(frozen=True)
