@@ -250,9 +250,6 @@ class MessagesClient:
             key=lambda cmd: (cmd.sender_id, cmd.sender_device_id),
         )
 
-    async def send(self, cmd: app.SendMessage) -> app.Sent:
-        return await self._sends.submit(cmd)
-
     async def send_many(self, cmds: Sequence[app.SendMessage]) -> list[app.Sent | Exception]:
         """One device's sends in their order: submitted together, so they leave in one request or, past
         ``max_batch``, in requests one after the other (one batch of a device in flight at a time)."""

@@ -34,6 +34,7 @@ from services.message.domain import Message
 from services.message.ports import Conversation as MessageConversation
 from services.presence import internal as presence
 from tests.support.loopback import GUARD, TOKEN, internal_service
+from tests.unit.message.test_internal_send import send_one
 
 
 class Users:
@@ -457,7 +458,7 @@ async def test_messages_client_against_the_previous_router() -> None:
     async with internal_service(previous_message(messages, GUARD)) as served:
         client = message.MessagesClient(served.client)
         sends = [_send("c1", "m1"), _send("c1", "dup"), _send("c2", "m2")]
-        stored, again, refused = await asyncio.gather(*(client.send(s) for s in sends), return_exceptions=True)
+        stored, again, refused = await asyncio.gather(*(send_one(client, s) for s in sends), return_exceptions=True)
         synced = await client.sync("alice", {"c1": 0, "c3": 4}, limit=50)
         read = await client.mark_read("c1", "alice", 9)
         record = Conversation("c1", ConversationType.GROUP, "team", {"alice": Role.OWNER}, AT, large=True)
