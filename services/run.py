@@ -20,6 +20,7 @@ from fastapi.responses import ORJSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.common import shutdown, telemetry
+from services.common.contract import stream_answers
 from services.common.observe import observe
 from services.common.revocation import RedisRevocations
 from services.common.settings import Settings
@@ -42,7 +43,7 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     app = FastAPI(
         title=f"Courier {name}", version="1", lifespan=process.lifespan, default_response_class=ORJSONResponse
     )
-    streams = StreamServer(process.wiring.guard)
+    streams = StreamServer(process.wiring.guard, service=name)
 
     async def drain() -> None:
         await process.drain(lambda: shutdown.lag(settings.shutdown.lag_s))
@@ -53,6 +54,7 @@ def create_service_app(name: str, settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in process.routers:
         app.include_router(router)
+    streams.answer_calls(stream_answers(app.routes))
     install_ops_routes(app, process.ready)
     observe(app, name)
     telemetry.instrument_app(app)

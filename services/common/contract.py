@@ -12,19 +12,26 @@ The wire: a POST carries the request model as its JSON body, a GET carries its f
 no body for a call without one. A request that fails validation is answered 422 ``invalid_request``
 and a ``CourierError`` its status and protocol error body (the app's error handlers,
 ``services.common.web``); ``ask`` raises both again as the same ``CourierError``.
+
+Over an internal stream (``services.common.stream``) a POST call is answered by its ``Call`` straight from the
+frame (``stream_answers``), without the app's HTTP stack: that stack cost a delivery node a tenth of its CPU
+and the message service a twentieth (docs/performance.md 28). GET calls, which carry their fields in the path,
+still go through the app.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint's ``request: Request`` at runtime.
 
+import functools
 import string
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from services.common.errors import Unavailable
 from services.common.internal import InternalClient, RequireInternal
@@ -34,6 +41,8 @@ Port = TypeVar("Port")
 Req = TypeVar("Req", bound=BaseModel)
 Ans = TypeVar("Ans", bound=BaseModel | None)
 Answer = Callable[[Port, Req], Awaitable[Ans]]
+StreamAnswer = Callable[[bytes], Awaitable[bytes | None]]
+"""A POST call answered from its request's body: the answer's JSON, or None (204 without a body)."""
 
 
 class Call(Generic[Port, Req, Ans]):
@@ -81,23 +90,34 @@ class Call(Generic[Port, Req, Ans]):
 
         async def endpoint(request: Request) -> Response:
             await guard(request)
-            answer = await self.answered_by(port, await self._read(request))
-            if answer is None:
+            if self.method == "GET":
+                asked = self._read(lambda: self.request.model_validate(request.path_params))
+                json = _json(await self.answered_by(port, asked))
+            else:
+                json = await self.answer_body(port, await request.body())
+            if json is None:
                 return Response(status_code=204)
-            return Response(answer.model_dump_json(), media_type="application/json")
+            return Response(json, media_type="application/json")
 
         endpoint.__name__ = self.answered_by.__name__
         return endpoint
 
-    async def _read(self, request: Request) -> Req:
-        where = "path" if self.method == "GET" else "body"
+    async def answer_body(self, port: Port, body: bytes) -> bytes | None:
+        """A POST's answer from ``port`` to the request ``body``: its JSON, or None (204 without a body). Raises
+        what the route answers as an error: ``RequestValidationError`` (422), a ``CourierError``."""
+        return _json(await self.answered_by(port, self._read(lambda: self.request.model_validate_json(body))))
+
+    def _read(self, validate: Callable[[], Req]) -> Req:
         try:
-            if self.method == "GET":
-                return self.request.model_validate(request.path_params)
-            return self.request.model_validate_json(await request.body())
+            return validate()
         except ValidationError as exc:
+            where = "path" if self.method == "GET" else "body"
             errors = [{**error, "loc": (where, *error["loc"])} for error in exc.errors(include_url=False)]
             raise RequestValidationError(errors) from exc
+
+
+def _json(answer: BaseModel | None) -> bytes | None:
+    return None if answer is None else answer.model_dump_json().encode()
 
 
 @overload
@@ -135,7 +155,26 @@ def serve(port: Port, guard: RequireInternal, calls: Sequence[Call[Port, Any, An
     router = APIRouter()
     for one in calls:
         endpoint = one.endpoint(port, guard)
+        if one.method == "POST":
+            _STREAM_ANSWERS[endpoint] = functools.partial(one.answer_body, port)
         router.routes.append(
             Route(one.path, endpoint, methods=[one.method], name=one.answered_by.__name__, include_in_schema=False)
         )
     return router
+
+
+# The POST routes ``serve`` built, by their endpoint (which an app's ``include_router`` keeps): their answers.
+_STREAM_ANSWERS: weakref.WeakKeyDictionary[Callable[..., Any], StreamAnswer] = weakref.WeakKeyDictionary()
+
+
+def stream_answers(routes: Iterable[BaseRoute]) -> dict[str, StreamAnswer]:
+    """The POST calls among an app's ``routes``, by path: what its internal stream answers without the app
+    (``StreamServer.answer``). The stream admitted its caller with the internal token when it opened, as
+    the route's guard would each request."""
+    found: dict[str, StreamAnswer] = {}
+    for route in routes:
+        endpoint = getattr(route, "endpoint", None)
+        answer = _STREAM_ANSWERS.get(endpoint) if callable(endpoint) else None
+        if answer is not None and isinstance(route, Route):
+            found[route.path] = answer
+    return found

@@ -9,9 +9,14 @@ for a request too large for one frame and for a server without the route.
 On the wire every frame is binary. A request: its id (4 bytes), the length of its head (2 bytes), the head
 (JSON: method, path, and the trace context headers of the caller), then the body. An answer: the id, the
 HTTP status (2 bytes), then the body. Id 0 from the server is ``go away``: the process is stopping, send
-nothing new on this stream. The server answers each request by running it through its own ASGI app as an
-HTTP request (the same routes, token check, error handlers and metrics), so a call behaves the same on
-either transport.
+nothing new on this stream.
+
+The server answers a POST call of ``services.common.contract`` straight from the frame (``answer_calls``): its
+``Call`` reads the body and answers it, errors are answered as the app's error handlers answer them
+(``web.error_answer``), and the request is counted and timed in the app's HTTP metrics and, with tracing on,
+has a server span, as the app's middleware would. Any other request (a GET call, a route of the app's own) is
+run through the app as an HTTP request. Either way a call behaves the same on either transport; the app's
+stack around each call was a tenth of a delivery node's CPU (docs/performance.md 28).
 
 A stopping server (``StreamServer.go_away``, after the lag of docs/design.md 7.5) tells its streams to go
 away and waits for their clients to close them: a client sends nothing new on such a stream, closes it once
@@ -33,13 +38,18 @@ from urllib.parse import unquote
 
 import aiohttp
 import orjson
+from opentelemetry import trace
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Message, Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from services.common import telemetry
 from services.common.errors import Unavailable
+from services.common.metrics import HTTP_DURATION, HTTP_REQUESTS
+from services.common.web import INTERNAL_ERROR, error_answer
 
 if TYPE_CHECKING:  # internal.py builds its clients on this module
+    from services.common.contract import StreamAnswer
     from services.common.internal import RequireInternal
 
 log = logging.getLogger("courier.stream")
@@ -227,9 +237,13 @@ class Streams:
 class StreamServer:
     """The ``/internal/stream`` route of a service app, for callers with the internal token."""
 
-    def __init__(self, guard: RequireInternal) -> None:
+    def __init__(self, guard: RequireInternal, *, service: str) -> None:
         self._guard = guard
+        self._service = service
         self._headers = [guard.header, _JSON]  # of every request run for a caller the guard admitted
+        self._calls: dict[str, StreamAnswer] = {}
+        self._counted: dict[tuple[str, int], Any] = {}  # (path, status) -> its labelled request counter
+        self._timed: dict[str, Any] = {}  # path -> its labelled duration histogram
         self._streams: set[WebSocket] = set()
         self._going_away = False
         self._ended = asyncio.Event()
@@ -242,6 +256,10 @@ class StreamServer:
 
     def route(self) -> WebSocketRoute:
         return WebSocketRoute(STREAM_PATH, self._serve, name="internal_stream")
+
+    def answer_calls(self, calls: Mapping[str, StreamAnswer]) -> None:
+        """Answer the POST calls ``calls`` (by path, ``contract.stream_answers``) straight from the stream."""
+        self._calls = dict(calls)
 
     async def go_away(self, deadline_s: float) -> None:
         """Ask every stream's client to close it once its calls are answered, and wait for that (at most
@@ -292,7 +310,13 @@ class StreamServer:
             call_id, head_size = _REQUEST.unpack_from(data)
             head = orjson.loads(data[_REQUEST.size : _REQUEST.size + head_size])
             body = data[_REQUEST.size + head_size :]
-            status, answer = await _run(app, ws.scope, self._headers, head, body)
+            call = self._calls.get(head["p"]) if head["m"] == "POST" else None
+            if call is None:
+                status, answer = await _run(app, ws.scope, self._headers, head, body)
+            elif telemetry.is_enabled():
+                status, answer = await self._traced(call, head, body)
+            else:
+                status, answer = await self._call(call, head["p"], body)
             self.answered += 1
             await _send_quietly(ws, _ANSWER.pack(call_id, status) + answer)
         except (struct.error, orjson.JSONDecodeError, KeyError, TypeError):
@@ -300,6 +324,43 @@ class StreamServer:
             await ws.close(code=1003)
         finally:
             slots.release()
+
+    async def _call(self, call: StreamAnswer, path: str, body: bytes) -> tuple[int, bytes]:
+        """``call`` answering ``body``, counted and timed as the app's middleware counts a request."""
+        started = time.perf_counter()
+        try:
+            answer = await call(body)
+        except Exception as exc:  # noqa: BLE001 - answered as the app's error handlers answer it
+            status, answer = error_answer(exc)
+            if status == 500:
+                log.error("unhandled error on POST %s", path, exc_info=exc)
+        else:
+            status, answer = (204, b"") if answer is None else (200, answer)
+        counted = self._counted.get((path, status))
+        if counted is None:
+            counted = self._counted[path, status] = HTTP_REQUESTS.labels(self._service, "POST", path, str(status))
+        counted.inc()
+        timed = self._timed.get(path)
+        if timed is None:
+            timed = self._timed[path] = HTTP_DURATION.labels(self._service, "POST", path)
+        timed.observe(time.perf_counter() - started)
+        return status, answer
+
+    async def _traced(self, call: StreamAnswer, head: Mapping[str, Any], body: bytes) -> tuple[int, bytes]:
+        """``_call`` in a server span continuing the caller's trace, as the app's instrumentation gives a request."""
+        path = str(head["p"])
+        carrier = {str(k).lower(): str(v) for k, v in dict(head.get("h") or {}).items()}
+        with telemetry.tracer(__name__).start_as_current_span(
+            f"POST {path}",
+            context=telemetry.extract(carrier),
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": "POST", "http.route": path},
+        ) as span:
+            status, answer = await self._call(call, path, body)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+        return status, answer
 
 
 async def _send_quietly(ws: WebSocket, data: bytes) -> None:
@@ -359,7 +420,7 @@ async def _run(
         # raises it again for the server, as uvicorn expects; here the answer it sent is the answer.
         if not chunks:
             log.exception("internal stream request %s %s failed without an answer", method, raw)
-            return 500, orjson.dumps({"error": {"code": "internal", "message": "internal error; it has been logged"}})
+            return 500, orjson.dumps({"error": {"code": "internal", "message": INTERNAL_ERROR}})
     finally:
         answered.set()
     return status, b"".join(chunks)

@@ -64,6 +64,22 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+INTERNAL_ERROR = "internal error; it has been logged"
+
+
+def error_answer(exc: Exception) -> tuple[int, bytes]:
+    """The status and body the handlers of ``install_error_handlers`` answer ``exc`` with (headers aside): how a
+    call answered straight from an internal stream fails (``services.common.stream``). 500 for anything that is
+    not a ``CourierError`` or a ``RequestValidationError``, which the caller is to log."""
+    if isinstance(exc, CourierError):
+        status, code, message = exc.status, exc.code, exc.message
+    elif isinstance(exc, RequestValidationError):
+        status, code, message = 422, "invalid_request", _describe_validation(exc)
+    else:
+        status, code, message = 500, "internal", INTERNAL_ERROR
+    return status, orjson.dumps({"error": {"code": code, "message": message}})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_courier_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CourierError)
@@ -82,7 +98,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal", "internal error; it has been logged")
+        return error_response(500, "internal", INTERNAL_ERROR)
 
     app.add_exception_handler(CourierError, on_courier_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

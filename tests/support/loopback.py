@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from services.common.contract import StreamAnswer, stream_answers
 from services.common.internal import InternalClient, RequireInternal
 from services.common.stream import STREAMS, StreamServer
 from services.common.web import install_error_handlers
@@ -66,12 +67,26 @@ async def internal_service(
 ) -> AsyncIterator[Internal]:
     """``router`` (built with ``GUARD``) in an app with Courier's error handlers and, unless ``serve_stream`` is
     False, the internal stream route, served on loopback; its client keeps ``streams`` streams (0: HTTP only).
-    ``hold``, when given, is awaited by every request after it is counted and before it is handled."""
+    ``hold``, when given, is awaited by every request after it is counted and before it is handled, whether the
+    app or the stream (its POST calls) answers it."""
     paths: list[str] = []
-    stream_server = StreamServer(GUARD)
+    stream_server = StreamServer(GUARD, service="test")
     api = FastAPI()
     install_error_handlers(api)
     api.include_router(router)
+
+    def remembered(path: str, answer: StreamAnswer) -> StreamAnswer:
+        """A call the stream answers without the app (so without the middleware below), remembered the same."""
+
+        async def answer_remembered(body: bytes) -> bytes | None:
+            paths.append(path)
+            if hold is not None:
+                await hold()
+            return await answer(body)
+
+        return answer_remembered
+
+    stream_server.answer_calls({path: remembered(path, one) for path, one in stream_answers(api.routes).items()})
     if serve_stream:
         api.router.routes.append(stream_server.route())
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import aiohttp
+import httpx
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from services.common import stream
 from services.common.contract import call, serve
-from services.common.errors import Unavailable
-from services.common.internal import InternalClient
+from services.common.errors import Conflict, Unavailable
+from services.common.internal import HEADER, InternalClient
 from services.common.stream import STREAMS
 from tests.support.loopback import GUARD, TOKEN, internal_service
 
@@ -26,16 +29,19 @@ class Echo(BaseModel):
 
 
 class Gate:
-    """A port whose answers wait until the test opens it (when closed)."""
+    """A port whose answers wait until the test opens it (when closed); it fails a text it was told to."""
 
     def __init__(self) -> None:
         self.open = asyncio.Event()
         self.open.set()
         self.entered = 0
+        self.failures: dict[str, Exception] = {}
 
     async def echo(self, text: str) -> str:
         self.entered += 1
         await self.open.wait()
+        if text in self.failures:
+            raise self.failures[text]
         return text
 
 
@@ -65,7 +71,7 @@ async def test_calls_in_turn_share_one_stream_and_every_call_is_answered_there()
         assert await echo_path.ask(served.client, Echo(text="a b?c#d%2F")) == Echo(text="a b?c#d%2F")
         assert served.streams.answered == 21
         assert served.streams.open_streams == 1
-        assert len(served.paths) == 21  # through the app's own middleware, as HTTP requests are
+        assert len(served.paths) == 21
 
 
 async def test_concurrent_calls_open_a_few_streams_and_each_gets_its_own_answer() -> None:
@@ -129,3 +135,33 @@ async def test_a_server_that_stops_answering_is_unavailable_and_its_stream_is_no
             assert await echo.ask(slow, Echo(text="next")) == Echo(text="next")
         finally:
             await slow.close()
+
+
+def _answered(route: str, status: int) -> float:
+    labels = {"service": "test", "method": "POST", "route": route, "status": str(status)}
+    return REGISTRY.get_sample_value("courier_http_requests_total", labels) or 0.0
+
+
+async def test_a_post_call_on_a_stream_answers_as_over_http_and_is_counted_in_the_http_metrics() -> None:
+    """POST calls are answered by their Call straight from the frame, not by the app: the same status and body
+    as HTTP for an answer, a request that fails validation, a service error and a bug, each counted."""
+    gate = Gate()
+    gate.failures = {"taken": Conflict("taken already"), "bug": RuntimeError("a bug")}
+    bodies = [b'{"text": "hi"}', b'{"text": 7}', b"{not json", b'{"text": "taken"}', b'{"text": "bug"}']
+    async with (
+        internal_service(serve(gate, GUARD, CALLS)) as served,
+        aiohttp.ClientSession(headers={HEADER: TOKEN}) as session,
+        httpx.AsyncClient(base_url=served.url, headers={HEADER: TOKEN}) as http,
+    ):
+        streams = stream.Streams(served.url, lambda: session, timeout_s=DEADLINE_S)
+        try:
+            before = {status: _answered("/internal/echo", status) for status in (200, 409, 422, 500)}
+            on_stream = [await streams.ask("POST", "/internal/echo", {}, body) for body in bodies]
+            after = {status: _answered("/internal/echo", status) for status in (200, 409, 422, 500)}
+        finally:
+            await streams.close()
+        over_http = [await http.post("/internal/echo", content=body) for body in bodies]
+    assert served.streams.answered == len(bodies)
+    assert [status for status, _ in on_stream] == [200, 422, 422, 409, 500]
+    assert on_stream == [(answer.status_code, answer.content) for answer in over_http]
+    assert {status: after[status] - before[status] for status in after} == {200: 1, 409: 1, 422: 2, 500: 1}

@@ -15,11 +15,13 @@ import pytest
 from fastapi import APIRouter, FastAPI, Request
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from services.common import db, telemetry
+from services.common.contract import call, serve
 from services.common.internal import InternalClient
-from tests.support.loopback import internal_service
+from tests.support.loopback import GUARD, internal_service
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -211,6 +213,37 @@ async def test_internal_calls_on_a_stream_carry_the_trace_to_the_next_service(sp
     [client] = [s for s in spans.get_finished_spans() if s.name == "POST /internal/x"]  # (the stream's opening has one)
     assert (client.kind, client.context.trace_id) == (trace.SpanKind.CLIENT, trace_id)
     assert seen[0].split("-")[2] == format(client.context.span_id, "016x")  # the server's parent is the call
+
+
+class Note(BaseModel):
+    text: str
+
+
+@call("POST", "/internal/note", Note, Note)
+async def note(port: list[str], body: Note) -> Note:
+    with telemetry.tracer("test").start_as_current_span("note work"):
+        port.append(body.text)
+    return body
+
+
+async def test_a_call_answered_on_a_stream_has_a_server_span_in_the_callers_trace(spans: InMemorySpanExporter) -> None:
+    """A POST call is answered straight from the stream, not through the app and its instrumentation: its
+    server span is the stream's own, child of the caller's, with the call's work under it."""
+    noted: list[str] = []
+    async with internal_service(serve(noted, GUARD, [note])) as served:
+        with telemetry.tracer("test").start_as_current_span("use case") as parent:
+            assert await note.ask(served.client, Note(text="hi")) == Note(text="hi")
+        assert served.streams.answered == 1
+    finished = spans.get_finished_spans()
+    [client] = [s for s in finished if s.name == "POST /internal/note" and s.kind == trace.SpanKind.CLIENT]
+    [server] = [s for s in finished if s.name == "POST /internal/note" and s.kind == trace.SpanKind.SERVER]
+    [work] = [s for s in finished if s.name == "note work"]
+    trace_id = parent.get_span_context().trace_id
+    assert client.context.trace_id == server.context.trace_id == work.context.trace_id == trace_id
+    assert server.parent is not None and server.parent.span_id == client.context.span_id
+    assert work.parent is not None and work.parent.span_id == server.context.span_id
+    assert server.attributes is not None
+    assert (server.attributes["http.route"], server.attributes["http.response.status_code"]) == ("/internal/note", 200)
 
 
 async def test_an_instrumented_engine_traces_statements(spans: InMemorySpanExporter, tmp_path: Path) -> None:
