@@ -16,7 +16,7 @@ from pathlib import Path
 import websockets
 
 from bench.client import Http, HttpError
-from bench.machine import environment
+from bench.machine import environment, reference_cpu_ms
 from bench.progress import Progress
 from bench.report import Result, notes_of, plot, summary_table, write_json
 from bench.scenarios import Context, Options, connections, fanout, sync, throughput
@@ -241,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts = targets_table(results)
     if verdicts:
         print(f"\n{verdicts}")
+        print(
+            f"\nmachine: the reference work took {reference_cpu_ms():g} ms of CPU after this run (lower is faster;"
+            " read CPU figures from another day against it: bench/README.md)"
+        )
     for line in notes_of(results):
         print(f"note: {line}")
     print(f"\n{'short ' if args.short else ''}run took {duration(time.monotonic() - began)}")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
 import platform
 import resource
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 LIBRARIES = (
     "websockets",
@@ -100,6 +105,36 @@ def git_commit(repo: Path) -> str | None:
     return None
 
 
+REFERENCE_FRAMES = 20_000
+
+
+def reference_cpu_ms() -> float:
+    """Milliseconds of this process's CPU for a fixed piece of work like a server's for each message: a message
+    frame written and read as JSON, its fields picked out and formatted, a hash of it; the best of three runs.
+
+    The machine is shared: the same code spent 20% more CPU per message one day than another (docs/performance.md
+    28). A run's CPU figures are read against this one, taken in the same run."""
+    frame: dict[str, Any] = {
+        "type": "message",
+        "conversation_id": "c_01JD0000000000000000000000",
+        "sender_id": "u_01JD0000000000000000000000",
+        "content": {"type": "text", "text": "a message of about the size of a chat line, sent and read back"},
+        "created_at": "2026-12-05T07:00:00.000000Z",
+    }
+    best = math.inf
+    for _ in range(3):
+        started = time.process_time()
+        for seq in range(REFERENCE_FRAMES):
+            frame["seq"] = seq
+            data = orjson.dumps(frame)
+            read = orjson.loads(data)
+            head = {key: value for key, value in read.items() if key != "content"}
+            line = f"{head['conversation_id']}:{head['seq']}:{read['content']['text'][:16]}"
+            hashlib.sha256(line.encode() + data).digest()
+        best = min(best, time.process_time() - started)
+    return round(best * 1000, 1)
+
+
 def environment(repo: Path) -> dict[str, Any]:
     memory = memory_total_kib()
     return {
@@ -116,6 +151,7 @@ def environment(repo: Path) -> dict[str, Any]:
         "courier_commit": git_commit(repo),
         # Other work on the machine steals CPU from both the server and the load tool.
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "reference_cpu_ms": reference_cpu_ms(),
     }
 
 
