@@ -169,7 +169,7 @@ _STREAM_ANSWERS: weakref.WeakKeyDictionary[Callable[..., Any], StreamAnswer] = w
 
 def stream_answers(routes: Iterable[BaseRoute]) -> dict[str, StreamAnswer]:
     """The POST calls among an app's ``routes``, by path: what its internal stream answers without the app
-    (``StreamServer.answer``). The stream admitted its caller with the internal token when it opened, as
+    (``StreamServer.answer_calls``). The stream admitted its caller with the internal token when it opened, as
     the route's guard would each request."""
     found: dict[str, StreamAnswer] = {}
     for route in routes:

@@ -45,7 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.common import telemetry
 from services.common.errors import Unavailable
-from services.common.metrics import HTTP_DURATION, HTTP_REQUESTS
+from services.common.observe import count_request
 from services.common.web import INTERNAL_ERROR, error_answer
 
 if TYPE_CHECKING:  # internal.py builds its clients on this module
@@ -242,8 +242,6 @@ class StreamServer:
         self._service = service
         self._headers = [guard.header, _JSON]  # of every request run for a caller the guard admitted
         self._calls: dict[str, StreamAnswer] = {}
-        self._counted: dict[tuple[str, int], Any] = {}  # (path, status) -> its labelled request counter
-        self._timed: dict[str, Any] = {}  # path -> its labelled duration histogram
         self._streams: set[WebSocket] = set()
         self._going_away = False
         self._ended = asyncio.Event()
@@ -336,14 +334,7 @@ class StreamServer:
                 log.error("unhandled error on POST %s", path, exc_info=exc)
         else:
             status, answer = (204, b"") if answer is None else (200, answer)
-        counted = self._counted.get((path, status))
-        if counted is None:
-            counted = self._counted[path, status] = HTTP_REQUESTS.labels(self._service, "POST", path, str(status))
-        counted.inc()
-        timed = self._timed.get(path)
-        if timed is None:
-            timed = self._timed[path] = HTTP_DURATION.labels(self._service, "POST", path)
-        timed.observe(time.perf_counter() - started)
+        count_request(self._service, "POST", path, status, started)
         return status, answer
 
     async def _traced(self, call: StreamAnswer, head: Mapping[str, Any], body: bytes) -> tuple[int, bytes]:

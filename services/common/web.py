@@ -43,8 +43,13 @@ _HTTP_CODES = {
 }
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The protocol's error shape."""
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return ORJSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def courier_error_response(exc: CourierError) -> JSONResponse:
@@ -77,7 +82,7 @@ def error_answer(exc: Exception) -> tuple[int, bytes]:
         status, code, message = 422, "invalid_request", _describe_validation(exc)
     else:
         status, code, message = 500, "internal", INTERNAL_ERROR
-    return status, orjson.dumps({"error": {"code": code, "message": message}})
+    return status, orjson.dumps(error_body(code, message))
 
 
 def install_error_handlers(app: FastAPI) -> None:
