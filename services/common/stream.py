@@ -46,7 +46,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from services.common import telemetry
 from services.common.errors import Unavailable
 from services.common.observe import count_request
-from services.common.web import INTERNAL_ERROR, error_answer
+from services.common.web import INTERNAL_ERROR, error_answer, error_body
 
 if TYPE_CHECKING:  # internal.py builds its clients on this module
     from services.common.contract import StreamAnswer
@@ -411,7 +411,7 @@ async def _run(
         # raises it again for the server, as uvicorn expects; here the answer it sent is the answer.
         if not chunks:
             log.exception("internal stream request %s %s failed without an answer", method, raw)
-            return 500, orjson.dumps({"error": {"code": "internal", "message": INTERNAL_ERROR}})
+            return 500, orjson.dumps(error_body("internal", INTERNAL_ERROR))
     finally:
         answered.set()
     return status, b"".join(chunks)

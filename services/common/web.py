@@ -58,7 +58,7 @@ def courier_error_response(exc: CourierError) -> JSONResponse:
         headers = {"Retry-After": str(max(1, round(exc.retry_after + 0.499)))}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(exc.status, exc.code, exc.message, headers)
+    return error_response(*_error_of(exc), headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -72,16 +72,21 @@ def _describe_validation(exc: RequestValidationError) -> str:
 INTERNAL_ERROR = "internal error; it has been logged"
 
 
+def _error_of(exc: Exception) -> tuple[int, str, str]:
+    """The status, code and message ``exc`` is answered with: a ``CourierError`` its own, a request that failed
+    validation 422, anything else 500 (to be logged by whoever answers it)."""
+    if isinstance(exc, CourierError):
+        return exc.status, exc.code, exc.message
+    if isinstance(exc, RequestValidationError):
+        return 422, "invalid_request", _describe_validation(exc)
+    return 500, "internal", INTERNAL_ERROR
+
+
 def error_answer(exc: Exception) -> tuple[int, bytes]:
     """The status and body the handlers of ``install_error_handlers`` answer ``exc`` with (headers aside): how a
     call answered straight from an internal stream fails (``services.common.stream``). 500 for anything that is
     not a ``CourierError`` or a ``RequestValidationError``, which the caller is to log."""
-    if isinstance(exc, CourierError):
-        status, code, message = exc.status, exc.code, exc.message
-    elif isinstance(exc, RequestValidationError):
-        status, code, message = 422, "invalid_request", _describe_validation(exc)
-    else:
-        status, code, message = 500, "internal", INTERNAL_ERROR
+    status, code, message = _error_of(exc)
     return status, orjson.dumps(error_body(code, message))
 
 
@@ -92,7 +97,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, "invalid_request", _describe_validation(exc))
+        return error_response(*_error_of(exc))
 
     async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -103,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal", INTERNAL_ERROR)
+        return error_response(*_error_of(exc))
 
     app.add_exception_handler(CourierError, on_courier_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
