@@ -132,7 +132,14 @@ class Observation:
 
     @property
     def waiting_for(self) -> list[str]:
-        return [c.summary() for c in self.components if not c.settled]
+        waiting = [c.summary() for c in self.components if not c.settled]
+        delivery = next((c for c in self.components if c.name == "delivery"), None)
+        # A delivery pod is ready in its StatefulSet's status before the EndpointSlice controller lists it, and only
+        # the EndpointSlice puts it in the ring: the tier is not ready until the ring holds every wanted node.
+        members = len(self.ring.members) if self.ring is not None else 0
+        if delivery is not None and delivery.settled and 0 < members < delivery.desired:
+            waiting.append(f"ring {members}/{delivery.desired} delivery nodes")
+        return waiting
 
     @property
     def ready(self) -> bool:

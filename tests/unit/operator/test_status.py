@@ -107,6 +107,24 @@ def test_a_rolling_component_is_progressing_and_named_in_ready() -> None:
     assert conditions(status)["Progressing"] == ("True", "RollingOut")
 
 
+def test_a_ready_delivery_pod_not_yet_in_the_ring_keeps_the_cluster_progressing() -> None:
+    # The StatefulSet counts d-1 ready; its EndpointSlice does not list it yet, so the ring has d-0 alone.
+    one = PublishedRing(version=1, members=("d-0",), vnodes=150, url_template="")
+    seen = Observation(
+        generation=2,
+        components=[Component("gateway", 2, 2, 2, True), Component("delivery", 2, 2, 2, True)],
+        ring=one,
+        ready_members=one.members,
+    )
+
+    status = build_status({}, seen, now=T0)
+
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["message"]) == ("False", "waiting for ring 1/2 delivery nodes")
+    assert conditions(status)["Progressing"] == ("True", "RollingOut")
+    assert conditions(status)["RingPublished"] == ("True", "Published")
+
+
 def test_a_problem_is_degraded_and_keeps_what_was_seen_before() -> None:
     previous = {"components": {"gateway": {"ready": 2, "desired": 2}}, "conditions": []}
 
