@@ -56,6 +56,16 @@ def _authenticate(websocket: WebSocket, tokens: AccessTokens) -> Principal:
     return tokens.verify(token)
 
 
+def _retry_after(header: str | None) -> float | None:
+    """The gateway's ``x-courier-retry-after`` (seconds until its limit lets an upgrade through), or None when it
+    gave none that reads as a number of seconds."""
+    try:
+        seconds = float(header) if header else None
+    except ValueError:
+        return None
+    return round(seconds, 3) if seconds is not None and 0 <= seconds < 86_400 else None
+
+
 class _Deadline:
     """Calls ``expire`` once what started with ``start`` has gone on for ``limit_s`` without ``stop``. One timer
     per socket, looked at only when it fires, so that a frame costs noting the time: ``asyncio.wait_for`` or
@@ -241,7 +251,11 @@ def build_router(
             return
         await websocket.accept()
         if websocket.headers.get("x-courier-reject") == str(CLOSE_RATE_LIMITED):  # set by the gateway
-            await websocket.send_text(encode(error_frame(None, "rate_limited", "too many connections; back off")))
+            limited = error_frame(None, "rate_limited", "too many connections; back off")
+            retry_after = _retry_after(websocket.headers.get("x-courier-retry-after"))
+            if retry_after is not None:
+                limited["retry_after"] = retry_after
+            await websocket.send_text(encode(limited))
             await websocket.close(CLOSE_RATE_LIMITED, "rate limited")
             metrics.WS_CLOSES.labels("rate_limited").inc()
             return

@@ -33,6 +33,8 @@ WS_PATH = "/v1/ws"
 HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_S = 30.0
 REJECT_HEADER = "X-Courier-Reject"
+# With REJECT_HEADER: the seconds until the limit that refused the upgrade lets one through, for the client.
+RETRY_AFTER_HEADER = "X-Courier-Retry-After"
 # The upstream label of GATEWAY_UPSTREAM_ERRORS for each kind of splice.
 UPSTREAM_OF = {"websocket": "delivery", "http": "gateway-http"}
 # A delivery node that refused an upgrade because it is shutting down says so in this response header.
@@ -225,8 +227,9 @@ class Front:
             user_id = self._user_of(head)
             try:
                 await self._limiter.check(ip=ip, user_id=user_id)
-            except RateLimited:
+            except RateLimited as exc:
                 extra[REJECT_HEADER] = "4008"
+                extra[RETRY_AFTER_HEADER] = f"{exc.retry_after:.3f}"
             except CourierError:  # the shared buckets are unreachable: let the upgrade through
                 log.warning("rate limiter unavailable; letting a WebSocket upgrade through", exc_info=True)
             if not self._ring.ring.members:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 
+from services.common.errors import RateLimited
 from services.common.ring import RingSource
 from services.common.settings import JwtSettings
 from services.common.tokens import AccessTokens
@@ -26,12 +27,23 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def front(nodes: Mapping[str, str]) -> Front:
-    """A front over a ring of ``nodes`` (name -> URL), limiting nothing, its HTTP upstream a closed port."""
+class RefuseAll:
+    """A limiter over its limit: every request is refused, to be tried again in ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+
+    async def check(self, *, ip: str, user_id: str | None) -> None:
+        raise RateLimited("ip rate limit exceeded", retry_after=self.retry_after)
+
+
+def front(nodes: Mapping[str, str], limiter: AllowAll | RefuseAll | None = None) -> Front:
+    """A front over a ring of ``nodes`` (name -> URL), limiting nothing unless given a ``limiter``, its HTTP
+    upstream a closed port."""
     return Front(
         ring=RingSource(nodes=dict(nodes)),
         tokens=TOKENS,
-        limiter=AllowAll(),
+        limiter=limiter or AllowAll(),
         http_upstream=("127.0.0.1", closed_port()),
         internal_token=INTERNAL_TOKEN,
     )

@@ -26,6 +26,8 @@ from tests.support.client import Api, Device, User
 
 SEND_TIMEOUT_S = 10.0
 RETRY_PAUSE_S = 0.2
+# The wait before reconnecting after a 4008 that gave no retry_after (the distributed mode's upgrade refusal).
+RATE_LIMITED_PAUSE_S = 1.0
 DEADLINE_S = 120.0
 
 
@@ -105,6 +107,18 @@ async def keep_receiving(ws_url: str, pair: Pair, stop: asyncio.Event) -> None:
             pair.pushed += len({f["seq"] for f in device.frames if f["type"] == "message"})
         finally:
             await device.close()
+        await _back_off_if_limited(device, pair)
+
+
+async def _back_off_if_limited(device: Device, pair: Pair) -> None:
+    """After a socket the server closed for a rate limit (4008), wait as the protocol asks before reconnecting:
+    its ``retry_after``, or ``RATE_LIMITED_PAUSE_S`` when it gave none. Reconnecting at once would only be refused
+    again, and spend the tokens the other clients of the address need."""
+    if device.close_code != 4008:
+        return
+    pair.errors["rate_limited"] += 1
+    refusal = next((f for f in device.frames if f["type"] == "error" and f.get("code") == "rate_limited"), {})
+    await asyncio.sleep(float(refusal.get("retry_after") or RATE_LIMITED_PAUSE_S))
 
 
 async def _moved(device: Device) -> bool:
@@ -143,6 +157,7 @@ async def keep_sending(ws_url: str, pair: Pair, stop: asyncio.Event, interval_s:
                 if device is None or device.closed.is_set():
                     if device is not None:
                         await device.close()
+                        await _back_off_if_limited(device, pair)
                     device = await _connect(ws_url, pair.sender, pair.connects["sender"])
                     if device is None:
                         pair.errors["connect"] += 1
@@ -156,6 +171,7 @@ async def keep_sending(ws_url: str, pair: Pair, stop: asyncio.Event, interval_s:
                 except (TimeoutError, AssertionError, websockets.ConnectionClosed, OSError):
                     pair.errors["socket"] += 1
                     await device.close()
+                    await _back_off_if_limited(device, pair)
                     device = None
                     continue
                 if answer["type"] == "send_ack":

@@ -7,11 +7,13 @@ Driven as raw ASGI: the endpoint's app gets a websocket scope and a client whose
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
+import pytest
 from fastapi import FastAPI
 
 from services.common.errors import RateLimited, Unavailable
@@ -233,6 +235,32 @@ async def test_frame_over_the_rate_limit_is_answered_then_closed_with_4008_and_t
     await client.done()
     assert client.unread == 0
     assert hub.connection_count == 0
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "told"),
+    [(b"0.420", {"retry_after": 0.42}), (None, {}), (b"soon", {}), (b"nan", {}), (b"-1", {})],
+)
+async def test_an_upgrade_the_gateway_refused_gets_its_retry_after_then_4008(
+    retry_after: bytes | None, told: dict[str, float]
+) -> None:
+    hub = Hub()
+    app, tokens = node(hub)
+    headers = [(b"x-courier-reject", b"4008")]
+    if retry_after is not None:
+        headers.append((b"x-courier-retry-after", retry_after))
+    client = Client(app, token(tokens, uid("u")), headers=headers)
+
+    await wait_for(lambda: client.close_code is not None, "the close")
+    assert (client.close_code, client.close_reason) == (4008, "rate limited")
+    assert client.frames == [
+        {"type": "error", "ref": None, "code": "rate_limited", "message": "too many connections; back off", **told}
+    ]
+    assert hub.connection_count == 0  # refused before it was a connection
+    # The endpoint reads nothing more, so this test client's close handshake would wait for its answer forever.
+    client.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await client.task
 
 
 class Recorder:

@@ -253,7 +253,8 @@ async def test_the_proxy_sends_the_path_as_the_client_encoded_it(upstream: tuple
     assert seen[0]["raw_path"] == "/v1/conversations/c%3F1%23x/members/caf%C3%A9"
 
 
-async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
+async def forwarded_upgrade(request: bytes, limiter: gateway.AllowAll | gateway.RefuseAll | None = None) -> bytes:
+    """The head a delivery node gets when a client sends the front ``request``, lowercased."""
     heads: list[bytes] = []
 
     async def node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -263,14 +264,11 @@ async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
         writer.close()
 
     delivery = await asyncio.start_server(node, "127.0.0.1", 0)
-    front = gateway.front({"delivery-0": f"http://127.0.0.1:{delivery.sockets[0].getsockname()[1]}"})
+    front = gateway.front({"delivery-0": f"http://127.0.0.1:{delivery.sockets[0].getsockname()[1]}"}, limiter)
     server = await front.serve("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        writer.write(
-            b"GET /v1/ws HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
-            b"x-courier-internal: the-real-token\r\nX-Courier-Reject: 1000\r\nx-forwarded-for: 1.2.3.4\r\n\r\n"
-        )
+        writer.write(request)
         await writer.drain()
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)).startswith(b"HTTP/1.1 403")
         writer.close()
@@ -280,11 +278,32 @@ async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
         await front.drain(0)  # closes its listening socket
         delivery.close()
         await delivery.wait_closed()
+    return heads[0].lower()
 
-    forwarded = heads[0].lower()
+
+async def test_the_front_drops_internal_headers_from_an_upgrade() -> None:
+    forwarded = await forwarded_upgrade(
+        b"GET /v1/ws HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+        b"x-courier-internal: the-real-token\r\nX-Courier-Reject: 1000\r\nX-Courier-Retry-After: 9\r\n"
+        b"x-forwarded-for: 1.2.3.4\r\n\r\n"
+    )
+
     assert b"the-real-token" not in forwarded
     # The front's own internal token, vouching for the address it forwards.
     assert f"x-courier-internal: {gateway.INTERNAL_TOKEN}".encode() in forwarded
     assert b"x-courier-reject" not in forwarded
+    assert b"x-courier-retry-after" not in forwarded
     assert b"1.2.3.4" not in forwarded
     assert b"x-forwarded-for: 127.0.0.1" in forwarded
+
+
+async def test_an_upgrade_over_the_rate_limit_reaches_the_node_marked_refused_with_the_wait() -> None:
+    # The node accepts it and closes it with 4008 after an error frame (browsers cannot read a refused handshake),
+    # telling the client how long to wait before it tries again.
+    forwarded = await forwarded_upgrade(
+        b"GET /v1/ws HTTP/1.1\r\nhost: t\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        gateway.RefuseAll(retry_after=0.4217),
+    )
+
+    assert b"\r\nx-courier-reject: 4008\r\n" in forwarded
+    assert b"\r\nx-courier-retry-after: 0.422\r\n" in forwarded
