@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 from tests.e2e.conftest import KindCluster, run
@@ -94,12 +95,18 @@ def storms(times: list[float], window_s: float = 2.0) -> int:
     return max((sum(1 for t in times if start <= t < start + window_s) for start in times), default=0)
 
 
-def moves(pairs: list[Pair], start: float, end: float) -> dict[str, int]:
+def connects_of(pairs: list[Pair], start: float, end: float) -> dict[str, list[float]]:
+    """Each client's reconnects between ``start`` and ``end``, in seconds after ``start``: what to read when one
+    moved more than the restarts explain."""
     return {
-        f"{pair.sender.username}/{role}": sum(1 for t in times[1:] if start <= t < end)
+        f"{pair.sender.username}/{role}": [round(t - start, 1) for t in times[1:] if start <= t < end]
         for pair in pairs
         for role, times in pair.connects.items()
     }
+
+
+def moves(pairs: list[Pair], start: float, end: float) -> dict[str, int]:
+    return {client: len(times) for client, times in connects_of(pairs, start, end).items()}
 
 
 async def test_scaling_and_a_rolling_upgrade_under_load_lose_nothing_and_move_clients_once_per_restart(
@@ -150,8 +157,9 @@ async def test_scaling_and_a_rolling_upgrade_under_load_lose_nothing_and_move_cl
         f"\nrollout: {totals}; pushes repeated on the wire {sum(p.repeated for p in pairs)}; "
         f"scaling {upgraded_at - scaled_at:.0f}s, most moves of one client {max(scaling.values())}; "
         f"upgrade {upgraded - upgraded_at:.0f}s, most moves {max(upgrade.values())}, {len(times)} reconnects, "
-        f"at most {storms(times)} within 2 s"
+        f"at most {storms(times)} within 2 s; client errors {sum((p.errors for p in pairs), Counter())}"
     )
+    print(f"the upgrade's reconnects (s after it began): {connects_of(pairs, upgraded_at, upgraded)}")
     assert totals["acked"] >= PAIRS * 12, totals
     assert not [p.disorder for p in pairs if p.disorder], "a socket got a conversation's pushes out of order"
 
