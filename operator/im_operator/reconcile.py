@@ -214,6 +214,7 @@ class Reconciler:
                 return await self._finish(imcluster, Observation(cluster.generation, problem))
             roll_on_secret_change(manifests, found)
             applied, not_served = await self._apply(cluster, imcluster, manifests)
+            await self._own_claims(cluster, applied)
             published, members = await self._publish_ring(cluster, imcluster)
         except OwnerGone as exc:
             log.info("%s/%s was deleted during its pass (at %s): stopped", cluster.namespace, cluster.name, exc)
@@ -330,6 +331,34 @@ class Reconciler:
             added = ", ".join(sorted(lacking))
             await self._event(imcluster, "Normal", "Updated", f"added {added} to Secret/{cluster.secret}")
         return []
+
+    async def _own_claims(self, cluster: Cluster, applied: Iterable[Mapping[str, Any]]) -> None:
+        """The IMCluster as an owner of the claims that go with their StatefulSet (whenDeleted: Delete), and of no
+        other claim of the cluster (kept ones, Retain, or a backend's made external). The StatefulSet controller
+        owns such a claim itself only once its informer has seen it: a StatefulSet deleted before that leaves the
+        claim with no owner, and the garbage collector never removes it. So a claim of a Ready IMCluster always has
+        an owner whose deletion takes it along, and a kept claim never has this one."""
+        going = {name for name, delete in claims_of(applied) if delete}
+        found = await self.kube.list_objects(
+            "v1", "PersistentVolumeClaim", cluster.namespace, selector=f"{CLUSTER_LABEL}={cluster.name}"
+        )
+        for claim in found:
+            metadata = claim.get("metadata") or {}
+            if metadata.get("deletionTimestamp"):
+                continue
+            owners = metadata.get("ownerReferences") or []
+            wanted = [o for o in owners if o.get("uid") != cluster.uid]
+            if metadata.get("name") in going:
+                wanted.append(claim_owner_reference(cluster))
+            if wanted == owners:
+                continue
+            ref = Ref("v1", "PersistentVolumeClaim", cluster.namespace, str(metadata.get("name")))
+            try:
+                await self.kube.merge_patch(
+                    ref, {"metadata": {"ownerReferences": wanted, "resourceVersion": metadata.get("resourceVersion")}}
+                )
+            except (Conflict, NotFound):  # changed or gone since the read: the next pass looks again
+                continue
 
     async def _refuse_if_data_remains(self, cluster: Cluster) -> None:
         kept = []
@@ -502,6 +531,26 @@ class Reconciler:
         log.info("%s/%s: ring version %d: %s", cluster.namespace, cluster.name, wanted.version, joined)
         await self._event(imcluster, "Normal", "RingPublished", f"ring version {wanted.version}: {joined}")
         return wanted
+
+
+def claims_of(applied: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
+    """Each claim the applied StatefulSets' volumeClaimTemplates make, and whether it goes when its StatefulSet does."""
+    claims = []
+    for obj in applied:
+        spec = obj.get("spec") or {}
+        if obj.get("kind") != "StatefulSet" or not spec.get("volumeClaimTemplates"):
+            continue
+        policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
+        delete = policy.get("whenDeleted", "Retain") == "Delete"
+        for template in spec["volumeClaimTemplates"]:
+            for ordinal in range(int(spec.get("replicas", 1))):
+                claims.append((f"{template['metadata']['name']}-{obj['metadata']['name']}-{ordinal}", delete))
+    return claims
+
+
+def claim_owner_reference(cluster: Cluster) -> dict[str, Any]:
+    """The IMCluster as one owner of a claim among others (the StatefulSet's own reference stays the controller)."""
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": cluster.name, "uid": cluster.uid}
 
 
 def not_served_message(manifest: Mapping[str, Any]) -> str:

@@ -290,6 +290,10 @@ def test_sample_brings_up_every_child_with_owner_references_and_ready_status(
     claims = children(kube, namespace, chat, "persistentvolumeclaims")
     assert sorted(c["metadata"]["name"] for c in claims) == sorted(f"data-chat-{s}-0" for s in MANAGED_STATEFULSETS)
     assert all(c["status"]["phase"] == "Bound" for c in claims)
+    # The IMCluster is among each claim's owners: its deletion takes them along even if the StatefulSet controller
+    # never got to add its own reference.
+    for c in claims:
+        assert ("IMCluster", chat, uid) in [(o["kind"], o["name"], o["uid"]) for o in c["metadata"]["ownerReferences"]]
 
     status = imc["status"]
     assert status["observedGeneration"] == imc["metadata"]["generation"]
@@ -566,7 +570,13 @@ def test_deleting_the_imcluster_leaves_nothing_behind(
     )
 
     def nothing_left() -> tuple[bool, Any]:
-        left = [f"{o['kind']}/{o['metadata']['name']}" for o in children(kube, namespace, name, kinds)]
+        # What holds a child up: a finalizer, an owner still there (or none at all), a deletion under way.
+        left = {
+            f"{o['kind']}/{o['metadata']['name']}": {
+                key: o["metadata"].get(key) for key in ("deletionTimestamp", "finalizers", "ownerReferences")
+            }
+            for o in children(kube, namespace, name, kinds)
+        }
         return not left, left
 
     took = wait_until("the garbage collector to remove every child", nothing_left)

@@ -7,7 +7,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from im_operator.kube import ApiError, Conflict, Ref
+from im_operator.kube import ApiError, Conflict, NotFound, Ref
 
 
 class FakeKube:
@@ -44,6 +44,18 @@ class FakeKube:
 
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return await self._update(manifest)
+
+    async def merge_patch(self, ref: Ref, patch: Mapping[str, Any], *, subresource: str = "") -> dict[str, Any]:
+        """A JSON merge patch of ``metadata`` (lists replaced whole), refused as Conflict when it names an older
+        resourceVersion."""
+        current = self.objects.get(self.key(ref))
+        if current is None:
+            raise NotFound(404, "NotFound", f"{ref} not found")
+        merged = copy.deepcopy(current)
+        merged["metadata"].update(copy.deepcopy(dict(patch.get("metadata") or {})))
+        if "resourceVersion" not in (patch.get("metadata") or {}):
+            del merged["metadata"]["resourceVersion"]
+        return await self._update(merged)
 
     def put(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Another writer's change, stored at once."""

@@ -192,3 +192,58 @@ async def test_a_ring_write_over_a_changed_config_map_retries_from_a_fresh_read(
     stored = ring.PublishedRing.from_config_map(kube.objects[("ConfigMap", "ns", "chat-ring")])
     assert stored == published
     assert (stored.version, stored.members) == (6, ("chat-delivery-0", "chat-delivery-1"))
+
+
+def claim(name: str, *owners: dict[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": "ns"}
+    if owners:
+        metadata["ownerReferences"] = list(owners)
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata}
+
+
+def backend(name: str, when_deleted: str) -> dict[str, Any]:
+    return {
+        "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}}],
+        },
+    }
+
+
+async def test_the_imcluster_owns_the_claims_that_go_with_their_statefulset_and_not_the_kept_ones() -> None:
+    kube = FakeKube()
+    cluster = Cluster.of({"metadata": {"name": "chat", "namespace": "ns", "uid": "u-1", "generation": 1}})
+    statefulset = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "chat-redis", "uid": "s-1"}
+    statefulset["controller"] = True
+    ours = {"apiVersion": "im.courier.dev/v1alpha1", "kind": "IMCluster", "name": "chat", "uid": "u-1"}
+    # The StatefulSet controller has not owned the MinIO claim yet; the Kafka claim is kept but was ours before.
+    kube.put(claim("data-chat-minio-0"))
+    kube.put(claim("data-chat-redis-0", statefulset))
+    kube.put(claim("data-chat-kafka-0", ours))
+    kube.put(claim("data-chat-postgres-0", ours))  # a backend made external since: no StatefulSet applied
+    applied = [
+        backend("chat-minio", "Delete"),
+        backend("chat-redis", "Delete"),
+        backend("chat-kafka", "Retain"),
+        backend("chat-database", "Delete"),  # its claim not made yet
+        {"kind": "StatefulSet", "metadata": {"name": "chat-delivery"}, "spec": {"replicas": 2}},
+    ]
+
+    await Reconciler(kube)._own_claims(cluster, applied)  # type: ignore[arg-type]
+
+    def owners(name: str) -> list[dict[str, Any]]:
+        found = kube.objects[("PersistentVolumeClaim", "ns", name)]
+        return list(found["metadata"].get("ownerReferences") or [])
+
+    assert owners("data-chat-minio-0") == [ours]
+    assert owners("data-chat-redis-0") == [statefulset, ours]
+    assert owners("data-chat-kafka-0") == []
+    assert owners("data-chat-postgres-0") == []
+    assert ("PersistentVolumeClaim", "ns", "data-chat-database-0") not in kube.objects
+    # A second pass changes nothing.
+    version = kube.version
+    await Reconciler(kube)._own_claims(cluster, applied)  # type: ignore[arg-type]
+    assert kube.version == version

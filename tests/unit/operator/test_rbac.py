@@ -124,6 +124,9 @@ async def exercise() -> set[Access]:
     }
     await kube.put({"apiVersion": "v1", "kind": "Pod", **running})
     await reconciler.reconcile(first)
+    # A managed backend's claim the StatefulSet controller has not owned yet: the pass makes the IMCluster its owner.
+    claim = {"name": "data-chat-minio-0", "namespace": "rbac"}
+    await kube.put({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": claim})
     await reconciler.reconcile(first)
     secret = kube.objects[("v1", "Secret", "rbac", "chat-secrets")]
     secret["data"] = dict.fromkeys(
@@ -163,6 +166,7 @@ async def test_every_request_of_the_reconcile_is_granted() -> None:
     assert ("networking.k8s.io", "ingresses", "create") in used
     assert ("gateway.networking.k8s.io", "httproutes", "delete") in used
     assert ("", "secrets", "patch") in used
+    assert ("", "persistentvolumeclaims", "patch") in used
     assert ("", "pods/proxy", "get") in used
 
 
