@@ -86,15 +86,13 @@ class Cluster:
     def selector_string(self, component: str) -> str:
         return ",".join(f"{key}={value}" for key, value in self.selector(component).items())
 
-    def owner_reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+    def owner_reference(self, *, controller: bool = True) -> dict[str, Any]:
+        """The IMCluster as the controller of a child, or (``controller=False``) as one owner among others of an
+        object another controller manages."""
+        reference: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid}
+        if controller:
+            reference.update(controller=True, blockOwnerDeletion=True)
+        return reference
 
     def metadata(self, name: str, component: str) -> dict[str, Any]:
         return {

@@ -338,7 +338,7 @@ class Reconciler:
         owns such a claim itself only once its informer has seen it: a StatefulSet deleted before that leaves the
         claim with no owner, and the garbage collector never removes it. So a claim of a Ready IMCluster always has
         an owner whose deletion takes it along, and a kept claim never has this one."""
-        going = {name for name, delete in claims_of(applied) if delete}
+        going = claims_going_with(applied)
         found = await self.kube.list_objects(
             "v1", "PersistentVolumeClaim", cluster.namespace, selector=f"{CLUSTER_LABEL}={cluster.name}"
         )
@@ -349,7 +349,7 @@ class Reconciler:
             owners = metadata.get("ownerReferences") or []
             wanted = [o for o in owners if o.get("uid") != cluster.uid]
             if metadata.get("name") in going:
-                wanted.append(claim_owner_reference(cluster))
+                wanted.append(cluster.owner_reference(controller=False))
             if wanted == owners:
                 continue
             ref = Ref("v1", "PersistentVolumeClaim", cluster.namespace, str(metadata.get("name")))
@@ -533,24 +533,19 @@ class Reconciler:
         return wanted
 
 
-def claims_of(applied: Iterable[Mapping[str, Any]]) -> list[tuple[str, bool]]:
-    """Each claim the applied StatefulSets' volumeClaimTemplates make, and whether it goes when its StatefulSet does."""
-    claims = []
+def claims_going_with(applied: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The claims of the applied StatefulSets' volumeClaimTemplates that go when their StatefulSet does."""
+    claims = set()
     for obj in applied:
         spec = obj.get("spec") or {}
         if obj.get("kind") != "StatefulSet" or not spec.get("volumeClaimTemplates"):
             continue
-        policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
-        delete = policy.get("whenDeleted", "Retain") == "Delete"
+        if (spec.get("persistentVolumeClaimRetentionPolicy") or {}).get("whenDeleted", "Retain") != "Delete":
+            continue
         for template in spec["volumeClaimTemplates"]:
             for ordinal in range(int(spec.get("replicas", 1))):
-                claims.append((f"{template['metadata']['name']}-{obj['metadata']['name']}-{ordinal}", delete))
+                claims.add(f"{template['metadata']['name']}-{obj['metadata']['name']}-{ordinal}")
     return claims
-
-
-def claim_owner_reference(cluster: Cluster) -> dict[str, Any]:
-    """The IMCluster as one owner of a claim among others (the StatefulSet's own reference stays the controller)."""
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": cluster.name, "uid": cluster.uid}
 
 
 def not_served_message(manifest: Mapping[str, Any]) -> str:

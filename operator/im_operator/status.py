@@ -131,9 +131,13 @@ class Observation:
     not_served: Sequence[str] = ()
 
     @property
+    def delivery(self) -> Component | None:
+        return next((c for c in self.components if c.name == "delivery"), None)
+
+    @property
     def waiting_for(self) -> list[str]:
         waiting = [c.summary() for c in self.components if not c.settled]
-        delivery = next((c for c in self.components if c.name == "delivery"), None)
+        delivery = self.delivery
         # A delivery pod is ready in its StatefulSet's status before the EndpointSlice controller lists it, and only
         # the EndpointSlice puts it in the ring: the tier is not ready until the ring holds every wanted node.
         members = len(self.ring.members) if self.ring is not None else 0
@@ -231,7 +235,7 @@ def build_status(
             if not c.settled:
                 entry["rollingOutSince"] = (before.get(c.name) or {}).get("rollingOutSince") or now
             status["components"][c.name] = entry
-        delivery = next((c for c in seen.components if c.name == "delivery"), None)
+        delivery = seen.delivery
         if delivery is not None:
             status["delivery"] = {
                 "replicas": delivery.current,
