@@ -179,7 +179,10 @@ async def send_many(cmds: Sequence[SendMessage], *, deps: MessageDeps) -> list[S
                 if isinstance(task, asyncio.Task):
                     task.cancel()
 
-    answers = await asyncio.gather(*map(one_after_another, chains.values()))
+    if len(chains) == 1:  # one socket's sends to one conversation, the usual batch: no task to gather
+        answers = [await one_after_another(next(iter(chains.values())))]
+    else:
+        answers = await asyncio.gather(*map(one_after_another, chains.values()))
     answered = {key: iter(chain_answers) for key, chain_answers in zip(chains, answers, strict=True)}
     return [next(answered[cmd.sender_id, cmd.sender_device_id, cmd.conversation_id]) for cmd in cmds]
 

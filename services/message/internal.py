@@ -253,6 +253,11 @@ class MessagesClient:
     async def send_many(self, cmds: Sequence[app.SendMessage]) -> list[app.Sent | Exception]:
         """One device's sends in their order: submitted together, so they leave in one request or, past
         ``max_batch``, in requests one after the other (one batch of a device in flight at a time)."""
+        if len(cmds) == 1:  # the usual batch: awaited here rather than in a task of its own to gather
+            try:
+                return [await self._sends.submit(cmds[0])]
+            except Exception as exc:  # noqa: BLE001 - this send's answer, as gathered ones are
+                return [exc]
         outcomes = await asyncio.gather(*(self._sends.submit(cmd) for cmd in cmds), return_exceptions=True)
         return [_raised(outcome) for outcome in outcomes]
 

@@ -85,32 +85,72 @@ class MemoryTimeline:
         return heads
 
 
-class MemoryEventLog:
-    """An append-only log per topic with consumer-group offsets, in order (one partition)."""
+RETAINED = 10_000
+"""Records a topic of the in-process log keeps at least; past twice this, those every consumer group has
+committed are dropped (a topic no group reads keeps its newest ``RETAINED``), as a broker's retention does."""
 
-    def __init__(self) -> None:
+
+class MemoryEventLog:
+    """An append-only log per topic with consumer-group offsets, in order (one partition).
+
+    Offsets are absolute: a topic's records from ``_base[topic]`` on are held in ``_topics[topic]``. What
+    every group has committed is dropped in chunks once a topic holds twice ``retained``, so a long-running
+    ``courier dev`` holds a bounded log; a record some group has not committed is never dropped."""
+
+    def __init__(self, *, retained: int = RETAINED) -> None:
+        if retained < 1:
+            raise ValueError("retained must be at least 1")
+        self._retained = retained
         self._topics: dict[str, list[Record]] = defaultdict(list)
-        self._committed: dict[tuple[str, str], int] = defaultdict(int)
+        self._base: dict[str, int] = defaultdict(int)
+        self._committed: dict[tuple[str, str], int] = {}
         self._appended = asyncio.Condition()
 
     async def publish(self, records: Sequence[Record]) -> None:
         async with self._appended:
             for record in records:
                 self._topics[record.topic].append(record)
+            for topic in {record.topic for record in records}:
+                self._trim(topic)
             self._appended.notify_all()
+
+    def _trim(self, topic: str) -> None:
+        held = self._topics[topic]
+        excess = len(held) - self._retained
+        if excess < self._retained:
+            return
+        floors = [offset for (t, _), offset in self._committed.items() if t == topic]
+        if floors:
+            excess = min(excess, min(floors) - self._base[topic])
+        if excess > 0:
+            del held[:excess]
+            self._base[topic] += excess
 
     def consumer(self, topic: str, group: str) -> MemoryConsumer:
         return MemoryConsumer(self, topic, group)
 
     def size(self, topic: str) -> int:
-        return len(self._topics[topic])
+        """Records ever appended to ``topic``: its end offset."""
+        return self._base[topic] + len(self._topics[topic])
 
     def records(self, topic: str) -> list[Record]:
+        """The records ``topic`` still holds, oldest first."""
         return list(self._topics[topic])
+
+    def _read(self, topic: str, offset: int, count: int) -> list[Record]:
+        start = max(0, offset - self._base[topic])
+        return self._topics[topic][start : start + count]
+
+    def _start_of(self, topic: str, group: str) -> int:
+        """Where a group's consumer starts: its committed offset (the group joins at the oldest record held)."""
+        key = (topic, group)
+        if key not in self._committed:
+            self._committed[key] = self._base[topic]
+        return self._committed[key]
 
     async def lag(self, group: str, topic: str) -> dict[int, int]:
         """LogMonitor: one partition, 0."""
-        return {0: len(self._topics[topic]) - self._committed[(topic, group)]}
+        return {0: self.size(topic) - self._committed.get((topic, group), self._base[topic])}
 
     async def held(self, topic: str) -> int:
         return len(self._topics[topic])
@@ -119,23 +159,23 @@ class MemoryEventLog:
 class MemoryConsumer:
     def __init__(self, log: MemoryEventLog, topic: str, group: str) -> None:
         self._log, self._topic, self._group = log, topic, group
-        self._position = log._committed[(topic, group)]
+        self._position = log._start_of(topic, group)
 
     @property
     def lag(self) -> int:
-        return len(self._log._topics[self._topic]) - self._log._committed[(self._topic, self._group)]
+        return self._log.size(self._topic) - self._log._committed[(self._topic, self._group)]
 
     async def poll(self, *, max_records: int, timeout_s: float) -> list[Record]:
-        records = self._log._topics[self._topic]
-        if self._position >= len(records):
+        log, topic = self._log, self._topic
+        if self._position >= log.size(topic):
             # asyncio.timeout, not wait_for: wait_for runs the wait in a task of its own, and a cancellation
             # arriving while that task reacquires the condition's lock could leave poll (and a shutdown) waiting.
             try:
-                async with self._log._appended, asyncio.timeout(timeout_s):
-                    await self._log._appended.wait_for(lambda: self._position < len(records))
+                async with log._appended, asyncio.timeout(timeout_s):
+                    await log._appended.wait_for(lambda: self._position < log.size(topic))
             except TimeoutError:
                 return []
-        batch = records[self._position : self._position + max_records]
+        batch = log._read(topic, self._position, max_records)
         self._position += len(batch)
         return batch
 
