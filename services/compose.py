@@ -398,7 +398,11 @@ def _message(w: Wiring) -> Built:
     else:
         event_log = monitor = memory_log = MemoryEventLog()
         consumer = memory_log.consumer(MESSAGES_TOPIC, FANOUT_GROUP)
-    relay = OutboxRelay(store, event_log)
+    # The outbox makes a publish as durable as its commit. With the log in this process and every socket
+    # it feeds here too, both go with the process: a row would bring back nothing that the reconnecting
+    # clients' sync does not, so events go straight to the log (docs/design.md 3.3).
+    volatile = not settings.kafka.bootstrap and "delivery" in w.roles and w.pusher is w.hub
+    relay = OutboxRelay(store, event_log, keeps_rows=not volatile)
     store.publish_on_commit(relay)
     conversations: Conversations = w.conversations
     deps = message_app.MessageDeps(

@@ -107,7 +107,7 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 OUTBOX_PUBLISHED = Counter(
     "courier_outbox_published_total",
-    "Outbox rows published to the event log.",
+    "Events the outbox relay published to the event log (in courier dev, also those committed without a row).",
 )
 CONSUMER_LAG = Gauge(
     "courier_kafka_consumer_lag",

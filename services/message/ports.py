@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from services.message.domain import Message
+
+log = logging.getLogger("courier.message")
 
 
 class SeqTaken(Exception):
@@ -35,7 +38,8 @@ class Draft:
 
 @dataclass(frozen=True)
 class OutboxRecord:
-    outbox_id: int
+    outbox_id: int | None
+    """None for an event committed without an outbox row (``CommitPublisher.keeps_rows`` false)."""
     conversation_id: str
     payload: bytes
     trace_context: str | None = None
@@ -139,11 +143,43 @@ class CommitPublisher(Protocol):
     @property
     def lease_s(self) -> float: ...
 
+    @property
+    def keeps_rows(self) -> bool:
+        """False when the log is in this process and so is every socket it feeds (``courier dev``): what
+        the log holds, and every push it would lead to, goes with the process, so an outbox row would
+        recover nothing a reconnecting client's sync does not. An event that may go out at once then
+        gets no row and is given to ``publish_committed``; the others still get one, for the sweep."""
+        ...
+
     def committed(self, rows: Sequence[OutboxRecord], *, lease_token: str, swept: bool) -> None:
         """Called right after a commit, in commit order: ``rows`` were inserted leased with
         ``lease_token`` (the publisher's token when the transaction began); ``swept`` tells that the
         transaction also inserted rows left to the sweep."""
         ...
+
+    async def publish_committed(self, events: Sequence[OutboxRecord]) -> None:
+        """With ``keeps_rows`` false: publish these events, which have no outbox row, right after their
+        commit and before their conversations' next commits (so in seq order)."""
+        ...
+
+
+async def hand_over(
+    publisher: CommitPublisher, events: Sequence[OutboxRecord], *, lease_token: str, swept: bool
+) -> None:
+    """What a store does right after a commit: hand ``events`` (those that may go out at once) to the
+    publisher, and wake its sweep when the transaction left rows to it (``swept``). A publisher that keeps
+    no rows publishes them now; if that fails, they are committed all the same and only their push is
+    missing, which a reconnecting client's sync covers (the same as when ``courier dev`` dies)."""
+    if publisher.keeps_rows:
+        publisher.committed(events, lease_token=lease_token, swept=swept)
+        return
+    if swept:
+        publisher.committed([], lease_token=lease_token, swept=True)
+    if events:
+        try:
+            await publisher.publish_committed(events)
+        except Exception:
+            log.exception("%d committed events could not be published; sync brings them", len(events))
 
 
 @dataclass

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,8 +64,10 @@ class OutboxRelay:
         lease_s: float = 30.0,
         idle_poll_s: float = 0.2,
         delete_after_s: float = 0.1,
+        keeps_rows: bool = True,
     ) -> None:
         self._store, self._log = store, log_
+        self._keeps_rows = keeps_rows
         self._batch, self._lease_s, self._idle_poll_s = batch, lease_s, idle_poll_s
         # Published rows are deleted together, one transaction per this many seconds (or per batch)
         # instead of one per publish; until then they stay leased to this relay, so nobody sweeps them.
@@ -89,12 +91,19 @@ class OutboxRelay:
     def lease_s(self) -> float:
         return self._lease_s
 
+    @property
+    def keeps_rows(self) -> bool:
+        return self._keeps_rows
+
+    async def publish_committed(self, events: Sequence[OutboxRecord]) -> None:
+        await self._publish(events)
+
     def committed(self, rows: Sequence[OutboxRecord], *, lease_token: str, swept: bool) -> None:
         if lease_token == self._token:
             stale_at = asyncio.get_running_loop().time() + self._lease_s / 2
             self._handed.extend((stale_at, row) for row in rows)
         else:
-            self._given_up.extend(row.outbox_id for row in rows)
+            self._given_up.extend(_ids(rows))
         self._sweep_due = self._sweep_due or swept
         self._wake.set()
 
@@ -122,19 +131,19 @@ class OutboxRelay:
                 try:
                     await self._publish(rows)
                 except Exception:
-                    self._given_up.extend(row.outbox_id for row in rows)  # free for the next sweep at once
+                    self._given_up.extend(_ids(rows))  # free for the next sweep at once
                     raise
         else:
             return 0
         if not self._published_not_deleted:
             self._delete_at = asyncio.get_running_loop().time() + self._delete_after_s
-        self._published_not_deleted.extend(row.outbox_id for row in rows)
+        self._published_not_deleted.extend(_ids(rows))
         await self._settle()
         return len(rows)
 
     def _give_up(self) -> None:
         self._token = secrets.token_hex(16)
-        self._given_up.extend(row.outbox_id for _, row in self._handed)
+        self._given_up.extend(_ids(row for _, row in self._handed))
         self._handed.clear()
         self._sweep_due = True
 
@@ -150,7 +159,7 @@ class OutboxRelay:
             await self._store.release_outbox(self._given_up)
             self._given_up = []
 
-    async def _publish(self, rows: list[OutboxRecord]) -> None:
+    async def _publish(self, rows: Sequence[OutboxRecord]) -> None:
         # One span per row, child of the send that wrote it; its context travels in the record's headers.
         tracer = telemetry.tracer(__name__)
         spans = [
@@ -200,6 +209,11 @@ class OutboxRelay:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+
+
+def _ids(rows: Iterable[OutboxRecord]) -> list[int]:
+    """The outbox ids of rows the relay handles (all of them have one: it is given no others)."""
+    return [row.outbox_id for row in rows if row.outbox_id is not None]
 
 
 def _carrier(row: OutboxRecord) -> dict[str, str]:

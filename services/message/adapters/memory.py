@@ -21,6 +21,7 @@ from services.message.ports import (
     Page,
     Record,
     TimelineHead,
+    hand_over,
     holds_back,
     in_conversation_order,
 )
@@ -229,22 +230,25 @@ class MemoryMessageStore:
             self._by_seq[replace.conversation_id][replace.seq] = replace
             self._by_client[(replace.sender_id, replace.client_msg_id)] = replace
         await self.set_read(event.conversation_id, event.sender_id, event.seq)
-        record = OutboxRecord(
-            self._next_outbox, event.conversation_id, encode_event(event, draft.recipients), draft.trace_context
-        )
+        outbox_id = self._next_outbox
         self._next_outbox += 1
+        payload = encode_event(event, draft.recipients)
+        record = OutboxRecord(outbox_id, event.conversation_id, payload, draft.trace_context)
         row = _OutboxRow(record, utcnow())
         publisher, now = self._publisher, asyncio.get_running_loop().time()
         if publisher is None:
-            self._outbox[record.outbox_id] = row
+            self._outbox[outbox_id] = row
             return event
         token = publisher.lease_token
         waiting = [r for r in self._outbox.values() if r.record.conversation_id == event.conversation_id]
         direct = not any(holds_back(r.token, r.until, token=token, now=now) for r in waiting)
-        if direct:
-            row.token, row.until = token, now + publisher.lease_s
-        self._outbox[record.outbox_id] = row
-        publisher.committed([record] if direct else [], lease_token=token, swept=not direct)
+        if direct and not publisher.keeps_rows:
+            record = OutboxRecord(None, event.conversation_id, payload, draft.trace_context)
+        else:
+            if direct:
+                row.token, row.until = token, now + publisher.lease_s
+            self._outbox[outbox_id] = row
+        await hand_over(publisher, [record] if direct else [], lease_token=token, swept=not direct)
         return event
 
     async def max_seq(self, conversation_id: str) -> int:

@@ -57,6 +57,7 @@ from services.message.ports import (
     OutboxRecord,
     Page,
     SeqTaken,
+    hand_over,
     in_conversation_order,
 )
 
@@ -394,10 +395,11 @@ def _set_read(conversation_id: str, user_id: str, seq: int, conn: Connection) ->
 
 
 def _write_batch(
-    batch: list[Draft], conn: Connection, *, token: str | None, lease_s: float
+    batch: list[Draft], conn: Connection, *, token: str | None, lease_s: float, keep_rows: bool = True
 ) -> tuple[list[Message], list[dict[str, Any]], list[int | None]]:
     """The group commit's statements: each draft takes its conversation's next seq, in batch order; the
-    events, their outbox rows, and the ids of the rows leased to ``token`` (None for the sweep's).
+    events, their outbox rows, and the ids of the rows leased to ``token`` (None for the sweep's). Without
+    ``keep_rows`` the rows leased to ``token`` are not inserted (``CommitPublisher.keeps_rows``).
 
     Only committed rows are visible to the seq read, so a seq is committed only right after the one
     before it: no gap, even when a process dies mid-commit. Two processes that read the same maximum
@@ -423,7 +425,11 @@ def _write_batch(
         _outbox_row(event, draft, now, lease if event.conversation_id in direct else None)
         for draft, event in zip(batch, events, strict=True)
     ]
-    ids = _insert_outbox(conn, rows, token if direct else None)
+    if keep_rows:
+        ids = _insert_outbox(conn, rows, token if direct else None)
+    else:
+        _insert_outbox(conn, [row for row in rows if row["lease_token"] is None], None)
+        ids = [None] * len(rows)
     _advance_reads(conn, _sender_cursors(events))
     return events, rows, ids
 
@@ -540,17 +546,17 @@ class SqlMessageStore:
         publisher = self._publisher
         token = publisher.lease_token if publisher is not None else None
         lease_s = publisher.lease_s if publisher is not None else 0.0
+        keep_rows = publisher is None or publisher.keeps_rows
+        write = functools.partial(_write_batch, batch, token=token, lease_s=lease_s, keep_rows=keep_rows)
         with _commit_span(self._engine.dialect.name, len(batch)):
-            events, rows, ids = await db.write_sync(
-                self._engine, "message", functools.partial(_write_batch, batch, token=token, lease_s=lease_s)
-            )
+            events, rows, ids = await db.write_sync(self._engine, "message", write)
         if publisher is not None and token is not None:
             committed = [
                 OutboxRecord(outbox_id, row["conversation_id"], row["payload"], row["trace_context"])
                 for outbox_id, row in zip(ids, rows, strict=True)
-                if outbox_id is not None
+                if row["lease_token"] == token
             ]
-            publisher.committed(committed, lease_token=token, swept=len(committed) < len(rows))
+            await hand_over(publisher, committed, lease_token=token, swept=len(committed) < len(rows))
         return events
 
     async def max_seq(self, conversation_id: str) -> int:

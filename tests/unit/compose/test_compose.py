@@ -13,6 +13,7 @@ from services import compose
 from services.common.settings import Settings
 from services.compose import ROLES, Process
 from services.delivery.hub import Hub
+from services.message.workers import OutboxRelay
 
 CALLS = {
     "identity": set(),
@@ -68,6 +69,18 @@ def test_courier_dev_composes_every_role_in_process_and_serves_no_internal_api(t
     }
     assert one_of_each_role <= served
     assert not {path for path in served if path.startswith("/internal/")}
+
+
+def outbox_relay(process: Process) -> OutboxRelay:
+    relay = process.built.loops["outbox-relay"].__self__  # type: ignore[attr-defined]
+    assert isinstance(relay, OutboxRelay)
+    return relay
+
+
+def test_only_a_process_that_holds_the_log_and_every_socket_commits_events_without_outbox_rows(tmp_path: Path) -> None:
+    assert not outbox_relay(Process(Settings(mode="dev", data_dir=tmp_path), ROLES)).keeps_rows
+    assert outbox_relay(Process(distributed(tmp_path), ROLES)).keeps_rows, "other delivery nodes on its ring"
+    assert outbox_relay(Process(distributed(tmp_path), {"message"})).keeps_rows, "the sockets are elsewhere"
 
 
 def test_two_roles_in_one_process_call_each_other_in_process(tmp_path: Path) -> None:

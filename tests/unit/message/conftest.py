@@ -18,7 +18,7 @@ from services.message.adapters.memory import (
     MemoryMessageStore,
     MemoryTimeline,
 )
-from services.message.ports import Conversation
+from services.message.ports import Conversation, Record
 from services.message.service import MessageService
 
 
@@ -116,3 +116,14 @@ def world() -> World:
     )
     service = MessageService(deps, MemoryInbox(), MemoryTimeline(), pusher)
     return World(store, conversations, files, pusher, service, MemoryEventLog())
+
+
+class SwitchableLog(MemoryEventLog):
+    """An event log that refuses every publish while ``down``."""
+
+    down = False
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if self.down:
+            raise ConnectionError("broker down")
+        await super().publish(records)

@@ -79,13 +79,16 @@ async def test_batches_of_forty_sizes_compile_each_shape_once(
 
 
 class Publisher:
-    lease_token, lease_s = "publisher", 30.0
+    lease_token, lease_s, keeps_rows = "publisher", 30.0, True
 
     def __init__(self) -> None:
         self.rows: list[OutboxRecord] = []
 
     def committed(self, rows: Sequence[OutboxRecord], *, lease_token: str, swept: bool) -> None:
         self.rows += rows
+
+    async def publish_committed(self, events: Sequence[OutboxRecord]) -> None:
+        raise AssertionError("a publisher that keeps rows is handed rows, not events")
 
 
 def text_from(conversation_id: str) -> Callable[[int], Message]:

@@ -11,7 +11,7 @@ from services.message.adapters.memory import MemoryEventLog
 from services.message.domain import decode_event
 from services.message.ports import OutboxRecord, Record
 from services.message.workers import DLQ_TOPIC, MESSAGES_TOPIC, FanoutWorker, OutboxRelay, RetryPolicy
-from tests.unit.message.conftest import World
+from tests.unit.message.conftest import SwitchableLog, World
 
 
 async def test_relay_publishes_outbox_rows_in_order_keyed_by_conversation_and_deletes_them(world: World) -> None:
@@ -36,17 +36,6 @@ async def test_relay_keeps_rows_when_the_log_refuses_them(world: World) -> None:
     with pytest.raises(ConnectionError):
         await relay.relay_once()
     assert (await world.store.outbox_stats())[0] == 1
-
-
-class SwitchableLog(MemoryEventLog):
-    """An event log that refuses every publish while ``down``."""
-
-    down = False
-
-    async def publish(self, records: Sequence[Record]) -> None:
-        if self.down:
-            raise ConnectionError("broker down")
-        await super().publish(records)
 
 
 def seqs_of(log: MemoryEventLog) -> list[int]:
@@ -123,11 +112,14 @@ class Late:
     """A publisher that keeps what commits hand it, to hand it on later."""
 
     def __init__(self, relay: OutboxRelay) -> None:
-        self.lease_token, self.lease_s = relay.lease_token, relay.lease_s
+        self.lease_token, self.lease_s, self.keeps_rows = relay.lease_token, relay.lease_s, True
         self.rows: list[OutboxRecord] = []
 
     def committed(self, rows: Sequence[OutboxRecord], *, lease_token: str, swept: bool) -> None:
         self.rows += rows
+
+    async def publish_committed(self, events: Sequence[OutboxRecord]) -> None:
+        raise AssertionError("a publisher that keeps rows is handed rows, not events")
 
 
 async def test_rows_of_a_publisher_that_died_are_swept_in_order_with_the_rows_after_them(world: World) -> None:
