@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.db import create_all, create_engine
 from services.common.errors import NotFound
 from services.common.ids import new_id
 from services.common.push import Push
@@ -127,3 +130,14 @@ class SwitchableLog(MemoryEventLog):
         if self.down:
             raise ConnectionError("broker down")
         await super().publish(records)
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A SQLite database with Courier's tables, for the SQL store's tests."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'messages.db'}")
+    await create_all(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()

@@ -5,13 +5,9 @@ The same on the SQL store (SQLite) and on the unit tests' store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from services.common.clock import utcnow
-from services.common.db import create_all, create_engine
 from services.common.ids import new_id
 from services.message.adapters.memory import MemoryEventLog, MemoryMessageStore
 from services.message.adapters.sql import SqlMessageStore
@@ -22,16 +18,10 @@ from tests.unit.message.conftest import SwitchableLog
 
 
 @pytest.fixture(params=["sqlite", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MessageStore]:
+def store(request: pytest.FixtureRequest) -> MessageStore:
     if request.param == "memory":
-        yield MemoryMessageStore()
-        return
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'messages.db'}")
-    await create_all(engine)
-    try:
-        yield SqlMessageStore(engine)
-    finally:
-        await engine.dispose()
+        return MemoryMessageStore()
+    return SqlMessageStore(request.getfixturevalue("engine"))
 
 
 async def send(store: MessageStore, conversation_id: str) -> Message:

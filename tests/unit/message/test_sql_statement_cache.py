@@ -6,8 +6,7 @@ run prepared on the driver's cursor (``services.common.prepared``), compiled on 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -18,22 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common import telemetry
 from services.common.clock import utcnow
-from services.common.db import create_engine, metadata, statement_engines
+from services.common.db import statement_engines
 from services.common.ids import new_id
 from services.common.prepared import Prepared
 from services.message.adapters import sql
 from services.message.adapters.sql import SqlMessageStore
 from services.message.domain import Message
 from services.message.ports import Draft, OutboxRecord
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'messages.db'}")
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield engine
-    await engine.dispose()
 
 
 async def test_batches_of_forty_sizes_compile_each_shape_once(
