@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,41 @@ def cpu_seconds(pid: int) -> float | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         return parse_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) / CLOCK_TICKS
     return None
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """Every process now running: pid -> (its parent's pid, the clock ticks of its own CPU time and of its
+    children's that it has reaped)."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            table[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    return table
+
+
+def tree_cpu_seconds(pids: Collection[int]) -> dict[int, float | None]:
+    """The CPU time of each process together with every process below it, reaped ones included. A
+    server that forks a process per connection (PostgreSQL) spends its CPU in those: its own figure
+    alone misses it. None for a pid that is gone."""
+    table = process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found: dict[int, float | None] = {}
+    for root in pids:
+        if root not in table:
+            found[root] = None
+            continue
+        ticks, below = 0, [root]
+        while below:
+            pid = below.pop()
+            ticks += table[pid][1]
+            below.extend(children.get(pid, ()))
+        found[root] = ticks / CLOCK_TICKS
+    return found
 
 
 def own_cpu_seconds() -> float:

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-from bench.machine import cpu_seconds, own_cpu_seconds, rss_kib
+from bench.machine import cpu_seconds, own_cpu_seconds, rss_kib, tree_cpu_seconds
 from bench.stats import Summary
 
 
@@ -23,7 +23,8 @@ class Reading:
 
 @dataclass
 class Sampler:
-    """Reads every pid once per ``every_s``; CPU shares come from differences of two readings.
+    """Reads every pid once per ``every_s``; CPU shares come from differences of two readings. A pid's CPU
+    is that of its whole process tree (a PostgreSQL server's is in its per-connection processes).
 
     The load tool's own CPU (``own_cpu_s``) is this process's plus that of its helper processes in
     ``tool_pids`` (the Go load generator), read from /proc; a helper that has exited keeps counting
@@ -43,10 +44,11 @@ class Sampler:
         return sum(self.tool_cpu_s.values())
 
     def read(self) -> Reading:
+        cpu = tree_cpu_seconds(set(self.pids.values()))
         reading = Reading(
             time.monotonic(),
             {name: rss_kib(pid) for name, pid in self.pids.items()},
-            {name: cpu_seconds(pid) for name, pid in self.pids.items()},
+            {name: cpu[pid] for name, pid in self.pids.items()},
             own_cpu_seconds() + self.tool_cpu_seconds(),
         )
         self.readings.append(reading)
