@@ -16,7 +16,7 @@ from services.common.contract import Call, call, serve
 from services.common.errors import CourierError
 from services.common.internal import InternalClient, RequireInternal
 from services.common.push import Push
-from services.common.ring import RingSource
+from services.common.ring import Ring, RingSource
 from services.delivery.routes import RouteTable
 
 if TYPE_CHECKING:
@@ -69,19 +69,29 @@ def internal_router(local: "Hub", guard: RequireInternal) -> APIRouter:
     return serve(local, guard, [push, push_many, push_frames])
 
 
-def _group_by_node(user_ids: Collection[str], nodes: Mapping[str, Collection[str]]) -> dict[str, list[str]]:
+def _group_by_node(
+    user_ids: Collection[str], routed: Mapping[str, Mapping[str, str]], ring: Ring, skip_device: tuple[str, str] | None
+) -> dict[str, list[str]]:
+    """The nodes to send a push to, each with its share of ``user_ids``: the nodes holding each user's devices
+    (the route table's record), else the node the ring names for the user. A node holding only the device the
+    event came from gets nothing for that user: the sender's node, in the usual case of a single device."""
     by_node: dict[str, list[str]] = defaultdict(list)
     for user_id in user_ids:
-        for node in nodes[user_id]:
+        devices = routed.get(user_id)
+        if not devices:
+            by_node[ring.node_for(user_id)].append(user_id)
+            continue
+        for node in {node for device, node in devices.items() if (user_id, device) != skip_device}:
             by_node[node].append(user_id)
     return by_node
 
 
 class RingPusher:
     """Groups recipients by owning node (ring, or the route table when a user's devices sit on
-    another node) and hands each node its share through that node's ``Batcher``: one request per
-    node in flight, carrying every push that arrived while the previous one was out. Best effort: a
-    node that cannot be reached is logged; its users will ``sync``."""
+    another node; a node holding only the device a push comes from is left out for its user) and hands
+    each node its share through that node's ``Batcher``: one request per node in flight, carrying every
+    push that arrived while the previous one was out. Best effort: a node that cannot be reached is
+    logged; its users will ``sync``."""
 
     def __init__(
         self,
@@ -116,19 +126,18 @@ class RingPusher:
             batcher = self._batchers[node] = Batcher(partial(self._post, node), max_batch=self._max_batch)
         return batcher
 
-    async def _nodes_of(self, user_ids: Collection[str]) -> dict[str, Collection[str]]:
-        """Each user's delivery nodes: the route table's, else the ring's."""
-        routed: dict[str, set[str]] = {}
-        if self._routes is not None:
-            try:
-                routed = await self._routes.nodes_of(user_ids)
-            except CourierError as exc:  # the table is an optimisation: the ring still routes
-                log.warning("route table unavailable (%s); routing by the ring", exc)
-        ring = self._ring.ring
-        return {user_id: routed.get(user_id) or (ring.node_for(user_id),) for user_id in user_ids}
+    async def _routed(self, user_ids: Collection[str]) -> dict[str, dict[str, str]]:
+        """The route table's record of each user's devices (none for a user the ring alone routes)."""
+        if self._routes is None:
+            return {}
+        try:
+            return await self._routes.devices_of(user_ids)
+        except CourierError as exc:  # the table is an optimisation: the ring still routes
+            log.warning("route table unavailable (%s); routing by the ring", exc)
+            return {}
 
     async def _by_node(self, user_ids: Collection[str]) -> dict[str, list[str]]:
-        return _group_by_node(user_ids, await self._nodes_of(user_ids))
+        return _group_by_node(user_ids, await self._routed(user_ids), self._ring.ring, None)
 
     async def push(
         self,
@@ -148,7 +157,7 @@ class RingPusher:
         users = {user_id for push in pushes for user_id in push.user_ids}
         if not users:
             return
-        nodes = await self._nodes_of(users)
+        routed, ring = await self._routed(users), self._ring.ring
         shares = [
             self._batcher(node).submit(
                 PushTo.model_construct(
@@ -156,7 +165,7 @@ class RingPusher:
                 )
             )
             for push in pushes
-            for node, users in _group_by_node(push.user_ids, nodes).items()
+            for node, users in _group_by_node(push.user_ids, routed, ring, push.skip_device).items()
         ]
         await asyncio.gather(*shares)
 

@@ -27,8 +27,8 @@ class RouteTable(Protocol):
 
     async def refresh(self, user_ids: Collection[str]) -> None: ...
 
-    async def nodes_of(self, user_ids: Collection[str]) -> dict[str, set[str]]:
-        """The nodes holding each user's devices; users without a record are absent."""
+    async def devices_of(self, user_ids: Collection[str]) -> dict[str, dict[str, str]]:
+        """Each user's devices and the node holding each; users without a record are absent."""
         ...
 
 
@@ -51,8 +51,8 @@ class MemoryRouteTable:
     async def refresh(self, user_ids: Collection[str]) -> None:
         return None
 
-    async def nodes_of(self, user_ids: Collection[str]) -> dict[str, set[str]]:
-        return {u: set(self._routes[u].values()) for u in user_ids if self._routes.get(u)}
+    async def devices_of(self, user_ids: Collection[str]) -> dict[str, dict[str, str]]:
+        return {u: dict(self._routes[u]) for u in user_ids if self._routes.get(u)}
 
 
 _DETACH = """
@@ -69,7 +69,7 @@ class RedisRouteTable:
         self._ttl_s = ttl_s
         self._prefix = prefix
         self._detach = client.register_script(_DETACH)
-        self._lookups: Batcher[list[str], dict[str, set[str]]] = Batcher(self._nodes_of_each, max_batch=64)
+        self._lookups: Batcher[list[str], dict[str, dict[str, str]]] = Batcher(self._devices_of_each, max_batch=64)
 
     def _key(self, user_id: str) -> str:
         return f"{self._prefix}route:{user_id}"
@@ -94,23 +94,28 @@ class RedisRouteTable:
                     pipe.expire(self._key(user_id), self._ttl_s)
                 await pipe.execute()
 
-    async def nodes_of(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+    async def devices_of(self, user_ids: Collection[str]) -> dict[str, dict[str, str]]:
         """Every push asks this; the questions asked while one pipeline is out share the next one."""
         users = list(user_ids)
         if not users:
             return {}
         return await self._lookups.submit(users)
 
-    async def _nodes_of_each(self, asked: list[list[str]]) -> list[dict[str, set[str]]]:
+    async def _devices_of_each(self, asked: list[list[str]]) -> list[dict[str, dict[str, str]]]:
         users = list(dict.fromkeys(user for users in asked for user in users))
         with unavailable("reading routes"):
             async with self._client.pipeline(transaction=False) as pipe:
                 for user_id in users:
-                    pipe.hvals(self._key(user_id))
+                    pipe.hgetall(self._key(user_id))
                 answers = await pipe.execute()
         found = {
-            user: {v.decode() if isinstance(v, bytes) else str(v) for v in nodes}
-            for user, nodes in zip(users, answers, strict=True)
-            if nodes
+            user: {_text(device): _text(node) for device, node in devices.items()}
+            for user, devices in zip(users, answers, strict=True)
+            if devices
         }
         return [{user: found[user] for user in users if user in found} for users in asked]
+
+
+def _text(value: bytes | str) -> str:
+    """Replies are bytes unless the client decodes them; accept both."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -16,6 +16,7 @@ from services.common.ring import RingSource
 from services.delivery.hub import Close, Connection, Hub
 from services.delivery.internal import RingPusher, internal_router
 from services.delivery.protocol import AckWindow
+from services.delivery.routes import MemoryRouteTable
 from tests.support.loopback import GUARD, TOKEN, internal_service
 
 NAMES = ("delivery-0", "delivery-1")
@@ -43,8 +44,8 @@ async def nodes() -> AsyncIterator[tuple[RingSource, dict[str, CountingHub]]]:
         yield RingSource(nodes=urls), hubs
 
 
-def _connect(hub: Hub, user: str) -> Connection:
-    conn = Connection(user, "d", queue_size=10_000, window=AckWindow(timeout_s=30, max_redeliveries=2))
+def _connect(hub: Hub, user: str, device: str = "d") -> Connection:
+    conn = Connection(user, device, queue_size=10_000, window=AckWindow(timeout_s=30, max_redeliveries=2))
     hub.attach(conn)
     return conn
 
@@ -93,7 +94,7 @@ async def test_pushes_given_together_reach_each_node_in_their_order_with_one_rou
         def __init__(self) -> None:
             self.looked_up: list[set[str]] = []
 
-        async def nodes_of(self, user_ids: Sequence[str]) -> dict[str, set[str]]:
+        async def devices_of(self, user_ids: Sequence[str]) -> dict[str, dict[str, str]]:
             self.looked_up.append(set(user_ids))
             return {}  # no entry: the ring routes
 
@@ -165,3 +166,30 @@ async def test_the_single_push_route_of_the_previous_release_still_delivers() ->
 def test_a_pusher_cannot_batch_more_than_the_push_calls_take() -> None:
     with pytest.raises(ValueError, match="at most 500"):
         RingPusher(RingSource(nodes={"delivery-0": "http://127.0.0.1:9"}), TOKEN, max_batch=501)
+
+
+async def test_the_sending_devices_node_gets_nothing_for_its_user_unless_another_device_is_there() -> None:
+    """A message's push names its sender too (for their other devices), less the device it came from: the
+    node holding only that device is not sent the push at all."""
+    async with nodes() as (ring, hubs):
+        routes = MemoryRouteTable()
+        pusher = RingPusher(ring, TOKEN, routes=routes)
+        alice, bob = _user_on(ring, "delivery-0"), _user_on(ring, "delivery-1")
+        phone = _connect(hubs["delivery-0"], alice, "phone")
+        on_1 = _connect(hubs["delivery-1"], bob)
+        await routes.attach(alice, "phone", "delivery-0")
+        await routes.attach(bob, "d", "delivery-1")
+        event = {"type": "message", "conversation_id": "c", "seq": 1}
+        try:
+            await asyncio.wait_for(pusher.push([alice, bob], event, tracked=True, skip_device=(alice, "phone")), 30)
+            assert hubs["delivery-0"].requests == [] and hubs["delivery-1"].requests == [1]
+
+            laptop = _connect(hubs["delivery-0"], alice, "laptop")
+            await routes.attach(alice, "laptop", "delivery-0")
+            event = {**event, "seq": 2}
+            await asyncio.wait_for(pusher.push([alice, bob], event, tracked=True, skip_device=(alice, "phone")), 30)
+        finally:
+            await pusher.close()
+        assert hubs["delivery-0"].requests == [1] and hubs["delivery-1"].requests == [1, 1]
+        assert await _seqs(laptop, "c") == [2] and await _seqs(phone, "c") == []
+        assert await _seqs(on_1, "c") == [1, 2]
