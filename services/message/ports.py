@@ -36,6 +36,10 @@ class Draft:
     """The sender's W3C trace context (JSON), for the outbox row: the relay's publish continues it."""
 
 
+Decoded = tuple[Message, list[str] | None]
+"""A record's payload as the fan-out reads it: the event, and its recipients when it carries them."""
+
+
 @dataclass(frozen=True)
 class OutboxRecord:
     outbox_id: int | None
@@ -44,6 +48,8 @@ class OutboxRecord:
     payload: bytes
     trace_context: str | None = None
     """The sender's W3C trace context (JSON of traceparent/tracestate): the relay's publish continues it."""
+    event: Decoded | None = field(default=None, compare=False, repr=False)
+    """What ``payload`` holds, when the row was just committed in this process (see ``Record.event``)."""
 
 
 def in_conversation_order(free: Sequence[tuple[int, str]], waiting: Sequence[tuple[int, str]]) -> list[int]:
@@ -240,6 +246,10 @@ class Record:
     key: str
     value: bytes
     headers: Mapping[str, bytes] = field(default_factory=dict)
+    event: Decoded | None = field(default=None, compare=False, repr=False)
+    """What ``value`` holds, already decoded, when the record was made in this process from a commit's
+    event: a log in the same process hands the record itself to the fan-out, which then need not decode
+    it (Kafka carries ``value`` alone; a swept row has only its payload)."""
 
 
 class EventLog(Protocol):

@@ -40,7 +40,7 @@ class MessageService:
 
     async def handle_record(self, record: Record) -> None:
         """The fan-out of one event-log record (the consumer's handler)."""
-        event, recipients = decode_event(record.value)
+        event, recipients = record.event or decode_event(record.value)
         large = False
         if recipients is None:  # a large conversation's event (or one of an earlier release): look them up
             conversation = await self.deps.conversations.get(event.conversation_id)
@@ -54,7 +54,7 @@ class MessageService:
     async def handle_records(self, records: Sequence[Record]) -> None:
         """The fan-out of records of one conversation, in order (the consumer's ``handle_many``): those that
         carry their recipients together; otherwise (a large conversation) one by one."""
-        decoded = [decode_event(record.value) for record in records]
+        decoded = [record.event or decode_event(record.value) for record in records]
         small = [(event, recipients) for event, recipients in decoded if recipients is not None]
         if len(small) < len(decoded):
             for record in records:

@@ -229,7 +229,8 @@ def _carrier(row: OutboxRecord) -> dict[str, str]:
 def _record(row: OutboxRecord, span: trace.Span) -> Record:
     with trace.use_span(span, end_on_exit=False):
         carrier = telemetry.inject()
-    return Record(MESSAGES_TOPIC, row.conversation_id, row.payload, {k: v.encode() for k, v in carrier.items()})
+    headers = {k: v.encode() for k, v in carrier.items()}
+    return Record(MESSAGES_TOPIC, row.conversation_id, row.payload, headers, row.event)
 
 
 def record_context(record: Record) -> dict[str, str]:

@@ -233,7 +233,8 @@ class MemoryMessageStore:
         outbox_id = self._next_outbox
         self._next_outbox += 1
         payload = encode_event(event, draft.recipients)
-        record = OutboxRecord(outbox_id, event.conversation_id, payload, draft.trace_context)
+        decoded = (event, None if draft.recipients is None else list(draft.recipients))
+        record = OutboxRecord(outbox_id, event.conversation_id, payload, draft.trace_context, decoded)
         row = _OutboxRow(record, utcnow())
         publisher, now = self._publisher, asyncio.get_running_loop().time()
         if publisher is None:
@@ -243,7 +244,7 @@ class MemoryMessageStore:
         waiting = [r for r in self._outbox.values() if r.record.conversation_id == event.conversation_id]
         direct = not any(holds_back(r.token, r.until, token=token, now=now) for r in waiting)
         if direct and not publisher.keeps_rows:
-            record = OutboxRecord(None, event.conversation_id, payload, draft.trace_context)
+            record = OutboxRecord(None, event.conversation_id, payload, draft.trace_context, decoded)
         else:
             if direct:
                 row.token, row.until = token, now + publisher.lease_s

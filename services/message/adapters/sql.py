@@ -552,8 +552,14 @@ class SqlMessageStore:
             events, rows, ids = await db.write_sync(self._engine, "message", write)
         if publisher is not None and token is not None:
             committed = [
-                OutboxRecord(outbox_id, row["conversation_id"], row["payload"], row["trace_context"])
-                for outbox_id, row in zip(ids, rows, strict=True)
+                OutboxRecord(
+                    outbox_id,
+                    row["conversation_id"],
+                    row["payload"],
+                    row["trace_context"],
+                    (event, None if draft.recipients is None else list(draft.recipients)),
+                )
+                for outbox_id, row, event, draft in zip(ids, rows, events, batch, strict=True)
                 if row["lease_token"] == token
             ]
             await hand_over(publisher, committed, lease_token=token, swept=len(committed) < len(rows))

@@ -81,3 +81,19 @@ async def test_a_publish_that_fails_loses_no_message(store: MessageStore, caplog
     log.down = False
     assert (await send(store, cid)).seq == 2
     assert logged(log) == [(cid, 2)]
+
+
+async def test_each_record_carries_the_event_its_payload_holds_so_the_fan_out_need_not_decode_it(
+    store: MessageStore,
+) -> None:
+    """The log is in this process: the record the fan-out polls is the one the commit made, with its event."""
+    log = MemoryEventLog()
+    store.publish_on_commit(OutboxRelay(store, log, keeps_rows=False))
+    sent = [await send(store, new_id()) for _ in range(3)]
+    records = log.records(MESSAGES_TOPIC)
+    assert [record.event[0].message_id for record in records if record.event] == [e.message_id for e in sent]
+    for record in records:
+        assert record.event is not None
+        event, recipients = decode_event(record.value)
+        assert record.event[0].to_wire() == event.to_wire()
+        assert record.event[1] == recipients == ["alice", "bob"]
