@@ -86,9 +86,11 @@ class MemoryTimeline:
         return heads
 
 
-RETAINED = 10_000
+RETAINED = 1_000
 """Records a topic of the in-process log keeps at least; past twice this, those every consumer group has
-committed are dropped (a topic no group reads keeps its newest ``RETAINED``), as a broker's retention does."""
+committed are dropped (a topic no group reads keeps its newest ``RETAINED``), as a broker's retention does.
+Records of this process's commits hold their events too (``Record.event``): a thousand is plenty for a
+rewind, which never needs a committed record, and keeps that memory small."""
 
 
 class MemoryEventLog:
