@@ -19,6 +19,11 @@ from services.common.batching import Batcher
 from services.common.errors import Unavailable
 
 
+def reply_text(value: bytes | str) -> str:
+    """A reply as text: replies are bytes unless the client decodes them, so either is accepted."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class PackedConnection(Connection):
     """redis-py's asyncio connection packs every command in Python, argument by argument (its blocking one
     uses hiredis when installed): in a delivery node fanning out a 10,000-member group that packing was a

@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.common.errors import Unavailable
-from services.common.redis import unavailable
+from services.common.redis import reply_text, unavailable
 from services.common.tokens import RevokedSessions
 
 log = logging.getLogger("courier.revocation")
@@ -117,8 +117,8 @@ class RedisRevocations:
             answer: Any = await self._client.xread({self._key: self._cursor}, count=_BATCH)
         entries = answer[0][1] if answer else []
         for entry_id, fields in entries:
-            self._cursor = _text(entry_id)
-            entry = {_text(name): _text(value) for name, value in fields.items()}
+            self._cursor = reply_text(entry_id)
+            entry = {reply_text(name): reply_text(value) for name, value in fields.items()}
             try:
                 self.revoked.add(entry["sid"], float(entry["until"]))
             except (KeyError, ValueError):
@@ -127,7 +127,3 @@ class RedisRevocations:
 
 
 _BATCH = 500
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

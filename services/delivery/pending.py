@@ -22,7 +22,7 @@ import orjson
 from redis.asyncio import Redis
 
 from services.common.push import ack_seq
-from services.common.redis import ScriptBatcher, unavailable
+from services.common.redis import ScriptBatcher, reply_text, unavailable
 
 log = logging.getLogger("courier.delivery.pending")
 
@@ -159,10 +159,6 @@ def _field(conversation_id: str, seq: int) -> str:
     return f"{conversation_id}\0{seq:020d}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RedisPendingStore:
     """Shared by every delivery node: one Lua script per ``add`` or ``ack``, atomic per device. The
     scripts of the devices a push or a burst of acks reaches at the same time share one pipeline."""
@@ -227,7 +223,7 @@ class RedisPendingStore:
                 frames.append(orjson.loads(raw))
             except orjson.JSONDecodeError:  # never let one bad entry stop a device from connecting
                 log.warning("skipping an undecodable pending frame of %s/%s", user_id, device_id)
-        return Pending(frames, {_text(cid): int(seq) for cid, seq in acked.items()})
+        return Pending(frames, {reply_text(cid): int(seq) for cid, seq in acked.items()})
 
     async def forget(self, user_id: str, device_id: str, keys: Collection[Key]) -> None:
         if not keys:

@@ -15,7 +15,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from services.common.batching import Batcher
-from services.common.redis import unavailable
+from services.common.redis import reply_text, unavailable
 
 
 class RouteTable(Protocol):
@@ -109,13 +109,8 @@ class RedisRouteTable:
                     pipe.hgetall(self._key(user_id))
                 answers = await pipe.execute()
         found = {
-            user: {_text(device): _text(node) for device, node in devices.items()}
+            user: {reply_text(device): reply_text(node) for device, node in devices.items()}
             for user, devices in zip(users, answers, strict=True)
             if devices
         }
         return [{user: found[user] for user in users if user in found} for users in asked]
-
-
-def _text(value: bytes | str) -> str:
-    """Replies are bytes unless the client decodes them; accept both."""
-    return value.decode() if isinstance(value, bytes) else value

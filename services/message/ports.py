@@ -35,6 +35,10 @@ class Draft:
     trace_context: str | None = None
     """The sender's W3C trace context (JSON), for the outbox row: the relay's publish continues it."""
 
+    def decoded(self, event: Message) -> Decoded:
+        """``event`` as its payload holds it (``encode_event(event, recipients)``), for ``OutboxRecord.event``."""
+        return event, None if self.recipients is None else list(self.recipients)
+
 
 Decoded = tuple[Message, list[str] | None]
 """A record's payload as the fan-out reads it: the event, and its recipients when it carries them."""

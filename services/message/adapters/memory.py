@@ -235,7 +235,7 @@ class MemoryMessageStore:
         outbox_id = self._next_outbox
         self._next_outbox += 1
         payload = encode_event(event, draft.recipients)
-        decoded = (event, None if draft.recipients is None else list(draft.recipients))
+        decoded = draft.decoded(event)
         record = OutboxRecord(outbox_id, event.conversation_id, payload, draft.trace_context, decoded)
         row = _OutboxRow(record, utcnow())
         publisher, now = self._publisher, asyncio.get_running_loop().time()

@@ -20,18 +20,13 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from services.common.redis import ScriptBatcher, unavailable
+from services.common.redis import ScriptBatcher, reply_text, unavailable
 from services.common.redis import connect as connect
 from services.message.ports import InboxEntry, TimelineHead
 
 DEFAULT_PREFIX = "courier:"
 # Each member of a bump is one key of the script; batching bounds the arguments of one call.
 BUMP_BATCH = 500
-
-
-def _text(value: bytes | str) -> str:
-    """Replies are bytes unless the client decodes them; accept both."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # --- inbox ------------------------------------------------------------------------------------------
@@ -139,7 +134,7 @@ class RedisInbox:
                 max_seq=int(max_seq),
                 read_seq=int(read_seq) if read_seq is not None else 0,
                 last_message=orjson.loads(message) if message is not None else None,
-                last_activity_at=datetime.fromisoformat(_text(at)) if at is not None else None,
+                last_activity_at=datetime.fromisoformat(reply_text(at)) if at is not None else None,
             )
         return found
 

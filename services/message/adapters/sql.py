@@ -557,7 +557,7 @@ class SqlMessageStore:
                     row["conversation_id"],
                     row["payload"],
                     row["trace_context"],
-                    (event, None if draft.recipients is None else list(draft.recipients)),
+                    draft.decoded(event),
                 )
                 for outbox_id, row, event, draft in zip(ids, rows, events, batch, strict=True)
                 if row["lease_token"] == token

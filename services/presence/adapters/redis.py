@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.common.redis import ScriptBatcher, unavailable
+from services.common.redis import ScriptBatcher, reply_text, unavailable
 from services.presence.domain import PresenceStatus
 
 DEFAULT_PREFIX = "courier:"
@@ -132,16 +132,12 @@ return 1
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _change(reply: Any) -> PresenceStatus | None:
     if reply is None:
         return None
     user_id, online, last_seen = reply
     return PresenceStatus(
-        user_id=_text(user_id), online=bool(online), last_seen=float(last_seen) if last_seen is not None else None
+        user_id=reply_text(user_id), online=bool(online), last_seen=float(last_seen) if last_seen is not None else None
     )
 
 
@@ -205,7 +201,7 @@ class RedisPresenceStore:
     async def subscribers(self, user_id: str) -> set[str]:
         with unavailable("reading presence subscribers"):
             members = await self._client.smembers(self._key("watchers", user_id))
-        return {_text(member) for member in members}
+        return {reply_text(member) for member in members}
 
     async def unsubscribe_all(self, subscriber_id: str) -> None:
         with unavailable("unsubscribing from presence"):
